@@ -1,3 +1,5 @@
-fn main() {
-    println!("Hello, world!");
+#![forbid(unsafe_code)]
+
+fn main() -> std::process::ExitCode {
+    portcullis::cli::run()
 }

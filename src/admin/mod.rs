@@ -1,0 +1,361 @@
+//! The control plane: token management over JSON (contract §4), health,
+//! readiness and metrics. Served on its own listener (default loopback).
+//!
+//! `fn router()` is separate so that tests can drive it without a socket.
+//! `/healthz`, `/readyz` and `/metrics` need no token: they carry no secrets
+//! and probes and scrapers cannot easily send one. Everything under `/v1`
+//! needs an admin token, except `/v1/tokens/self`, which any token may call.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::auth::lifecycle::{self, NewTokenRequest};
+use crate::auth::{CachedToken, VerifyError};
+use crate::config::Workspace;
+use crate::error::{ApiError, full};
+use crate::store::ListFilter;
+use crate::token::{self, TokenKind, now_unix};
+
+type SharedState = Arc<AppState>;
+
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/tokens/self", get(token_self))
+        .route("/v1/workspaces", get(list_workspaces))
+        .route("/v1/workspaces/{ws}/tokens", get(list_tokens).post(create_token))
+        .route("/v1/workspaces/{ws}/tokens/{id}", get(get_token).delete(revoke_token))
+        .fallback(|| async { ApiError::not_found("not_found", "no such endpoint; see the API reference in docs/admin-api.md") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this endpoint",
+            )
+        })
+        // Token requests are small; refuse anything large before parsing it.
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(state)
+}
+
+/// The admin token presenting the request.
+pub struct Admin {
+    pub id: Box<str>,
+    /// `None` for a global admin token.
+    pub workspace: Option<Box<str>>,
+}
+
+impl Admin {
+    fn may_manage(&self, ws: &str) -> bool {
+        self.workspace.as_deref().is_none_or(|w| w == ws)
+    }
+}
+
+impl FromRequestParts<SharedState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, ApiError> {
+        state.metrics.admin_request();
+        let t = verify_any(state, &parts.headers).await?;
+        if t.kind != TokenKind::Admin {
+            state.verifier.reject(crate::telemetry::AuthFailureReason::WrongKind);
+            return Err(ApiError::unauthorized());
+        }
+        Ok(Admin {
+            id: t.id.clone(),
+            workspace: t.workspace.clone(),
+        })
+    }
+}
+
+async fn verify_any(state: &AppState, headers: &HeaderMap) -> Result<Arc<CachedToken>, ApiError> {
+    let Some(raw) = headers.get(header::AUTHORIZATION).and_then(crate::gateway::bearer) else {
+        state.verifier.reject(crate::telemetry::AuthFailureReason::Missing);
+        return Err(ApiError::unauthorized());
+    };
+    match state.verifier.verify(raw, now_unix()).await {
+        Ok(t) => Ok(t),
+        Err(VerifyError::Rejected(_)) => Err(ApiError::unauthorized()),
+        Err(VerifyError::StoreUnavailable) => Err(ApiError::unavailable()),
+    }
+}
+
+/// `GET /v1/tokens/self` on either listener: lets any token check itself.
+pub async fn token_self_response(state: &AppState, headers: &HeaderMap) -> http::Response<crate::error::Body> {
+    let (status, body) = match verify_any(state, headers).await {
+        Ok(t) => (StatusCode::OK, self_body(&t)),
+        Err(e) => (e.status, json!({"error": {"code": e.code, "message": e.message}})),
+    };
+    let mut resp = http::Response::new(full(serde_json::to_vec(&body).expect("json")));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static(r#"Bearer realm="portcullis", error="invalid_token""#),
+        );
+    }
+    resp
+}
+
+fn self_body(t: &CachedToken) -> serde_json::Value {
+    json!({
+        "valid": true,
+        "id": &*t.id,
+        "name": &*t.name,
+        "kind": t.kind,
+        "workspace": t.workspace.as_deref(),
+        "expires_at": t.expires_at.map(token::format_rfc3339),
+    })
+}
+
+async fn token_self(State(state): State<SharedState>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+    state.metrics.admin_request();
+    let t = verify_any(&state, &headers).await?;
+    Ok(Json(self_body(&t)))
+}
+
+async fn readyz(State(state): State<SharedState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(json!({"ready": true, "store": "ok"})).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check: store unreachable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"ready": false, "store": "unreachable"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<SharedState>) -> Response {
+    let body = state.metrics.render(state.verifier.len(), state.limiter.len());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// The workspace named in the path, if configured and within the admin's scope.
+fn workspace<'a>(state: &'a AppState, admin: &Admin, ws: &str) -> Result<&'a Arc<Workspace>, ApiError> {
+    let w = state
+        .config
+        .workspace(ws)
+        .ok_or_else(|| ApiError::not_found("workspace_not_found", format!("no workspace `{ws}` is configured")))?;
+    if !admin.may_manage(ws) {
+        return Err(ApiError::forbidden(format!(
+            "this admin token is scoped to workspace `{}`",
+            admin.workspace.as_deref().unwrap_or_default()
+        )));
+    }
+    Ok(w)
+}
+
+async fn list_workspaces(State(state): State<SharedState>, admin: Admin) -> Json<serde_json::Value> {
+    let list: Vec<_> = state
+        .config
+        .workspaces
+        .iter()
+        .filter(|w| admin.may_manage(&w.slug))
+        .map(|w| {
+            json!({
+                "slug": w.slug,
+                "url": format!("{}/ws/{}", state.config.server.public_url, w.slug),
+                "requests_per_minute": state.config.requests_per_minute(Some(w), None),
+                "servers": w.servers.iter().map(|s| json!({
+                    "name": s.name,
+                    // Without userinfo or query string, which may hold secrets.
+                    "url": format!("{}://{}{}", s.url.scheme_str().unwrap_or("http"), s.url.host().unwrap_or_default(), port_and_path(&s.url)),
+                    "timeout_ms": s.timeout.as_millis() as u64,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({ "workspaces": list }))
+}
+
+fn port_and_path(u: &http::Uri) -> String {
+    let port = u.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    format!("{port}{}", u.path())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    expires_in: Option<u64>,
+    member_id: Option<String>,
+    email: Option<String>,
+    allowed_servers: Option<Vec<String>>,
+    requests_per_minute: Option<u32>,
+}
+
+/// Longest accepted expiry: 10 years. Longer is almost surely a unit mistake.
+const MAX_EXPIRES_IN: u64 = 10 * 365 * 24 * 3600;
+
+async fn create_token(State(state): State<SharedState>, admin: Admin, Path(ws): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    let w = workspace(&state, &admin, &ws)?;
+    let req: CreateBody = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable("`name` must be 1-200 printable characters"));
+    }
+    if req.expires_in.is_some_and(|s| s > MAX_EXPIRES_IN) {
+        return Err(ApiError::unprocessable(format!(
+            "`expires_in` is in seconds and at most {MAX_EXPIRES_IN} (10 years); use 0 for a token that never expires"
+        )));
+    }
+    if req.member_id.is_some() && req.email.is_some() {
+        return Err(ApiError::unprocessable("give `member_id` or `email`, not both"));
+    }
+    if let Some(m) = &req.member_id
+        && (m.is_empty() || m.len() > 200)
+    {
+        return Err(ApiError::unprocessable("`member_id` must be 1-200 characters"));
+    }
+    if let Some(e) = &req.email {
+        let valid = e.len() <= 254
+            && e.split_once('@')
+                .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.'))
+            && !e.contains(char::is_whitespace);
+        if !valid {
+            return Err(ApiError::unprocessable(format!("`email` `{e}` is not an email address")));
+        }
+    }
+    if let Some(list) = &req.allowed_servers {
+        if list.is_empty() {
+            return Err(ApiError::unprocessable(
+                "`allowed_servers` must name at least one server; omit it to allow all",
+            ));
+        }
+        for s in list {
+            if !w.servers.iter().any(|srv| &srv.name == s) {
+                let known: Vec<&str> = w.servers.iter().map(|s| s.name.as_str()).collect();
+                return Err(ApiError::unprocessable(format!(
+                    "`allowed_servers`: workspace `{ws}` has no server `{s}` (it has: {})",
+                    known.join(", ")
+                )));
+            }
+        }
+    }
+    if req.requests_per_minute == Some(0) {
+        return Err(ApiError::unprocessable("`requests_per_minute` must be greater than 0"));
+    }
+    let new = NewTokenRequest {
+        name: name.to_string(),
+        kind: Some(TokenKind::Workspace),
+        workspace: Some(ws.clone()),
+        expires_in: req.expires_in,
+        member_id: req.member_id,
+        email: req.email,
+        allowed_servers: req.allowed_servers,
+        requests_per_minute: req.requests_per_minute,
+        created_by: admin.id.to_string(),
+    };
+    let now = now_unix();
+    let (raw, record) = lifecycle::create(Some(&state.verifier), &state.store, new, now).await?;
+    tracing::info!(token_id = %record.id, workspace = %ws, created_by = %admin.id, "token created");
+    let url = format!("{}/ws/{}", state.config.server.public_url, ws);
+    let body = json!({
+        "token": raw,
+        "info": record.view(now),
+        "mcp_json": { "mcpServers": { ws.clone(): { "url": url, "headers": { "Authorization": format!("Bearer {raw}") } } } },
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    page_size: Option<String>,
+    cursor: Option<String>,
+}
+
+async fn list_tokens(
+    State(state): State<SharedState>,
+    admin: Admin,
+    Path(ws): Path<String>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    workspace(&state, &admin, &ws)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
+    let page_size = match q.page_size.as_deref() {
+        None => 50,
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=200).contains(n))
+            .ok_or_else(|| ApiError::bad_request("page_size must be an integer from 1 to 200"))?,
+    };
+    let page = state
+        .store
+        .list(
+            ListFilter {
+                kind: TokenKind::Workspace,
+                workspace: Some(&ws),
+            },
+            page_size,
+            q.cursor.as_deref().filter(|c| !c.is_empty()),
+        )
+        .await?;
+    let now = now_unix();
+    let tokens: Vec<_> = page.tokens.iter().map(|t| t.view(now)).collect();
+    Ok(Json(json!({ "tokens": tokens, "next_cursor": page.next_cursor })))
+}
+
+/// A workspace token of `ws` by id, or 404 (also for other workspaces' ids).
+async fn find_token(state: &AppState, ws: &str, id: &str) -> Result<crate::token::TokenRecord, ApiError> {
+    let not_found = || ApiError::not_found("token_not_found", format!("workspace `{ws}` has no token `{id}`"));
+    if !token::is_valid_id(id) {
+        return Err(not_found());
+    }
+    match state.store.get(id).await? {
+        Some(r) if r.kind == TokenKind::Workspace && r.workspace.as_deref() == Some(ws) => Ok(r),
+        _ => Err(not_found()),
+    }
+}
+
+async fn get_token(
+    State(state): State<SharedState>,
+    admin: Admin,
+    Path((ws, id)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    workspace(&state, &admin, &ws)?;
+    let r = find_token(&state, &ws, &id).await?;
+    Ok(Json(serde_json::to_value(r.view(now_unix())).expect("json")))
+}
+
+async fn revoke_token(
+    State(state): State<SharedState>,
+    admin: Admin,
+    Path((ws, id)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    workspace(&state, &admin, &ws)?;
+    if *admin.id == *id {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "cannot_revoke_self",
+            "a token cannot revoke itself; use another admin token",
+        ));
+    }
+    find_token(&state, &ws, &id).await?;
+    let now = now_unix();
+    let revoked = lifecycle::revoke(Some(&state.verifier), &state.store, &id, now)
+        .await?
+        .ok_or_else(|| ApiError::not_found("token_not_found", format!("workspace `{ws}` has no token `{id}`")))?;
+    if revoked.newly_revoked {
+        tracing::info!(token_id = %id, workspace = %ws, revoked_by = %admin.id, "token revoked");
+    }
+    Ok(Json(serde_json::to_value(revoked.record.view(now)).expect("json")))
+}

@@ -1,0 +1,184 @@
+//! Wiring: builds the shared state, binds both listeners, runs the background
+//! tasks, and shuts everything down in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{IndexOptions, Verifier};
+use crate::config::{Config, StoreConfig};
+use crate::gateway::Gateway;
+use crate::limit::Limiter;
+use crate::server::{self, ConnOptions};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{StoreError, TokenStore};
+use crate::telemetry::Metrics;
+use crate::token::now_unix;
+
+/// Everything request handlers share.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn TokenStore>,
+    pub verifier: Arc<Verifier>,
+    pub limiter: Arc<Limiter>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the token store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr} ({what}): {source}; is another process using it? change `{key}` in the config")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        key: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Opens the configured store.
+pub fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreError> {
+    match &config.store {
+        StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path)?)),
+    }
+}
+
+impl AppState {
+    pub async fn new(config: Config) -> Result<Arc<AppState>, StoreError> {
+        let store = open_store(&config)?;
+        let metrics = Arc::new(Metrics::new(&config));
+        let verifier = Arc::new(Verifier::new(Arc::clone(&store), Arc::clone(&metrics), IndexOptions::default()));
+        verifier.sync_revocation_seq().await?;
+        Ok(Arc::new(AppState {
+            config: Arc::new(config),
+            store,
+            verifier,
+            limiter: Arc::new(Limiter::new()),
+            metrics,
+        }))
+    }
+}
+
+/// A started gateway.
+pub struct Running {
+    pub data_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+/// Starts the gateway: binds both listeners and spawns the loops.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let data_listener = bind(config.server.listen, "data plane", "server.listen").await?;
+    let admin_listener = bind(config.server.admin_listen, "admin API", "server.admin_listen").await?;
+    let state = AppState::new(config).await?;
+    let data_addr = data_listener.local_addr().expect("bound");
+    let admin_addr = admin_listener.local_addr().expect("bound");
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let server_cfg = &state.config.server;
+    let opts = ConnOptions {
+        header_read_timeout: server_cfg.header_read_timeout,
+        max_connections: 16_384,
+        shutdown_grace: server_cfg.shutdown_grace,
+    };
+
+    let gateway = Arc::new(Gateway::new(Arc::clone(&state)));
+    let data_service = service_fn(move |req| Arc::clone(&gateway).handle(req));
+    tasks.spawn(server::serve("data", data_listener, data_service, opts.clone(), shutdown.clone()));
+
+    let admin_service = TowerToHyperService::new(crate::admin::router(Arc::clone(&state)));
+    tasks.spawn(server::serve("admin", admin_listener, admin_service, opts, shutdown.clone()));
+
+    spawn_maintenance(&mut tasks, Arc::clone(&state), shutdown.clone());
+    tracing::info!(data = %data_addr, admin = %admin_addr, workspaces = state.config.workspaces.len(), "portcullis is listening");
+    Ok(Running {
+        data_addr,
+        admin_addr,
+        state,
+        shutdown,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Begins graceful shutdown: stop accepting, drain, flush.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until shutdown has completed, then writes pending `last_used_at`.
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+        match self.state.verifier.flush_last_used().await {
+            Ok(n) => tracing::info!(tokens = n, "flushed last_used_at"),
+            Err(e) => tracing::error!(error = %e, "could not flush last_used_at on shutdown"),
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &'static str, key: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, what, key, source })
+}
+
+/// Background loops: revocation log polling, `last_used_at` flushing, and
+/// sweeping idle index and limiter entries. They stop with the listeners.
+fn spawn_maintenance(tasks: &mut JoinSet<()>, state: Arc<AppState>, shutdown: CancellationToken) {
+    let poll = state.config.server.revocation_poll;
+    let s = Arc::clone(&state);
+    tasks.spawn(every(poll, shutdown.clone(), move || {
+        let s = Arc::clone(&s);
+        async move {
+            match s.verifier.poll_revocations().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(revocations = n, "applied revocations from the store's log"),
+                Err(e) => tracing::warn!(error = %e, "cannot poll the revocation log"),
+            }
+        }
+    }));
+    let s = Arc::clone(&state);
+    tasks.spawn(every(state.config.server.last_used_flush, shutdown.clone(), move || {
+        let s = Arc::clone(&s);
+        async move {
+            if let Err(e) = s.verifier.flush_last_used().await {
+                tracing::warn!(error = %e, "cannot flush last_used_at; will retry");
+            }
+        }
+    }));
+    let s = Arc::clone(&state);
+    tasks.spawn(every(Duration::from_secs(60), shutdown, move || {
+        let s = Arc::clone(&s);
+        async move {
+            let evicted = s.verifier.sweep_idle(now_unix());
+            s.limiter.sweep();
+            tracing::debug!(evicted, "swept idle index and limiter entries");
+        }
+    }));
+}
+
+/// Runs `f` every `period` until `shutdown`.
+async fn every<F, Fut>(period: Duration, shutdown: CancellationToken, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => f().await,
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}

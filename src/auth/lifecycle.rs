@@ -1,0 +1,74 @@
+//! Creating and revoking tokens: the store write plus the index update, in the
+//! order that makes revocation immediate.
+
+use std::sync::Arc;
+
+use crate::store::{Revoked, StoreError};
+use crate::token::{self, TokenKind, TokenRecord};
+
+use super::Verifier;
+
+/// What a caller asks for when creating a token.
+#[derive(Debug, Clone, Default)]
+pub struct NewTokenRequest {
+    pub name: String,
+    pub kind: Option<TokenKind>,
+    pub workspace: Option<String>,
+    pub expires_in: Option<u64>,
+    pub member_id: Option<String>,
+    pub email: Option<String>,
+    pub allowed_servers: Option<Vec<String>>,
+    pub requests_per_minute: Option<u32>,
+    pub created_by: String,
+}
+
+/// Stores a new token and returns the raw value (to be shown once) and its record.
+pub async fn create(
+    verifier: Option<&Verifier>,
+    store: &Arc<dyn crate::store::TokenStore>,
+    req: NewTokenRequest,
+    now: i64,
+) -> Result<(String, TokenRecord), StoreError> {
+    let kind = req.kind.unwrap_or(TokenKind::Workspace);
+    let new = token::generate(kind);
+    let record = TokenRecord {
+        id: token::generate_id(),
+        name: req.name,
+        workspace: req.workspace,
+        kind,
+        hint: new.hint,
+        member_id: req.member_id,
+        email: req.email,
+        created_at: now,
+        created_by: req.created_by,
+        // `0` or absent means "never"; saturate absurd values instead of wrapping.
+        expires_at: req
+            .expires_in
+            .filter(|&s| s > 0)
+            .map(|s| now.saturating_add(i64::try_from(s).unwrap_or(i64::MAX))),
+        revoked_at: None,
+        last_used_at: None,
+        allowed_servers: req.allowed_servers,
+        requests_per_minute: req.requests_per_minute,
+    };
+    store.insert(&record, &new.hash).await?;
+    if let Some(v) = verifier {
+        v.forget_unknown(&new.hash);
+    }
+    Ok((new.raw, record))
+}
+
+/// Revokes `id` in the store, then in this process's index, so that when this
+/// returns the very next request with the token fails. `None` if unknown.
+pub async fn revoke(
+    verifier: Option<&Verifier>,
+    store: &Arc<dyn crate::store::TokenStore>,
+    id: &str,
+    now: i64,
+) -> Result<Option<Revoked>, StoreError> {
+    let revoked = store.revoke(id, now).await?;
+    if let (Some(v), Some(r)) = (verifier, &revoked) {
+        v.apply_revocation(&r.hash);
+    }
+    Ok(revoked)
+}

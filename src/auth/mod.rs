@@ -1,0 +1,342 @@
+//! The in-memory token index, its invalidation, and the verify step.
+//!
+//! Verification order (contract §3): parse and checksum → SHA-256 → index
+//! lookup (on a miss, one store read per hash at a time) → revoked? expired?
+//! Workspace and kind checks are the caller's, because they depend on the
+//! route.
+//!
+//! Invariants:
+//! - The raw token never leaves [`Verifier::verify`]; only its hash is kept.
+//! - A revoked token can never be re-inserted as active by a slow store read
+//!   ("fill after evict"): every revocation bumps `generation` *before* it
+//!   touches the index, and a fill inserts only if the generation it started
+//!   with is unchanged, checked under the same shard lock as the insert.
+//! - Expiry is checked on every request, not when an entry is filled.
+
+pub mod lifecycle;
+mod negative;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use tokio::sync::OnceCell;
+
+use crate::store::{StoreError, TokenStore};
+use crate::telemetry::{AuthFailureReason, IndexLookup, Metrics};
+use crate::token::{self, TokenHash, TokenKind, TokenRecord};
+
+pub use negative::NegativeCache;
+
+/// What the index keeps per token: enough to authorise a request without the
+/// store. Strings are boxed slices to keep an entry small.
+#[derive(Debug)]
+pub struct CachedToken {
+    pub id: Box<str>,
+    pub name: Box<str>,
+    pub kind: TokenKind,
+    pub workspace: Option<Box<str>>,
+    pub expires_at: Option<i64>,
+    pub revoked: bool,
+    pub requests_per_minute: Option<u32>,
+    pub allowed_servers: Option<Box<[Box<str>]>>,
+    pub limiter_key: u64,
+    /// Last successful use (Unix seconds), kept in memory and flushed in batches.
+    last_used: AtomicI64,
+    /// The value of `last_used` last written to the store.
+    flushed_last_used: AtomicI64,
+    /// Last lookup of any outcome; idle entries are swept.
+    last_seen: AtomicI64,
+}
+
+impl CachedToken {
+    fn from_record(r: &TokenRecord, hash: &TokenHash, now: i64) -> Self {
+        let last_used = r.last_used_at.unwrap_or(0);
+        CachedToken {
+            id: r.id.as_str().into(),
+            name: r.name.as_str().into(),
+            kind: r.kind,
+            workspace: r.workspace.as_deref().map(Into::into),
+            expires_at: r.expires_at,
+            revoked: r.revoked_at.is_some(),
+            requests_per_minute: r.requests_per_minute,
+            allowed_servers: r.allowed_servers.as_ref().map(|v| v.iter().map(|s| s.as_str().into()).collect()),
+            limiter_key: token::limiter_key(hash),
+            last_used: AtomicI64::new(last_used),
+            flushed_last_used: AtomicI64::new(last_used),
+            last_seen: AtomicI64::new(now),
+        }
+    }
+
+    /// The same token, revoked. Pending `last_used` is carried over.
+    fn revoked_copy(&self) -> Self {
+        CachedToken {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            kind: self.kind,
+            workspace: self.workspace.clone(),
+            expires_at: self.expires_at,
+            revoked: true,
+            requests_per_minute: self.requests_per_minute,
+            allowed_servers: self.allowed_servers.clone(),
+            limiter_key: self.limiter_key,
+            last_used: AtomicI64::new(self.last_used.load(Ordering::Relaxed)),
+            flushed_last_used: AtomicI64::new(self.flushed_last_used.load(Ordering::Relaxed)),
+            last_seen: AtomicI64::new(self.last_seen.load(Ordering::Relaxed)),
+        }
+    }
+
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|e| e <= now)
+    }
+
+    /// Records a successful use. Stores only when the second changes, so that
+    /// concurrent requests of one token do not fight over the cache line.
+    fn touch_used(&self, now: i64) {
+        if self.last_used.load(Ordering::Relaxed) < now {
+            self.last_used.store(now, Ordering::Relaxed);
+        }
+    }
+
+    fn touch_seen(&self, now: i64) {
+        if self.last_seen.load(Ordering::Relaxed) < now {
+            self.last_seen.store(now, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Why verification failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyError {
+    /// The credential is not acceptable; answer 401.
+    Rejected(AuthFailureReason),
+    /// The store could not be read on a miss; fail closed with 503.
+    StoreUnavailable,
+}
+
+/// Tuning of the index.
+#[derive(Debug, Clone)]
+pub struct IndexOptions {
+    /// Slots of the negative cache (bounded memory).
+    pub negative_slots: usize,
+    /// How long an unknown hash is remembered.
+    pub negative_ttl: Duration,
+    /// Entries not looked up for this long are evicted (they are re-read on demand).
+    pub idle_ttl: Duration,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        IndexOptions {
+            negative_slots: 65_536,
+            negative_ttl: Duration::from_secs(60),
+            idle_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+type Fill = Arc<OnceCell<Result<Option<Arc<CachedToken>>, ()>>>;
+
+pub struct Verifier {
+    store: Arc<dyn TokenStore>,
+    metrics: Arc<Metrics>,
+    index: DashMap<TokenHash, Arc<CachedToken>>,
+    negative: NegativeCache,
+    /// One in-flight store read per hash; later misses wait on it.
+    inflight: DashMap<TokenHash, Fill>,
+    /// Bumped by every revocation before it touches the index.
+    generation: AtomicU64,
+    /// Highest revocation-log sequence number applied to this index.
+    applied_revocation_seq: AtomicU64,
+    options: IndexOptions,
+}
+
+impl Verifier {
+    pub fn new(store: Arc<dyn TokenStore>, metrics: Arc<Metrics>, options: IndexOptions) -> Self {
+        Verifier {
+            store,
+            metrics,
+            index: DashMap::new(),
+            negative: NegativeCache::new(options.negative_slots, options.negative_ttl.as_millis() as i64),
+            inflight: DashMap::new(),
+            generation: AtomicU64::new(0),
+            applied_revocation_seq: AtomicU64::new(0),
+            options,
+        }
+    }
+
+    /// Starts the revocation log at the store's current end: everything
+    /// revoked before this point is read from the store on first use anyway.
+    pub async fn sync_revocation_seq(&self) -> Result<(), StoreError> {
+        let seq = self.store.revocation_seq().await?;
+        self.applied_revocation_seq.store(seq, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Verifies `raw` and returns the token's cached record. The caller checks
+    /// kind and workspace. `now` is Unix seconds.
+    pub async fn verify(&self, raw: &str, now: i64) -> Result<Arc<CachedToken>, VerifyError> {
+        if token::parse(raw).is_err() {
+            return Err(self.reject(AuthFailureReason::Malformed));
+        }
+        let hash = token::hash(raw);
+        let entry = match self.index.get(&hash) {
+            Some(e) => {
+                self.metrics.index_lookup(IndexLookup::Hit);
+                Arc::clone(e.value())
+            }
+            None => {
+                if self.negative.contains(&hash, now.saturating_mul(1000)) {
+                    self.metrics.index_lookup(IndexLookup::NegativeHit);
+                    return Err(self.reject(AuthFailureReason::Unknown));
+                }
+                self.metrics.index_lookup(IndexLookup::Miss);
+                match self.fill(&hash, now).await {
+                    Ok(Some(e)) => e,
+                    Ok(None) => return Err(self.reject(AuthFailureReason::Unknown)),
+                    Err(()) => return Err(VerifyError::StoreUnavailable),
+                }
+            }
+        };
+        entry.touch_seen(now);
+        if entry.revoked {
+            return Err(self.reject(AuthFailureReason::Revoked));
+        }
+        if entry.is_expired(now) {
+            return Err(self.reject(AuthFailureReason::Expired));
+        }
+        entry.touch_used(now);
+        Ok(entry)
+    }
+
+    /// Counts a failure and wraps it.
+    pub fn reject(&self, reason: AuthFailureReason) -> VerifyError {
+        self.metrics.auth_failure(reason);
+        VerifyError::Rejected(reason)
+    }
+
+    /// Reads the store for a miss, collapsing concurrent misses of one hash.
+    async fn fill(&self, hash: &TokenHash, now: i64) -> Result<Option<Arc<CachedToken>>, ()> {
+        let cell: Fill = Arc::clone(self.inflight.entry(*hash).or_default().value());
+        let result = cell.get_or_init(|| self.read_through(hash, now)).await.clone();
+        // Only the cell we used is removed; a newer one may already be there.
+        self.inflight.remove_if(hash, |_, v| Arc::ptr_eq(v, &cell));
+        result
+    }
+
+    async fn read_through(&self, hash: &TokenHash, now: i64) -> Result<Option<Arc<CachedToken>>, ()> {
+        loop {
+            let generation = self.generation.load(Ordering::SeqCst);
+            let read = self.store.find_by_hash(hash).await;
+            self.metrics.store_read(read.is_ok());
+            let record = match read {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    self.negative.insert(hash, now.saturating_mul(1000));
+                    return Ok(None);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "token store read failed; refusing the request");
+                    return Err(());
+                }
+            };
+            let fresh = Arc::new(CachedToken::from_record(&record, hash, now));
+            match self.index.entry(*hash) {
+                // Someone else (a revocation, another fill) got there first; theirs wins.
+                Entry::Occupied(e) => return Ok(Some(Arc::clone(e.get()))),
+                Entry::Vacant(v) => {
+                    // Checked while holding the shard lock: a revocation that
+                    // raced our read has already bumped the generation.
+                    if self.generation.load(Ordering::SeqCst) != generation {
+                        continue;
+                    }
+                    v.insert(Arc::clone(&fresh));
+                    return Ok(Some(fresh));
+                }
+            }
+        }
+    }
+
+    /// Applies a revocation to the index. Call after the store has committed it.
+    pub fn apply_revocation(&self, hash: &TokenHash) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Some(mut e) = self.index.get_mut(hash)
+            && !e.revoked
+        {
+            *e = Arc::new(e.revoked_copy());
+        }
+    }
+
+    /// A token was just created: forget any "unknown" verdict for its hash.
+    pub fn forget_unknown(&self, hash: &TokenHash) {
+        self.negative.remove(hash);
+    }
+
+    /// Reads revocations made by other processes from the store's log and
+    /// applies them. Returns how many were applied.
+    pub async fn poll_revocations(&self) -> Result<usize, StoreError> {
+        let mut applied = 0;
+        loop {
+            let after = self.applied_revocation_seq.load(Ordering::SeqCst);
+            let batch = self.store.revocations_since(after, 1000).await?;
+            if batch.is_empty() {
+                return Ok(applied);
+            }
+            for r in &batch {
+                self.apply_revocation(&r.hash);
+                self.applied_revocation_seq.fetch_max(r.seq, Ordering::SeqCst);
+            }
+            applied += batch.len();
+        }
+    }
+
+    /// Writes pending `last_used_at` values to the store in one batch.
+    pub async fn flush_last_used(&self) -> Result<usize, StoreError> {
+        let pending: Vec<(Arc<CachedToken>, i64)> = self
+            .index
+            .iter()
+            .filter_map(|e| {
+                let used = e.last_used.load(Ordering::Relaxed);
+                (used > e.flushed_last_used.load(Ordering::Relaxed)).then(|| (Arc::clone(e.value()), used))
+            })
+            .collect();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let batch: Vec<(String, i64)> = pending.iter().map(|(e, used)| (e.id.to_string(), *used)).collect();
+        self.store.record_last_used(&batch).await?;
+        for (e, used) in &pending {
+            e.flushed_last_used.fetch_max(*used, Ordering::Relaxed);
+        }
+        Ok(pending.len())
+    }
+
+    /// Evicts entries not looked up within the idle TTL, except those whose
+    /// `last_used_at` has not been flushed yet.
+    pub fn sweep_idle(&self, now: i64) -> usize {
+        let cutoff = now - self.options.idle_ttl.as_secs() as i64;
+        let before = self.index.len();
+        self.index.retain(|_, e| {
+            e.last_seen.load(Ordering::Relaxed) >= cutoff
+                || e.last_used.load(Ordering::Relaxed) > e.flushed_last_used.load(Ordering::Relaxed)
+        });
+        before - self.index.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    pub fn store(&self) -> &Arc<dyn TokenStore> {
+        &self.store
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,247 @@
+use std::sync::atomic::AtomicUsize;
+
+use async_trait::async_trait;
+use tokio::sync::Semaphore;
+
+use super::lifecycle::{self, NewTokenRequest};
+use super::*;
+use crate::config::Config;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{ListFilter, Page, Revocation, Revoked};
+
+/// The real SQLite store with two test hooks on the miss read: a counter, and
+/// a gate that holds reads until the test releases them (to stage races).
+struct GatedStore {
+    inner: SqliteStore,
+    reads: AtomicUsize,
+    gate: Semaphore,
+}
+
+#[async_trait]
+impl TokenStore for GatedStore {
+    async fn insert(&self, r: &TokenRecord, h: &TokenHash) -> Result<(), StoreError> {
+        self.inner.insert(r, h).await
+    }
+    async fn find_by_hash(&self, h: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        // Read first, then wait: the record returned is the pre-revocation one.
+        let r = self.inner.find_by_hash(h).await;
+        self.gate.acquire().await.expect("open").forget();
+        r
+    }
+    async fn get(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn list(&self, f: ListFilter<'_>, n: usize, c: Option<&str>) -> Result<Page, StoreError> {
+        self.inner.list(f, n, c).await
+    }
+    async fn revoke(&self, id: &str, at: i64) -> Result<Option<Revoked>, StoreError> {
+        self.inner.revoke(id, at).await
+    }
+    async fn record_last_used(&self, b: &[(String, i64)]) -> Result<(), StoreError> {
+        self.inner.record_last_used(b).await
+    }
+    async fn revocation_seq(&self) -> Result<u64, StoreError> {
+        self.inner.revocation_seq().await
+    }
+    async fn revocations_since(&self, a: u64, l: usize) -> Result<Vec<Revocation>, StoreError> {
+        self.inner.revocations_since(a, l).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    gated: Arc<GatedStore>,
+    store: Arc<dyn TokenStore>,
+    verifier: Arc<Verifier>,
+}
+
+fn metrics() -> Arc<Metrics> {
+    let c = Config::from_toml(std::path::Path::new("t.toml"), "", &|_| None).unwrap();
+    Arc::new(Metrics::new(&c))
+}
+
+fn fixture(open_gate: bool) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let gated = Arc::new(GatedStore {
+        inner: SqliteStore::open(&path).unwrap(),
+        reads: AtomicUsize::new(0),
+        gate: Semaphore::new(if open_gate { Semaphore::MAX_PERMITS } else { 0 }),
+    });
+    let store: Arc<dyn TokenStore> = gated.clone();
+    let verifier = Arc::new(Verifier::new(Arc::clone(&store), metrics(), IndexOptions::default()));
+    Fixture {
+        _dir: dir,
+        path,
+        gated,
+        store,
+        verifier,
+    }
+}
+
+async fn create(f: &Fixture, expires_in: Option<u64>, now: i64) -> (String, TokenRecord) {
+    let req = NewTokenRequest {
+        name: "t".into(),
+        workspace: Some("demo".into()),
+        expires_in,
+        created_by: "bootstrap".into(),
+        ..Default::default()
+    };
+    lifecycle::create(Some(&f.verifier), &f.store, req, now).await.unwrap()
+}
+
+#[tokio::test]
+async fn hit_after_one_store_read_and_unknown_is_cached_negatively() {
+    let f = fixture(true);
+    let (raw, rec) = create(&f, None, 100).await;
+    let e = f.verifier.verify(&raw, 100).await.unwrap();
+    assert_eq!(&*e.id, rec.id.as_str());
+    f.verifier.verify(&raw, 100).await.unwrap();
+    assert_eq!(f.gated.reads.load(Ordering::SeqCst), 1, "second verify is an index hit");
+
+    let unknown = token::generate(TokenKind::Workspace).raw;
+    for _ in 0..3 {
+        assert_eq!(
+            f.verifier.verify(&unknown, 100).await.unwrap_err(),
+            VerifyError::Rejected(AuthFailureReason::Unknown)
+        );
+    }
+    assert_eq!(
+        f.gated.reads.load(Ordering::SeqCst),
+        2,
+        "unknown hash is read once, then negatively cached"
+    );
+}
+
+#[tokio::test]
+async fn malformed_tokens_never_reach_the_store() {
+    let f = fixture(true);
+    let (raw, _) = create(&f, None, 100).await;
+    let mut bad = raw.clone().into_bytes();
+    bad[10] = if bad[10] == b'x' { b'y' } else { b'x' };
+    for t in [
+        String::from_utf8(bad).unwrap(),
+        "mwt_short".into(),
+        String::new(),
+        "Bearer x".into(),
+    ] {
+        assert_eq!(
+            f.verifier.verify(&t, 100).await.unwrap_err(),
+            VerifyError::Rejected(AuthFailureReason::Malformed)
+        );
+    }
+    assert_eq!(f.gated.reads.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn concurrent_misses_of_one_hash_are_one_store_read() {
+    let f = fixture(false);
+    let (raw, _) = create(&f, None, 100).await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let v = Arc::clone(&f.verifier);
+        let raw = raw.clone();
+        tasks.push(tokio::spawn(async move { v.verify(&raw, 100).await.map(|_| ()) }));
+    }
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    f.gated.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(f.gated.reads.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_slow_fill_racing_a_revocation_never_caches_the_token_as_active() {
+    let f = fixture(false);
+    let (raw, rec) = create(&f, None, 100).await;
+    // A request misses and reads the still-active record, then stalls.
+    let v = Arc::clone(&f.verifier);
+    let raw2 = raw.clone();
+    let slow = tokio::spawn(async move { v.verify(&raw2, 100).await.map(|_| ()) });
+    while f.gated.reads.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    // Meanwhile the token is revoked.
+    lifecycle::revoke(Some(&f.verifier), &f.store, &rec.id, 101).await.unwrap().unwrap();
+    // The stale read completes; the fill must notice and re-read.
+    f.gated.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    assert_eq!(slow.await.unwrap().unwrap_err(), VerifyError::Rejected(AuthFailureReason::Revoked));
+    assert_eq!(
+        f.verifier.verify(&raw, 102).await.unwrap_err(),
+        VerifyError::Rejected(AuthFailureReason::Revoked)
+    );
+}
+
+#[tokio::test]
+async fn revocation_of_a_cached_token_applies_before_revoke_returns() {
+    let f = fixture(true);
+    let (raw, rec) = create(&f, None, 100).await;
+    f.verifier.verify(&raw, 100).await.unwrap();
+    let r = lifecycle::revoke(Some(&f.verifier), &f.store, &rec.id, 101).await.unwrap().unwrap();
+    assert!(r.newly_revoked);
+    assert_eq!(
+        f.verifier.verify(&raw, 101).await.unwrap_err(),
+        VerifyError::Rejected(AuthFailureReason::Revoked)
+    );
+}
+
+#[tokio::test]
+async fn expiry_is_checked_on_every_request_not_only_on_fill() {
+    let f = fixture(true);
+    let (raw, _) = create(&f, Some(10), 100).await;
+    f.verifier.verify(&raw, 100).await.unwrap();
+    f.verifier.verify(&raw, 109).await.unwrap();
+    assert_eq!(
+        f.verifier.verify(&raw, 110).await.unwrap_err(),
+        VerifyError::Rejected(AuthFailureReason::Expired)
+    );
+    assert_eq!(f.gated.reads.load(Ordering::SeqCst), 1, "the cached entry itself expired");
+}
+
+#[tokio::test]
+async fn revocations_by_another_process_arrive_through_the_log() {
+    let f = fixture(true);
+    f.verifier.sync_revocation_seq().await.unwrap();
+    let (raw, rec) = create(&f, None, 100).await;
+    f.verifier.verify(&raw, 100).await.unwrap();
+    // Another process (e.g. the offline CLI) opens the same file and revokes.
+    let other: Arc<dyn TokenStore> = Arc::new(SqliteStore::open(&f.path).unwrap());
+    lifecycle::revoke(None, &other, &rec.id, 101).await.unwrap().unwrap();
+    assert!(f.verifier.verify(&raw, 101).await.is_ok(), "not seen until the log is polled");
+    assert_eq!(f.verifier.poll_revocations().await.unwrap(), 1);
+    assert_eq!(
+        f.verifier.verify(&raw, 101).await.unwrap_err(),
+        VerifyError::Rejected(AuthFailureReason::Revoked)
+    );
+    assert_eq!(f.verifier.poll_revocations().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn last_used_is_batched_and_idle_entries_are_swept() {
+    let f = fixture(true);
+    let (raw, rec) = create(&f, None, 100).await;
+    for now in 100..110 {
+        f.verifier.verify(&raw, now).await.unwrap();
+    }
+    assert_eq!(
+        f.store.get(&rec.id).await.unwrap().unwrap().last_used_at,
+        None,
+        "no write per request"
+    );
+    assert_eq!(f.verifier.sweep_idle(100_000), 0, "unflushed entries are kept");
+    assert_eq!(f.verifier.flush_last_used().await.unwrap(), 1);
+    assert_eq!(f.store.get(&rec.id).await.unwrap().unwrap().last_used_at, Some(109));
+    assert_eq!(f.verifier.flush_last_used().await.unwrap(), 0, "nothing pending");
+    assert_eq!(f.verifier.sweep_idle(109), 0);
+    assert_eq!(f.verifier.sweep_idle(100_000), 1);
+    assert!(f.verifier.is_empty());
+    // Evicted entries come back on demand.
+    f.verifier.verify(&raw, 100_001).await.unwrap();
+}

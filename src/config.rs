@@ -1,0 +1,680 @@
+//! Configuration: the TOML file's `*Spec` types, validation, and conversion
+//! into the runtime [`Config`].
+//!
+//! Loading is two passes. The first deserializes the raw text so that a typo
+//! (an unknown key) is reported with its line and column before anything else;
+//! the second expands `${NAME}` / `${NAME:-default}` in every string and
+//! deserializes again. Expanding after parsing means a `${...}` inside a comment
+//! is never looked at and a value cannot break the TOML syntax.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Uri};
+use serde::Deserialize;
+
+/// Default location of the example configuration.
+pub const DEFAULT_CONFIG_PATH: &str = "config/portcullis.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: environment variable {var} is not set (referenced by `{key}`); export it or use ${{{var}:-default}}")]
+    MissingEnv { path: PathBuf, var: String, key: String },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid { path: PathBuf, key: String, message: String },
+}
+
+// ---------------------------------------------------------------------------
+// The file format. Every struct rejects unknown keys so typos fail loudly.
+// ---------------------------------------------------------------------------
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSpec {
+    #[serde(default)]
+    pub server: ServerSpec,
+    #[serde(default)]
+    pub store: StoreSpec,
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    #[serde(default)]
+    pub workspaces: Vec<WorkspaceSpec>,
+}
+
+/// `[server]`: listeners and request handling.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSpec {
+    /// Data-plane listener (`/ws/{slug}`).
+    pub listen: String,
+    /// Control-plane listener (admin API, metrics, health).
+    pub admin_listen: String,
+    /// Base URL clients use to reach the data plane; goes into `mcp_json`.
+    pub public_url: String,
+    /// Largest accepted request body; larger ones get 413.
+    pub max_body_bytes: u64,
+    /// A client must send its request headers within this time.
+    pub header_read_timeout_ms: u64,
+    /// A client must send its whole request body within this time.
+    pub body_read_timeout_ms: u64,
+    /// On SIGTERM, how long in-flight requests and SSE streams may finish.
+    pub shutdown_grace_ms: u64,
+    /// Browser origins allowed to call the data plane. Requests with an
+    /// `Origin` header not listed here are refused (DNS-rebinding defence).
+    pub allowed_origins: Vec<String>,
+    /// How often `last_used_at` is written to the store (at most 60 s).
+    pub last_used_flush_ms: u64,
+    /// How often the store's revocation log is polled, so that revocations made
+    /// by another process (e.g. the offline CLI) reach this one.
+    pub revocation_poll_ms: u64,
+}
+
+impl Default for ServerSpec {
+    fn default() -> Self {
+        ServerSpec {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            public_url: String::new(),
+            max_body_bytes: 4 * 1024 * 1024,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            shutdown_grace_ms: 30_000,
+            allowed_origins: Vec::new(),
+            last_used_flush_ms: 30_000,
+            revocation_poll_ms: 250,
+        }
+    }
+}
+
+/// `[store]`: where tokens live.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSpec {
+    /// `"sqlite"` (embedded, single node). `"redis"` is reserved for cluster mode.
+    pub backend: String,
+    /// SQLite database file; created with its directory if missing.
+    pub path: String,
+    /// Redis URL (cluster mode).
+    pub url: Option<String>,
+}
+
+impl Default for StoreSpec {
+    fn default() -> Self {
+        StoreSpec {
+            backend: "sqlite".into(),
+            path: "data/portcullis.db".into(),
+            url: None,
+        }
+    }
+}
+
+/// `[limits]`: default per-token rate limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSpec {
+    /// Requests per minute per token (GCRA: a burst of this many, refilled evenly).
+    pub requests_per_minute: u32,
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        LimitsSpec { requests_per_minute: 120 }
+    }
+}
+
+/// `[[workspaces]]`: one URL, `/ws/{slug}`, and its upstream servers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceSpec {
+    pub slug: String,
+    /// Overrides `limits.requests_per_minute` for this workspace's tokens.
+    pub requests_per_minute: Option<u32>,
+    #[serde(default)]
+    pub servers: Vec<ServerEntrySpec>,
+}
+
+/// `[[workspaces.servers]]`: one upstream MCP server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerEntrySpec {
+    pub name: String,
+    /// Streamable HTTP endpoint of the upstream, `http://host:port/path`.
+    pub url: String,
+    /// Headers added to every upstream request (e.g. the upstream's own API key).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Time allowed for the upstream's response headers.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Time allowed to open a TCP connection to the upstream.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+
+// ---------------------------------------------------------------------------
+// Runtime types.
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the configuration was read from (for messages).
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub limits: LimitsConfig,
+    pub workspaces: Vec<Arc<Workspace>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub public_url: String,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub allowed_origins: HashSet<String>,
+    pub last_used_flush: Duration,
+    pub revocation_poll: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Sqlite { path: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub requests_per_minute: u32,
+}
+
+#[derive(Debug)]
+pub struct Workspace {
+    pub slug: String,
+    /// Position in the configuration; used to index per-workspace metrics.
+    pub index: usize,
+    pub requests_per_minute: Option<u32>,
+    pub servers: Vec<Arc<UpstreamServer>>,
+}
+
+#[derive(Debug)]
+pub struct UpstreamServer {
+    pub name: String,
+    pub url: Uri,
+    /// Secret-bearing values: never logged, never returned by the admin API.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Config {
+    /// Reads, expands and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, &|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::load`] with a custom environment lookup (tests and the
+    /// demo command, which supplies defaults without mutating the process env).
+    pub fn load_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(path, &text, env)
+    }
+
+    pub fn from_toml(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let parse_err = |e: toml::de::Error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_string(),
+        };
+        // Pass 1: structure and unknown keys, with line numbers.
+        toml::from_str::<ConfigSpec>(text).map_err(parse_err)?;
+        // Pass 2: expand environment variables in every string value.
+        let mut value: toml::Value = toml::from_str(text).map_err(parse_err)?;
+        expand_env(&mut value, "", &|var, key| {
+            env(var).ok_or_else(|| ConfigError::MissingEnv {
+                path: path.to_owned(),
+                var: var.to_owned(),
+                key: key.to_owned(),
+            })
+        })
+        .map_err(|e| match e {
+            ExpandError::Missing(err) => err,
+            ExpandError::Syntax { key, message } => ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                message,
+            },
+        })?;
+        let spec: ConfigSpec = value.try_into().map_err(parse_err)?;
+        spec.into_config(path)
+    }
+
+    pub fn workspace(&self, slug: &str) -> Option<&Arc<Workspace>> {
+        self.workspaces.iter().find(|w| w.slug == slug)
+    }
+
+    /// The rate limit in force for a token, in requests per minute.
+    pub fn requests_per_minute(&self, workspace: Option<&Workspace>, token_override: Option<u32>) -> u32 {
+        token_override
+            .or_else(|| workspace.and_then(|w| w.requests_per_minute))
+            .unwrap_or(self.limits.requests_per_minute)
+    }
+}
+
+impl ConfigSpec {
+    fn into_config(self, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let addr = |key: &str, v: &str| -> Result<SocketAddr, ConfigError> {
+            v.parse()
+                .map_err(|_| invalid(key, format!("`{v}` is not a socket address like 127.0.0.1:8080")))
+        };
+        let s = &self.server;
+        let listen = addr("server.listen", &s.listen)?;
+        let admin_listen = addr("server.admin_listen", &s.admin_listen)?;
+        let public_url = if s.public_url.is_empty() {
+            format!("http://{listen}")
+        } else {
+            s.public_url.trim_end_matches('/').to_string()
+        };
+        match public_url.parse::<Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
+            _ => return Err(invalid("server.public_url", format!("`{public_url}` is not an http(s) URL"))),
+        }
+        if s.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be greater than 0".into()));
+        }
+        for (key, v) in [
+            ("server.header_read_timeout_ms", s.header_read_timeout_ms),
+            ("server.body_read_timeout_ms", s.body_read_timeout_ms),
+            ("server.revocation_poll_ms", s.revocation_poll_ms),
+            ("server.last_used_flush_ms", s.last_used_flush_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0".into()));
+            }
+        }
+        if s.last_used_flush_ms > 60_000 {
+            return Err(invalid(
+                "server.last_used_flush_ms",
+                "must be at most 60000 (last_used_at may lag by at most 60 s)".into(),
+            ));
+        }
+        for o in &s.allowed_origins {
+            if o.ends_with('/') || !(o.starts_with("http://") || o.starts_with("https://")) {
+                return Err(invalid(
+                    "server.allowed_origins",
+                    format!("`{o}` is not an origin like https://app.example.com"),
+                ));
+            }
+        }
+
+        let store = match self.store.backend.as_str() {
+            "sqlite" => {
+                if self.store.path.is_empty() {
+                    return Err(invalid("store.path", "must name the SQLite file".into()));
+                }
+                // A relative path is taken relative to the working directory, as
+                // users expect from a CLI started in the project directory.
+                StoreConfig::Sqlite {
+                    path: PathBuf::from(&self.store.path),
+                }
+            }
+            "redis" => {
+                return Err(invalid(
+                    "store.backend",
+                    "the redis backend (cluster mode) is not available in this build yet; use \"sqlite\"".into(),
+                ));
+            }
+            other => {
+                return Err(invalid(
+                    "store.backend",
+                    format!("unknown backend `{other}`; expected \"sqlite\" or \"redis\""),
+                ));
+            }
+        };
+
+        if self.limits.requests_per_minute == 0 {
+            return Err(invalid("limits.requests_per_minute", "must be greater than 0".into()));
+        }
+
+        let mut workspaces = Vec::with_capacity(self.workspaces.len());
+        let mut slugs = HashSet::new();
+        for (i, ws) in self.workspaces.into_iter().enumerate() {
+            let key = format!("workspaces[{i}]");
+            if !is_valid_slug(&ws.slug) {
+                return Err(invalid(
+                    &format!("{key}.slug"),
+                    format!(
+                        "`{}` must be 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit",
+                        ws.slug
+                    ),
+                ));
+            }
+            if !slugs.insert(ws.slug.clone()) {
+                return Err(invalid(&format!("{key}.slug"), format!("workspace `{}` is defined twice", ws.slug)));
+            }
+            if ws.requests_per_minute == Some(0) {
+                return Err(invalid(&format!("{key}.requests_per_minute"), "must be greater than 0".into()));
+            }
+            if ws.servers.is_empty() {
+                return Err(invalid(
+                    &format!("{key}.servers"),
+                    format!("workspace `{}` needs at least one [[workspaces.servers]] entry", ws.slug),
+                ));
+            }
+            if ws.servers.len() > 1 {
+                return Err(invalid(
+                    &format!("{key}.servers"),
+                    format!(
+                        "workspace `{}` has {} servers; several servers behind one workspace are not supported in this build yet",
+                        ws.slug,
+                        ws.servers.len()
+                    ),
+                ));
+            }
+            let mut names = HashSet::new();
+            let mut servers = Vec::new();
+            for (j, srv) in ws.servers.into_iter().enumerate() {
+                let skey = format!("{key}.servers[{j}]");
+                if !is_valid_server_name(&srv.name) {
+                    return Err(invalid(
+                        &format!("{skey}.name"),
+                        format!("`{}` must be 1-32 characters of A-Z, a-z, 0-9 and '-', without '__'", srv.name),
+                    ));
+                }
+                if !names.insert(srv.name.clone()) {
+                    return Err(invalid(&format!("{skey}.name"), format!("server `{}` is defined twice", srv.name)));
+                }
+                let url: Uri = srv
+                    .url
+                    .parse()
+                    .map_err(|_| invalid(&format!("{skey}.url"), format!("`{}` is not a URL", srv.url)))?;
+                match url.scheme_str() {
+                    Some("http") if url.host().is_some() => {}
+                    Some("https") => return Err(invalid(
+                        &format!("{skey}.url"),
+                        "https upstreams are not supported yet; terminate TLS in front of the upstream or use http on a private network"
+                            .into(),
+                    )),
+                    _ => return Err(invalid(&format!("{skey}.url"), format!("`{}` must be an http:// URL", srv.url))),
+                }
+                let mut headers = Vec::new();
+                for (name, value) in &srv.headers {
+                    let hn = HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| invalid(&format!("{skey}.headers"), format!("`{name}` is not a valid header name")))?;
+                    if is_managed_header(&hn) {
+                        return Err(invalid(
+                            &format!("{skey}.headers"),
+                            format!("`{name}` is set by the gateway and cannot be configured"),
+                        ));
+                    }
+                    let mut hv = HeaderValue::from_str(value).map_err(|_| {
+                        invalid(
+                            &format!("{skey}.headers.{name}"),
+                            "value contains characters not allowed in a header".into(),
+                        )
+                    })?;
+                    hv.set_sensitive(true);
+                    headers.push((hn, hv));
+                }
+                if srv.timeout_ms == 0 || srv.connect_timeout_ms == 0 {
+                    return Err(invalid(&skey, "timeout_ms and connect_timeout_ms must be greater than 0".into()));
+                }
+                servers.push(Arc::new(UpstreamServer {
+                    name: srv.name,
+                    url,
+                    headers,
+                    timeout: Duration::from_millis(srv.timeout_ms),
+                    connect_timeout: Duration::from_millis(srv.connect_timeout_ms),
+                }));
+            }
+            workspaces.push(Arc::new(Workspace {
+                slug: ws.slug,
+                index: i,
+                requests_per_minute: ws.requests_per_minute,
+                servers,
+            }));
+        }
+
+        Ok(Config {
+            source: path.to_owned(),
+            server: ServerConfig {
+                listen,
+                admin_listen,
+                public_url,
+                max_body_bytes: s.max_body_bytes,
+                header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
+                body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
+                shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
+                allowed_origins: s.allowed_origins.iter().cloned().collect(),
+                last_used_flush: Duration::from_millis(s.last_used_flush_ms),
+                revocation_poll: Duration::from_millis(s.revocation_poll_ms),
+            },
+            store,
+            limits: LimitsConfig {
+                requests_per_minute: self.limits.requests_per_minute,
+            },
+            workspaces,
+        })
+    }
+}
+
+/// Headers the gateway owns on the upstream request.
+fn is_managed_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "host" | "content-length" | "transfer-encoding" | "connection" | "x-request-id" | "mcp-session-id"
+    )
+}
+
+pub fn is_valid_slug(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') && !s.starts_with('-')
+}
+
+/// Server names become tool-name prefixes (`<server>__<tool>`), hence no `__`.
+fn is_valid_server_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') && !s.contains("__")
+}
+
+enum ExpandError {
+    Missing(ConfigError),
+    Syntax { key: String, message: String },
+}
+
+/// Replaces `${NAME}` and `${NAME:-default}` in every string of `v`.
+/// `$${` stays a literal `${`.
+fn expand_env(v: &mut toml::Value, key: &str, lookup: &dyn Fn(&str, &str) -> Result<String, ConfigError>) -> Result<(), ExpandError> {
+    match v {
+        toml::Value::String(s) if s.contains('$') => *s = expand_str(s, key, lookup)?,
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_env(item, &format!("{key}[{i}]"), lookup)?;
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, item) in t.iter_mut() {
+                let child = if key.is_empty() { k.clone() } else { format!("{key}.{k}") };
+                expand_env(item, &child, lookup)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_str(s: &str, key: &str, lookup: &dyn Fn(&str, &str) -> Result<String, ConfigError>) -> Result<String, ExpandError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix("${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body.find('}').ok_or_else(|| ExpandError::Syntax {
+                key: key.to_owned(),
+                message: "unterminated `${` in value".into(),
+            })?;
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (expr, None),
+            };
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(ExpandError::Syntax {
+                    key: key.to_owned(),
+                    message: format!("`${{{expr}}}` is not a valid variable reference"),
+                });
+            }
+            match lookup(name, key) {
+                Ok(val) => out.push_str(&val),
+                Err(e) => match default {
+                    Some(d) => out.push_str(d),
+                    None => return Err(ExpandError::Missing(e)),
+                },
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+admin_listen = "127.0.0.1:9090"
+public_url = "https://gw.example.com/"
+
+[store]
+backend = "sqlite"
+path = "data/x.db"
+
+[limits]
+requests_per_minute = 120
+
+[[workspaces]]
+slug = "demo"
+requests_per_minute = 600
+# ${NOT_SET_IN_COMMENT} is never expanded
+
+[[workspaces.servers]]
+name = "demo"
+url = "http://127.0.0.1:8765/mcp"
+headers = { Authorization = "Bearer ${KEY}", X-Other = "${OTHER:-fallback}", X-Lit = "$${KEY}" }
+timeout_ms = 1000
+"#;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "KEY").then(|| "s3cret".to_string())
+    }
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(Path::new("test.toml"), text, &env)
+    }
+
+    #[test]
+    fn good_config_loads_and_expands_env() {
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.server.public_url, "https://gw.example.com");
+        let ws = c.workspace("demo").unwrap();
+        assert_eq!(c.requests_per_minute(Some(ws), None), 600);
+        assert_eq!(c.requests_per_minute(Some(ws), Some(5)), 5);
+        assert_eq!(c.requests_per_minute(None, None), 120);
+        let h: HashMap<_, _> = ws.servers[0]
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        assert_eq!(h["authorization"], "Bearer s3cret");
+        assert_eq!(h["x-other"], "fallback");
+        assert_eq!(h["x-lit"], "${KEY}");
+        assert_eq!(ws.servers[0].timeout, Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_location() {
+        let err = load(
+            &GOOD
+                .replace("max_body", "x")
+                .replace("[limits]", "[limits]\nrequests_per_minuet = 3"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("requests_per_minuet"), "{err}");
+        assert!(err.contains("line"), "{err}");
+        let err = load(&GOOD.replace("timeout_ms = 1000", "timeout_ms = 1000\nretries = 2"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retries"), "{err}");
+    }
+
+    #[test]
+    fn missing_env_var_is_a_clear_error() {
+        let err = load(&GOOD.replace("${KEY}\", X", "${MISSING_VAR}\", X")).unwrap_err().to_string();
+        assert!(err.contains("MISSING_VAR"), "{err}");
+        assert!(err.contains("workspaces[0].servers[0].headers.Authorization"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_rejected() {
+        for (from, to, needle) in [
+            ("127.0.0.1:8080", "localhost", "server.listen"),
+            ("backend = \"sqlite\"", "backend = \"mongo\"", "store.backend"),
+            ("slug = \"demo\"", "slug = \"Demo!\"", "slug"),
+            ("http://127.0.0.1:8765/mcp", "ftp://x/", "url"),
+            ("requests_per_minute = 120", "requests_per_minute = 0", "limits.requests_per_minute"),
+            ("Authorization = ", "Host = ", "set by the gateway"),
+        ] {
+            let err = load(&GOOD.replace(from, to)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{from} -> {to}: {err}");
+        }
+    }
+
+    #[test]
+    fn duplicate_slugs_and_empty_servers_are_rejected() {
+        let dup =
+            format!("{GOOD}\n[[workspaces]]\nslug = \"demo\"\n[[workspaces.servers]]\nname = \"a\"\nurl = \"http://127.0.0.1:1/mcp\"\n");
+        assert!(load(&dup).unwrap_err().to_string().contains("defined twice"));
+        let empty = "[[workspaces]]\nslug = \"x\"\n";
+        assert!(load(empty).unwrap_err().to_string().contains("at least one"));
+    }
+
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_PATH);
+        let c = Config::load_with_env(&path, &|_| Some("x".into())).unwrap();
+        assert!(c.workspace("demo").is_some());
+    }
+}

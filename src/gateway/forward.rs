@@ -1,0 +1,108 @@
+//! Forwarding one request to the workspace's upstream and streaming back.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http_body_util::{BodyExt, Full};
+
+use crate::app::AppState;
+use crate::config::Workspace;
+use crate::error::{Body, GatewayError};
+use crate::telemetry::UpstreamFailure;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// Request headers a client may pass to the upstream (contract §3). Everything
+/// else is dropped: above all `Authorization` (the MCP spec forbids passing a
+/// client's token through), and `Host` (the client uses the upstream's own
+/// authority, which hyper sets from the URI) and `Origin` (checked, not sent).
+const PASS_THROUGH: [HeaderName; 7] = [
+    header::ACCEPT,
+    header::CONTENT_TYPE,
+    HeaderName::from_static("last-event-id"),
+    HeaderName::from_static("mcp-session-id"),
+    HeaderName::from_static("mcp-protocol-version"),
+    HeaderName::from_static("mcp-method"),
+    HeaderName::from_static("mcp-name"),
+];
+
+/// Response headers that describe one hop, not the message (RFC 9110 §7.6.1),
+/// and one the gateway sets itself.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "te" | "trailer" | "upgrade" | "x-request-id"
+    )
+}
+
+pub(super) async fn forward(
+    state: &AppState,
+    workspace: &Workspace,
+    upstream: &Upstream,
+    method: Method,
+    client_headers: &HeaderMap,
+    body: Bytes,
+    request_id: &HeaderValue,
+) -> Result<Response<Body>, GatewayError> {
+    let server = &upstream.server;
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = method;
+    *req.uri_mut() = server.url.clone();
+    let headers = req.headers_mut();
+    for name in &PASS_THROUGH {
+        for v in client_headers.get_all(name) {
+            headers.append(name.clone(), v.clone());
+        }
+    }
+    for (name, v) in client_headers {
+        if name.as_str().starts_with("mcp-param-") {
+            headers.append(name.clone(), v.clone());
+        }
+    }
+    for (name, v) in &server.headers {
+        headers.insert(name.clone(), v.clone());
+    }
+    headers.insert("x-request-id", request_id.clone());
+
+    let started = Instant::now();
+    let result = upstream.send(req).await;
+    let elapsed = started.elapsed();
+    let server_index = 0;
+    let resp = match result {
+        Ok(r) => r,
+        Err(UpstreamError::Timeout) => {
+            state.metrics.upstream_failure(workspace.index, UpstreamFailure::Timeout);
+            tracing::warn!(server = %server.name, timeout_ms = server.timeout.as_millis() as u64, "upstream timed out");
+            return Err(GatewayError::UpstreamTimeout);
+        }
+        Err(UpstreamError::Unavailable(detail)) => {
+            state.metrics.upstream_failure(workspace.index, UpstreamFailure::Unavailable);
+            tracing::warn!(server = %server.name, error = %detail, "upstream unavailable");
+            return Err(GatewayError::UpstreamUnavailable { upstream_status: None });
+        }
+    };
+    state.metrics.upstream_latency(workspace.index, server_index, elapsed);
+    // A 401/407 from the upstream means the gateway's configured credential is
+    // wrong. Passing it on would tell the client its own (valid) token failed
+    // and could start an OAuth flow against us; it is an upstream fault.
+    if matches!(resp.status().as_u16(), 401 | 407) {
+        state.metrics.upstream_failure(workspace.index, UpstreamFailure::Unavailable);
+        tracing::error!(server = %server.name, status = resp.status().as_u16(), "upstream refused the gateway's credentials; check the server's configured headers");
+        return Err(GatewayError::UpstreamUnavailable {
+            upstream_status: Some(resp.status().as_u16()),
+        });
+    }
+    let (parts, incoming) = resp.into_parts();
+    // The body is handed over frame by frame as it arrives: JSON and
+    // `text/event-stream` alike are never collected here.
+    let mut out = Response::new(incoming.boxed());
+    *out.status_mut() = parts.status;
+    let out_headers = out.headers_mut();
+    for (name, v) in &parts.headers {
+        if !is_hop_by_hop(name) {
+            out_headers.append(name.clone(), v.clone());
+        }
+    }
+    Ok(out)
+}

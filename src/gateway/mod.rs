@@ -1,0 +1,297 @@
+//! The data plane: `/ws/{slug}` and its ordered pipeline.
+//!
+//! Each request passes these stages in order; each sits where it does for a
+//! reason:
+//! 1. **authenticate**: parse, checksum, index, status. First, so that an
+//!    unauthenticated client costs one header read and nothing else (its body
+//!    is never read, hence `id: null` in a 401).
+//! 2. **workspace**: the token's workspace must be the slug. After
+//!    authentication, so an unknown slug and a wrong token look the same.
+//! 3. **origin**: a browser `Origin` must be allowed (DNS rebinding).
+//! 4. **limit**: counted before the body is read, so a limited client cannot
+//!    make us buffer bodies for free; the verdict is held until the body's id
+//!    is known, because the 429 echoes it.
+//! 5. **body**: bounded read (413), time-limited (408), JSON-RPC shape (400).
+//! 6. **forward**: strip the client's credentials, add the upstream's own,
+//!    stream the answer back as it arrives.
+
+mod forward;
+mod request_id;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tracing::{Instrument, field};
+
+use crate::app::AppState;
+use crate::auth::{CachedToken, VerifyError};
+use crate::config::Workspace;
+use crate::error::{Body, GatewayError, full};
+use crate::mcp::jsonrpc::{self, BodyError};
+use crate::telemetry::AuthFailureReason;
+use crate::token::{TokenKind, now_unix};
+use crate::upstream::Upstream;
+
+pub use request_id::RequestIds;
+
+/// A workspace's route: where its requests go.
+struct Route {
+    workspace: Arc<Workspace>,
+    upstream: Upstream,
+}
+
+pub struct Gateway {
+    state: Arc<AppState>,
+    routes: HashMap<String, Route>,
+    request_ids: RequestIds,
+}
+
+/// What the pipeline learned, for the access log and metrics.
+#[derive(Default)]
+struct Outcome {
+    workspace: Option<usize>,
+    token_id: Option<Box<str>>,
+}
+
+impl Gateway {
+    pub fn new(state: Arc<AppState>) -> Self {
+        let routes = state
+            .config
+            .workspaces
+            .iter()
+            .map(|w| {
+                (
+                    w.slug.clone(),
+                    Route {
+                        workspace: Arc::clone(w),
+                        upstream: Upstream::new(Arc::clone(&w.servers[0])),
+                    },
+                )
+            })
+            .collect();
+        Gateway {
+            state,
+            routes,
+            request_ids: RequestIds::new(),
+        }
+    }
+
+    /// Entry point for every data-plane request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        let start = Instant::now();
+        let request_id = self.request_ids.take_or_generate(req.headers());
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request_id.to_str().unwrap_or_default(),
+            method = %req.method(),
+            path = field::Empty,
+            workspace = field::Empty,
+            token_id = field::Empty,
+            status = field::Empty,
+            latency_ms = field::Empty,
+        );
+        let this = Arc::clone(&self);
+        let rid = request_id.clone();
+        async move {
+            let mut outcome = Outcome::default();
+            let mut resp = this.route(req, &rid, &mut outcome).await;
+            resp.headers_mut().insert("x-request-id", rid);
+            let status = resp.status().as_u16();
+            if outcome.workspace.is_some() || status != 404 {
+                this.state.metrics.request(outcome.workspace, status);
+            }
+            let span = tracing::Span::current();
+            if let Some(i) = outcome.workspace {
+                span.record("workspace", this.state.config.workspaces[i].slug.as_str());
+            }
+            if let Some(id) = &outcome.token_id {
+                span.record("token_id", &**id);
+            }
+            span.record("status", status);
+            span.record("latency_ms", start.elapsed().as_secs_f64() * 1000.0);
+            if resp.status().is_server_error() {
+                tracing::warn!("request failed");
+            } else {
+                tracing::info!("request");
+            }
+            Ok(resp)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn route(&self, req: Request<Incoming>, request_id: &HeaderValue, outcome: &mut Outcome) -> Response<Body> {
+        let path = req.uri().path();
+        if let Some(slug) = path.strip_prefix("/ws/") {
+            let slug = slug.strip_suffix('/').unwrap_or(slug).to_owned();
+            tracing::Span::current().record("path", "/ws/{slug}");
+            return match self.workspace_request(req, &slug, request_id, outcome).await {
+                Ok(resp) => resp,
+                Err((e, id)) => e.into_response(id.as_deref()),
+            };
+        }
+        tracing::Span::current().record("path", path);
+        if path == "/v1/tokens/self" && req.method() == Method::GET {
+            return crate::admin::token_self_response(&self.state, req.headers()).await;
+        }
+        // MCP clients (mcp-remote) probe OAuth metadata at connect time. These
+        // are static tokens, so answer a quick, unauthenticated 404 that sends
+        // no client into a login flow, and do not count it against any limit.
+        if path.starts_with("/.well-known/oauth-protected-resource") || path.starts_with("/.well-known/oauth-authorization-server") {
+            let mut resp = Response::new(full(r#"{"error":"not_found"}"#));
+            *resp.status_mut() = StatusCode::NOT_FOUND;
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return resp;
+        }
+        GatewayError::NotFound.into_response(None)
+    }
+
+    async fn workspace_request(
+        &self,
+        req: Request<Incoming>,
+        slug: &str,
+        request_id: &HeaderValue,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, (GatewayError, Option<Box<serde_json::value::RawValue>>)> {
+        let fail = |e: GatewayError| (e, None);
+        // 1. authenticate
+        let token = self.authenticate(req.headers()).await.map_err(fail)?;
+        outcome.token_id = Some(token.id.clone());
+        // 2. workspace: an unknown slug is indistinguishable from a wrong token.
+        let route = match self.routes.get(slug) {
+            Some(r) if token.workspace.as_deref() == Some(slug) => r,
+            _ => {
+                self.state.verifier.reject(AuthFailureReason::WrongWorkspace);
+                return Err(fail(GatewayError::Unauthorized { header_missing: false }));
+            }
+        };
+        outcome.workspace = Some(route.workspace.index);
+        // 3. origin
+        if let Some(origin) = req.headers().get(ORIGIN) {
+            let allowed = origin.to_str().is_ok_and(|o| self.state.config.server.allowed_origins.contains(o));
+            if !allowed {
+                return Err(fail(GatewayError::Forbidden));
+            }
+        }
+        let method = req.method().clone();
+        if !matches!(method, Method::POST | Method::GET | Method::DELETE) {
+            return Err(fail(GatewayError::MethodNotAllowed));
+        }
+        // 4. limit (verdict applied after the body is read)
+        let per_minute = self
+            .state
+            .config
+            .requests_per_minute(Some(&route.workspace), token.requests_per_minute);
+        let limited = self.state.limiter.check(token.limiter_key, per_minute).err();
+        // 5. body
+        let (parts, body) = req.into_parts();
+        let body = if method == Method::POST {
+            self.read_body(&parts.headers, body).await.map_err(fail)?
+        } else {
+            Bytes::new()
+        };
+        if let Some(l) = limited {
+            self.state.metrics.rate_limited(route.workspace.index);
+            let id = jsonrpc::request_id(&body).map(|r| r.to_owned());
+            return Err((
+                GatewayError::RateLimited {
+                    limit: l.limit,
+                    retry_after_secs: l.retry_after_secs,
+                },
+                id,
+            ));
+        }
+        if method == Method::POST {
+            match jsonrpc::inspect(&body) {
+                Ok(_) => {}
+                Err(BodyError::Parse) => return Err(fail(GatewayError::ParseError)),
+                Err(BodyError::InvalidRequest) => {
+                    return Err((GatewayError::InvalidRequest, jsonrpc::request_id(&body).map(|r| r.to_owned())));
+                }
+            }
+        }
+        // 6. forward
+        let resp = forward::forward(
+            &self.state,
+            &route.workspace,
+            &route.upstream,
+            method,
+            &parts.headers,
+            body,
+            request_id,
+        )
+        .await;
+        resp.map_err(|e| (e, None))
+    }
+
+    /// Extracts and verifies the bearer token; only workspace tokens pass.
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<CachedToken>, GatewayError> {
+        let verifier = &self.state.verifier;
+        let Some(value) = headers.get(AUTHORIZATION) else {
+            verifier.reject(AuthFailureReason::Missing);
+            return Err(GatewayError::Unauthorized { header_missing: true });
+        };
+        let Some(raw) = bearer(value) else {
+            verifier.reject(AuthFailureReason::Malformed);
+            return Err(GatewayError::Unauthorized { header_missing: false });
+        };
+        match verifier.verify(raw, now_unix()).await {
+            Ok(t) if t.kind == TokenKind::Workspace => Ok(t),
+            Ok(_) => {
+                verifier.reject(AuthFailureReason::WrongKind);
+                Err(GatewayError::Unauthorized { header_missing: false })
+            }
+            Err(VerifyError::Rejected(_)) => Err(GatewayError::Unauthorized { header_missing: false }),
+            Err(VerifyError::StoreUnavailable) => Err(GatewayError::ServiceUnavailable { retry_after_secs: 1 }),
+        }
+    }
+
+    /// Reads a request body, bounded in size and time.
+    async fn read_body(&self, headers: &HeaderMap, body: Incoming) -> Result<Bytes, GatewayError> {
+        let max = self.state.config.server.max_body_bytes;
+        // Refuse on the declared length without reading anything.
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(GatewayError::TooLarge);
+        }
+        let limited = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
+        match tokio::time::timeout(self.state.config.server.body_read_timeout, limited.collect()).await {
+            Err(_) => Err(GatewayError::BodyTimeout),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::TooLarge),
+            // The client broke off mid-body; nobody will read the answer.
+            Ok(Err(_)) => Err(GatewayError::InvalidRequest),
+        }
+    }
+}
+
+/// The token of `Authorization: Bearer <token>` (scheme case-insensitive).
+pub fn bearer(value: &HeaderValue) -> Option<&str> {
+    let s = value.to_str().ok()?;
+    let (scheme, rest) = s.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer(&HeaderValue::from_static("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(&HeaderValue::from_static("bearer   abc ")), Some("abc"));
+        assert_eq!(bearer(&HeaderValue::from_static("Basic abc")), None);
+        assert_eq!(bearer(&HeaderValue::from_static("Bearer")), None);
+    }
+}

@@ -1,0 +1,37 @@
+//! Portcullis: an authenticating reverse proxy and MCP gateway.
+//!
+//! # Layout
+//! - [`token`]: token format (prefix, randomness, checksum), hashing, the record.
+//! - [`store`]: the `TokenStore` trait and its SQLite backend; the only writer
+//!   of durable state.
+//! - [`auth`]: the in-memory hash index, its invalidation, the verify step, and
+//!   token creation/revocation.
+//! - [`limit`]: per-token rate limiting (governor).
+//! - [`gateway`]: the data plane, an ordered pipeline authenticate → limit →
+//!   body → forward.
+//! - [`mcp`]: JSON-RPC envelope handling.
+//! - [`upstream`]: pooled HTTP client to upstream servers; knows nothing of tokens.
+//! - [`admin`]: the control-plane HTTP API.
+//! - [`error`]: the one mapping from failures to what clients see.
+//! - [`config`]: the TOML file, validation and runtime types.
+//! - [`app`] and [`server`]: wiring, listeners, background tasks, shutdown.
+//! - [`telemetry`]: tracing and Prometheus metrics.
+//! - [`demo`]: the bundled demo MCP server.
+//! - [`cli`]: the command line.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod gateway;
+pub mod limit;
+pub mod mcp;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod token;
+pub mod upstream;

@@ -1,0 +1,196 @@
+//! Just enough JSON-RPC 2.0 to validate a request body and find its id.
+//!
+//! The body is parsed into borrowed fields and `IgnoredAny`, so checking a
+//! message allocates nothing for its params, however large.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    jsonrpc: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    method: Option<Cow<'a, str>>,
+    result: Option<IgnoredAny>,
+    error: Option<IgnoredAny>,
+}
+
+impl Envelope<'_> {
+    fn is_valid(&self) -> bool {
+        let id_ok = self.id.is_none_or(|id| is_valid_id(id.get()));
+        let is_request_or_notification =
+            self.method.as_deref().is_some_and(|m| !m.is_empty()) && self.result.is_none() && self.error.is_none();
+        let is_response = self.method.is_none() && self.id.is_some() && (self.result.is_some() != self.error.is_some());
+        self.jsonrpc.as_deref() == Some("2.0") && id_ok && (is_request_or_notification || is_response)
+    }
+}
+
+/// A string, a number or null (JSON-RPC 2.0 §4).
+fn is_valid_id(raw: &str) -> bool {
+    matches!(raw.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9')) || raw == "null"
+}
+
+/// What a request body turned out to be.
+#[derive(Debug)]
+pub enum Body<'a> {
+    /// A single message; `id` is its raw JSON id when it has one.
+    Message {
+        id: Option<&'a RawValue>,
+        method: Option<Cow<'a, str>>,
+    },
+    /// A batch (allowed by protocol revision 2025-03-26).
+    Batch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Not JSON: -32700.
+    Parse,
+    /// JSON, but not a JSON-RPC message: -32600.
+    InvalidRequest,
+}
+
+/// Classifies a POST body.
+pub fn inspect(bytes: &[u8]) -> Result<Body<'_>, BodyError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        let batch: Vec<Envelope<'_>> = serde_json::from_slice(bytes).map_err(classify)?;
+        return if !batch.is_empty() && batch.iter().all(Envelope::is_valid) {
+            Ok(Body::Batch)
+        } else {
+            Err(BodyError::InvalidRequest)
+        };
+    }
+    let env: Envelope<'_> = serde_json::from_slice(bytes).map_err(classify)?;
+    if env.is_valid() {
+        Ok(Body::Message {
+            id: env.id,
+            method: env.method,
+        })
+    } else {
+        Err(BodyError::InvalidRequest)
+    }
+}
+
+/// Best-effort id of a body that may be invalid (for error responses).
+pub fn request_id(bytes: &[u8]) -> Option<&RawValue> {
+    match inspect(bytes) {
+        Ok(Body::Message { id, .. }) => id,
+        _ => serde_json::from_slice::<Envelope<'_>>(bytes)
+            .ok()
+            .and_then(|e| e.id)
+            .filter(|id| is_valid_id(id.get())),
+    }
+}
+
+fn classify(e: serde_json::Error) -> BodyError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => BodyError::Parse,
+        Category::Data => BodyError::InvalidRequest,
+    }
+}
+
+/// The JSON-RPC error body `{"jsonrpc":"2.0","id":…,"error":{…}}`.
+pub fn error_body(id: Option<&RawValue>, code: i32, message: &str, data: Option<&serde_json::Value>) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct ErrorObject<'a> {
+        code: i32,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<&'a serde_json::Value>,
+    }
+    #[derive(serde::Serialize)]
+    struct ErrorResponse<'a> {
+        jsonrpc: &'static str,
+        id: Option<&'a RawValue>,
+        error: ErrorObject<'a>,
+    }
+    serde_json::to_vec(&ErrorResponse {
+        jsonrpc: "2.0",
+        id,
+        error: ErrorObject { code, message, data },
+    })
+    .expect("serializable")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_notifications_and_responses_are_valid() {
+        match inspect(br#"{"jsonrpc":"2.0","id":7,"method":"tools/list","params":{"x":[1,2]}}"#).unwrap() {
+            Body::Message { id, method } => {
+                assert_eq!(id.unwrap().get(), "7");
+                assert_eq!(method.as_deref(), Some("tools/list"));
+            }
+            Body::Batch => panic!(),
+        }
+        assert!(inspect(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).is_ok());
+        assert!(inspect(br#"{"jsonrpc":"2.0","id":"a","result":{}}"#).is_ok());
+        assert!(inspect(br#"{"jsonrpc":"2.0","id":"a","error":{"code":1,"message":"x"}}"#).is_ok());
+        assert!(inspect(br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#).is_ok());
+        assert!(inspect(br#"{"jsonrpc":"2.0","id":1,"method":"esc\u0061ped"}"#).is_ok());
+    }
+
+    #[test]
+    fn not_json_is_a_parse_error() {
+        for b in [&b"not json"[..], b"{", b"", b"{\"jsonrpc\":"] {
+            assert_eq!(inspect(b).unwrap_err(), BodyError::Parse, "{:?}", String::from_utf8_lossy(b));
+        }
+    }
+
+    #[test]
+    fn json_that_is_not_jsonrpc_is_an_invalid_request() {
+        for b in [
+            &br#"{}"#[..],
+            br#"42"#,
+            br#"[]"#,
+            br#""str""#,
+            br#"{"jsonrpc":"1.0","id":1,"method":"x"}"#,
+            br#"{"id":1,"method":"x"}"#,
+            br#"{"jsonrpc":"2.0","id":{"a":1},"method":"x"}"#,
+            br#"{"jsonrpc":"2.0","id":1}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":""}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":5}"#,
+            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}, 3]"#,
+        ] {
+            assert_eq!(inspect(b).unwrap_err(), BodyError::InvalidRequest, "{}", String::from_utf8_lossy(b));
+        }
+    }
+
+    #[test]
+    fn request_id_is_found_even_in_invalid_messages() {
+        assert_eq!(request_id(br#"{"jsonrpc":"1.0","id":"x","method":"m"}"#).unwrap().get(), r#""x""#);
+        assert!(request_id(b"garbage").is_none());
+        assert!(request_id(br#"{"id":{"bad":1}}"#).is_none());
+    }
+
+    #[test]
+    fn error_body_has_the_contract_shape() {
+        let id = RawValue::from_string("12".into()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&error_body(
+            Some(&id),
+            -32000,
+            "Rate limit exceeded",
+            Some(&serde_json::json!({"retryAfter": 3})),
+        ))
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"jsonrpc":"2.0","id":12,"error":{"code":-32000,"message":"Rate limit exceeded","data":{"retryAfter":3}}})
+        );
+        let v: serde_json::Value = serde_json::from_slice(&error_body(None, -31001, "Unauthorized", None)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"jsonrpc":"2.0","id":null,"error":{"code":-31001,"message":"Unauthorized"}})
+        );
+    }
+}

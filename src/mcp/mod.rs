@@ -1,0 +1,3 @@
+//! MCP protocol pieces: the JSON-RPC envelope.
+
+pub mod jsonrpc;

@@ -1,0 +1,82 @@
+//! Durable token state behind the [`TokenStore`] trait.
+//!
+//! Only the store writes durable state. The embedded backend is SQLite
+//! ([`sqlite::SqliteStore`]); the shared Redis backend implements the same
+//! trait for cluster mode. Every store also keeps an append-only revocation
+//! log with a monotonically increasing sequence number, so that every process
+//! holding an in-memory index can learn of revocations made elsewhere (another
+//! instance, or the offline CLI) by polling a single number.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::token::{TokenHash, TokenKind, TokenRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or failed; callers must fail closed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness constraint failed (id or hash collision).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A pagination cursor that this store did not issue.
+    #[error("invalid cursor")]
+    InvalidCursor,
+}
+
+/// Which tokens a listing returns.
+#[derive(Debug, Clone, Copy)]
+pub struct ListFilter<'a> {
+    pub kind: TokenKind,
+    /// `Some(ws)`: tokens of that workspace; `None`: all (admin listings).
+    pub workspace: Option<&'a str>,
+}
+
+/// One page of a newest-first listing.
+#[derive(Debug)]
+pub struct Page {
+    pub tokens: Vec<TokenRecord>,
+    /// Opaque cursor for the next page, `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One entry of the revocation log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub seq: u64,
+    pub hash: TokenHash,
+}
+
+/// Result of a revoke call.
+#[derive(Debug)]
+pub struct Revoked {
+    pub record: TokenRecord,
+    pub hash: TokenHash,
+    /// False when the token had already been revoked (revoking twice is fine).
+    pub newly_revoked: bool,
+}
+
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
+    /// Stores a new token. Fails with [`StoreError::Conflict`] on a duplicate.
+    async fn insert(&self, record: &TokenRecord, hash: &TokenHash) -> Result<(), StoreError>;
+    /// The record whose token hashes to `hash` (the verify path's miss read).
+    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError>;
+    /// The record with public id `id`.
+    async fn get(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Newest first. `cursor` comes from a previous page of the same filter.
+    async fn list(&self, filter: ListFilter<'_>, page_size: usize, cursor: Option<&str>) -> Result<Page, StoreError>;
+    /// Marks the token revoked at `at` (kept if already revoked) and appends
+    /// to the revocation log in the same transaction. `None` if unknown.
+    async fn revoke(&self, id: &str, at: i64) -> Result<Option<Revoked>, StoreError>;
+    /// Batched `last_used_at` update; never moves a timestamp backwards.
+    async fn record_last_used(&self, batch: &[(String, i64)]) -> Result<(), StoreError>;
+    /// Highest revocation sequence number (0 when none).
+    async fn revocation_seq(&self) -> Result<u64, StoreError>;
+    /// Revocations with `seq > after`, oldest first, at most `limit`.
+    async fn revocations_since(&self, after: u64, limit: usize) -> Result<Vec<Revocation>, StoreError>;
+    /// Cheap reachability check for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

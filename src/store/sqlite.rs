@@ -1,0 +1,442 @@
+//! Embedded SQLite store: one file, WAL journal, `synchronous = FULL`.
+//!
+//! WAL lets readers proceed while a write commits; `synchronous = FULL` makes
+//! a commit durable before it is acknowledged, so a crash or power cut right
+//! after a revoke call returns cannot bring the token back.
+//!
+//! rusqlite is blocking, so every call runs on tokio's blocking pool. Two
+//! connections: one for writes and one for reads, so a miss on the verify path
+//! never queues behind a batch of `last_used_at` writes. Each sits in a
+//! `std::sync::Mutex` because no `.await` happens while it is held.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{ListFilter, Page, Revocation, Revoked, StoreError, TokenStore};
+use crate::token::{TokenHash, TokenKind, TokenRecord};
+
+/// Ordered schema migrations; `schema_version` records how many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: tokens and the revocation log.
+    "CREATE TABLE tokens (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        hash BLOB NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        workspace TEXT,
+        kind TEXT NOT NULL,
+        hint TEXT NOT NULL,
+        member_id TEXT,
+        email TEXT,
+        created_at INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        expires_at INTEGER,
+        revoked_at INTEGER,
+        last_used_at INTEGER,
+        allowed_servers TEXT,
+        requests_per_minute INTEGER
+    );
+    CREATE INDEX tokens_by_workspace ON tokens (kind, workspace, seq);
+    CREATE TABLE revocations (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        token_id TEXT NOT NULL,
+        hash BLOB NOT NULL,
+        revoked_at INTEGER NOT NULL
+    );",
+];
+
+const COLUMNS: &str = "id, name, workspace, kind, hint, member_id, email, created_at, created_by, \
+                       expires_at, revoked_at, last_used_at, allowed_servers, requests_per_minute";
+
+pub struct SqliteStore {
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating file and directory if needed) and migrates the database.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let writer = open_connection(path)?;
+        migrate(&writer)?;
+        let reader = open_connection(path)?;
+        Ok(SqliteStore {
+            writer: Arc::new(Mutex::new(writer)),
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    async fn with<T, F>(conn: &Arc<Mutex<Connection>>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(conn);
+        tokio::task::spawn_blocking(move || {
+            // A poisoned lock means a panic mid-call; the connection itself is
+            // still consistent (SQLite rolled the transaction back), so go on.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    // Another process (the offline CLI) may hold the write lock briefly.
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(unavailable)?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(unavailable)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        .map_err(unavailable)?;
+    let current: i64 = conn
+        .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))
+        .map_err(unavailable)?;
+    if current as usize > MIGRATIONS.len() {
+        return Err(StoreError::Unavailable(format!(
+            "database schema version {current} is newer than this binary understands ({}); upgrade portcullis",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.unchecked_transaction().map_err(unavailable)?;
+        tx.execute_batch(sql).map_err(unavailable)?;
+        tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [i as i64 + 1])
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn record_from_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
+    let kind: String = r.get(3)?;
+    let allowed: Option<String> = r.get(12)?;
+    Ok(TokenRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        workspace: r.get(2)?,
+        kind: TokenKind::from_str_opt(&kind).unwrap_or(TokenKind::Workspace),
+        hint: r.get(4)?,
+        member_id: r.get(5)?,
+        email: r.get(6)?,
+        created_at: r.get(7)?,
+        created_by: r.get(8)?,
+        expires_at: r.get(9)?,
+        revoked_at: r.get(10)?,
+        last_used_at: r.get(11)?,
+        allowed_servers: allowed.and_then(|s| serde_json::from_str(&s).ok()),
+        requests_per_minute: r.get::<_, Option<i64>>(13)?.map(|v| v as u32),
+    })
+}
+
+#[async_trait]
+impl TokenStore for SqliteStore {
+    async fn insert(&self, record: &TokenRecord, hash: &TokenHash) -> Result<(), StoreError> {
+        let r = record.clone();
+        let hash = *hash;
+        Self::with(&self.writer, move |c| {
+            let allowed = r
+                .allowed_servers
+                .as_ref()
+                .map(|v| serde_json::to_string(v).expect("strings serialize"));
+            c.execute(
+                &format!("INSERT INTO tokens (hash, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+                params![
+                    &hash[..],
+                    r.id,
+                    r.name,
+                    r.workspace,
+                    r.kind.as_str(),
+                    r.hint,
+                    r.member_id,
+                    r.email,
+                    r.created_at,
+                    r.created_by,
+                    r.expires_at,
+                    r.revoked_at,
+                    r.last_used_at,
+                    allowed,
+                    r.requests_per_minute.map(i64::from),
+                ],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    StoreError::Conflict("a token with this id or hash already exists".into())
+                }
+                e => unavailable(e),
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        let hash = *hash;
+        Self::with(&self.reader, move |c| {
+            c.prepare_cached(&format!("SELECT {COLUMNS} FROM tokens WHERE hash = ?1"))
+                .and_then(|mut s| s.query_row([&hash[..]], record_from_row).optional())
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let id = id.to_owned();
+        Self::with(&self.reader, move |c| {
+            c.prepare_cached(&format!("SELECT {COLUMNS} FROM tokens WHERE id = ?1"))
+                .and_then(|mut s| s.query_row([&id], record_from_row).optional())
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn list(&self, filter: ListFilter<'_>, page_size: usize, cursor: Option<&str>) -> Result<Page, StoreError> {
+        // The cursor is the `seq` of the last row of the previous page. Rows
+        // are only ever appended with larger `seq`, so paging stays correct
+        // while tokens are being created.
+        let before: i64 = match cursor {
+            None => i64::MAX,
+            Some(c) => c.parse().ok().filter(|v: &i64| *v > 0).ok_or(StoreError::InvalidCursor)?,
+        };
+        let kind = filter.kind.as_str();
+        let workspace = filter.workspace.map(str::to_owned);
+        let limit = page_size as i64 + 1;
+        Self::with(&self.reader, move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS}, seq FROM tokens WHERE kind = ?1 AND (?2 IS NULL OR workspace = ?2) AND seq < ?3 ORDER BY seq DESC LIMIT ?4"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![kind, workspace, before, limit], |r| Ok((record_from_row(r)?, r.get::<_, i64>(14)?)))
+                .map_err(unavailable)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unavailable)?;
+            let more = rows.len() > page_size;
+            let mut tokens = Vec::with_capacity(page_size);
+            let mut last_seq = None;
+            for (rec, seq) in rows.into_iter().take(page_size) {
+                last_seq = Some(seq);
+                tokens.push(rec);
+            }
+            Ok(Page { tokens, next_cursor: if more { last_seq.map(|s| s.to_string()) } else { None } })
+        })
+        .await
+    }
+
+    async fn revoke(&self, id: &str, at: i64) -> Result<Option<Revoked>, StoreError> {
+        let id = id.to_owned();
+        Self::with(&self.writer, move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            let changed = tx
+                .execute(
+                    "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                    params![id, at],
+                )
+                .map_err(unavailable)?;
+            let found = tx
+                .query_row(&format!("SELECT {COLUMNS}, hash FROM tokens WHERE id = ?1"), [&id], |r| {
+                    Ok((record_from_row(r)?, r.get::<_, Vec<u8>>(14)?))
+                })
+                .optional()
+                .map_err(unavailable)?;
+            let Some((record, hash)) = found else { return Ok(None) };
+            let hash: TokenHash = hash.try_into().map_err(|_| StoreError::Unavailable("corrupt hash column".into()))?;
+            if changed == 1 {
+                tx.execute(
+                    "INSERT INTO revocations (token_id, hash, revoked_at) VALUES (?1, ?2, ?3)",
+                    params![id, &hash[..], at],
+                )
+                .map_err(unavailable)?;
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(Some(Revoked {
+                record,
+                hash,
+                newly_revoked: changed == 1,
+            }))
+        })
+        .await
+    }
+
+    async fn record_last_used(&self, batch: &[(String, i64)]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let batch = batch.to_vec();
+        Self::with(&self.writer, move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached("UPDATE tokens SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)")
+                    .map_err(unavailable)?;
+                for (id, ts) in &batch {
+                    stmt.execute(params![id, ts]).map_err(unavailable)?;
+                }
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn revocation_seq(&self) -> Result<u64, StoreError> {
+        Self::with(&self.reader, |c| {
+            c.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM revocations")
+                .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+                .map(|v| v as u64)
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn revocations_since(&self, after: u64, limit: usize) -> Result<Vec<Revocation>, StoreError> {
+        Self::with(&self.reader, move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT seq, hash FROM revocations WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![after as i64, limit as i64], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, hash) = row.map_err(unavailable)?;
+                if let Ok(hash) = TokenHash::try_from(hash) {
+                    out.push(Revocation { seq: seq as u64, hash });
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Self::with(&self.reader, |c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token;
+
+    fn record(ws: &str, name: &str) -> (TokenRecord, TokenHash) {
+        let t = token::generate(TokenKind::Workspace);
+        (
+            TokenRecord {
+                id: token::generate_id(),
+                name: name.into(),
+                workspace: Some(ws.into()),
+                kind: TokenKind::Workspace,
+                hint: t.hint,
+                member_id: Some("m1".into()),
+                email: None,
+                created_at: 1000,
+                created_by: "bootstrap".into(),
+                expires_at: Some(5000),
+                revoked_at: None,
+                last_used_at: None,
+                allowed_servers: Some(vec!["demo".into()]),
+                requests_per_minute: Some(7),
+            },
+            t.hash,
+        )
+    }
+
+    #[tokio::test]
+    async fn insert_find_get_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("sub/t.db")).unwrap();
+        let (r, h) = record("demo", "a");
+        s.insert(&r, &h).await.unwrap();
+        assert_eq!(s.find_by_hash(&h).await.unwrap().as_ref(), Some(&r));
+        assert_eq!(s.get(&r.id).await.unwrap().as_ref(), Some(&r));
+        assert!(s.find_by_hash(&[0; 32]).await.unwrap().is_none());
+        assert!(matches!(s.insert(&r, &h).await, Err(StoreError::Conflict(_))));
+    }
+
+    #[tokio::test]
+    async fn revoke_is_idempotent_and_logged_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let (r, h) = record("demo", "a");
+        s.insert(&r, &h).await.unwrap();
+        assert_eq!(s.revocation_seq().await.unwrap(), 0);
+        let first = s.revoke(&r.id, 2000).await.unwrap().unwrap();
+        assert!(first.newly_revoked);
+        assert_eq!(first.record.revoked_at, Some(2000));
+        assert_eq!(first.hash, h);
+        let second = s.revoke(&r.id, 3000).await.unwrap().unwrap();
+        assert!(!second.newly_revoked);
+        assert_eq!(second.record.revoked_at, Some(2000), "the first revocation time is kept");
+        assert_eq!(s.revocation_seq().await.unwrap(), 1);
+        assert_eq!(s.revocations_since(0, 10).await.unwrap(), vec![Revocation { seq: 1, hash: h }]);
+        assert!(s.revocations_since(1, 10).await.unwrap().is_empty());
+        assert!(s.revoke("tkn_unknown", 1).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn list_is_newest_first_and_paginates_while_tokens_are_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let (r, h) = record("demo", &format!("t{i}"));
+            ids.push(r.id.clone());
+            s.insert(&r, &h).await.unwrap();
+        }
+        let (other, h) = record("other", "x");
+        s.insert(&other, &h).await.unwrap();
+        let f = ListFilter {
+            kind: TokenKind::Workspace,
+            workspace: Some("demo"),
+        };
+        let p1 = s.list(f, 2, None).await.unwrap();
+        assert_eq!(p1.tokens.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["t4", "t3"]);
+        // A token created between pages does not shift the next page.
+        let (late, h) = record("demo", "late");
+        s.insert(&late, &h).await.unwrap();
+        let p2 = s.list(f, 2, p1.next_cursor.as_deref()).await.unwrap();
+        assert_eq!(p2.tokens.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["t2", "t1"]);
+        let p3 = s.list(f, 2, p2.next_cursor.as_deref()).await.unwrap();
+        assert_eq!(p3.tokens.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["t0"]);
+        assert!(p3.next_cursor.is_none());
+        assert!(matches!(s.list(f, 2, Some("garbage")).await, Err(StoreError::InvalidCursor)));
+    }
+
+    #[tokio::test]
+    async fn last_used_never_moves_backwards_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let (r, h) = record("demo", "a");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.insert(&r, &h).await.unwrap();
+            s.record_last_used(&[(r.id.clone(), 500)]).await.unwrap();
+            s.record_last_used(&[(r.id.clone(), 400)]).await.unwrap();
+            s.revoke(&r.id, 600).await.unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let got = s.get(&r.id).await.unwrap().unwrap();
+        assert_eq!(got.last_used_at, Some(500));
+        assert_eq!(got.revoked_at, Some(600));
+        assert_eq!(s.revocation_seq().await.unwrap(), 1);
+    }
+}

@@ -1,0 +1,303 @@
+//! Tracing set-up and the Prometheus metrics served on the admin listener.
+//!
+//! Metrics are fixed arrays of atomics sized from the configuration at start,
+//! so recording on the hot path is a relaxed add: no lock, no allocation, no
+//! map lookup. Label values come from the configuration only (never from a
+//! client-supplied slug), so cardinality is bounded.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::config::Config;
+
+/// Initialises the global tracing subscriber. `PORTCULLIS_LOG` (or `RUST_LOG`)
+/// sets the filter, default `info`; `PORTCULLIS_LOG_FORMAT=json` switches to
+/// JSON lines. Logs go to stderr so that stdout stays clean for `--json`.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("PORTCULLIS_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_string());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let json = std::env::var("PORTCULLIS_LOG_FORMAT").is_ok_and(|v| v == "json");
+    // try_init: tests may initialise more than once in one process.
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// HTTP statuses counted individually; anything else is counted as "other".
+const STATUSES: [u16; 17] = [200, 201, 202, 204, 400, 401, 403, 404, 405, 406, 408, 413, 415, 429, 502, 503, 504];
+/// Upstream latency buckets, seconds.
+const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Why authentication failed, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailureReason {
+    Missing,
+    Malformed,
+    Unknown,
+    Revoked,
+    Expired,
+    WrongWorkspace,
+    WrongKind,
+}
+
+impl AuthFailureReason {
+    const ALL: [AuthFailureReason; 7] = [
+        AuthFailureReason::Missing,
+        AuthFailureReason::Malformed,
+        AuthFailureReason::Unknown,
+        AuthFailureReason::Revoked,
+        AuthFailureReason::Expired,
+        AuthFailureReason::WrongWorkspace,
+        AuthFailureReason::WrongKind,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailureReason::Missing => "missing",
+            AuthFailureReason::Malformed => "malformed",
+            AuthFailureReason::Unknown => "unknown",
+            AuthFailureReason::Revoked => "revoked",
+            AuthFailureReason::Expired => "expired",
+            AuthFailureReason::WrongWorkspace => "wrong_workspace",
+            AuthFailureReason::WrongKind => "wrong_kind",
+        }
+    }
+}
+
+/// Result of an index lookup.
+#[derive(Debug, Clone, Copy)]
+pub enum IndexLookup {
+    Hit,
+    Miss,
+    NegativeHit,
+}
+
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram {
+            buckets: Default::default(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+}
+
+struct WorkspaceMetrics {
+    slug: String,
+    statuses: [AtomicU64; STATUSES.len() + 1],
+    rate_limited: AtomicU64,
+    upstream_errors: [AtomicU64; 2],
+    servers: Vec<(String, Histogram)>,
+}
+
+impl WorkspaceMetrics {
+    fn new(slug: String, servers: Vec<String>) -> Self {
+        WorkspaceMetrics {
+            slug,
+            statuses: Default::default(),
+            rate_limited: AtomicU64::new(0),
+            upstream_errors: Default::default(),
+            servers: servers.into_iter().map(|s| (s, Histogram::new())).collect(),
+        }
+    }
+}
+
+/// Which upstream failure.
+#[derive(Debug, Clone, Copy)]
+pub enum UpstreamFailure {
+    Unavailable = 0,
+    Timeout = 1,
+}
+
+pub struct Metrics {
+    /// One per configured workspace, plus a last one for unknown slugs.
+    workspaces: Vec<WorkspaceMetrics>,
+    auth_failures: [AtomicU64; AuthFailureReason::ALL.len()],
+    index: [AtomicU64; 3],
+    store_reads: AtomicU64,
+    store_errors: AtomicU64,
+    admin_requests: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new(config: &Config) -> Self {
+        let mut workspaces: Vec<WorkspaceMetrics> = config
+            .workspaces
+            .iter()
+            .map(|w| WorkspaceMetrics::new(w.slug.clone(), w.servers.iter().map(|s| s.name.clone()).collect()))
+            .collect();
+        workspaces.push(WorkspaceMetrics::new("_unknown".into(), Vec::new()));
+        Metrics {
+            workspaces,
+            auth_failures: Default::default(),
+            index: Default::default(),
+            store_reads: AtomicU64::new(0),
+            store_errors: AtomicU64::new(0),
+            admin_requests: AtomicU64::new(0),
+        }
+    }
+
+    fn workspace(&self, index: Option<usize>) -> &WorkspaceMetrics {
+        let last = self.workspaces.len() - 1;
+        &self.workspaces[index.filter(|&i| i < last).unwrap_or(last)]
+    }
+
+    /// A data-plane response; `workspace` is the configuration index, `None`
+    /// for an unknown slug.
+    pub fn request(&self, workspace: Option<usize>, status: u16) {
+        let i = STATUSES.iter().position(|&s| s == status).unwrap_or(STATUSES.len());
+        self.workspace(workspace).statuses[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn auth_failure(&self, reason: AuthFailureReason) {
+        self.auth_failures[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn rate_limited(&self, workspace: usize) {
+        self.workspace(Some(workspace)).rate_limited.fetch_add(1, Relaxed);
+    }
+
+    pub fn upstream_latency(&self, workspace: usize, server: usize, d: Duration) {
+        if let Some((_, h)) = self.workspace(Some(workspace)).servers.get(server) {
+            h.observe(d);
+        }
+    }
+
+    pub fn upstream_failure(&self, workspace: usize, kind: UpstreamFailure) {
+        self.workspace(Some(workspace)).upstream_errors[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn index_lookup(&self, result: IndexLookup) {
+        self.index[result as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn store_read(&self, ok: bool) {
+        self.store_reads.fetch_add(1, Relaxed);
+        if !ok {
+            self.store_errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn admin_request(&self) {
+        self.admin_requests.fetch_add(1, Relaxed);
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self, index_entries: usize, limiter_keys: usize) -> String {
+        let mut o = String::with_capacity(4096);
+        o.push_str("# HELP portcullis_requests_total Data-plane responses by workspace and HTTP status.\n# TYPE portcullis_requests_total counter\n");
+        for w in &self.workspaces {
+            for (i, c) in w.statuses.iter().enumerate() {
+                let v = c.load(Relaxed);
+                if v > 0 {
+                    let status = STATUSES.get(i).map(u16::to_string).unwrap_or_else(|| "other".into());
+                    let _ = writeln!(o, "portcullis_requests_total{{workspace=\"{}\",status=\"{status}\"}} {v}", w.slug);
+                }
+            }
+        }
+        o.push_str(
+            "# HELP portcullis_auth_failures_total Rejected credentials by reason.\n# TYPE portcullis_auth_failures_total counter\n",
+        );
+        for r in AuthFailureReason::ALL {
+            let _ = writeln!(
+                o,
+                "portcullis_auth_failures_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.auth_failures[r as usize].load(Relaxed)
+            );
+        }
+        o.push_str("# HELP portcullis_rate_limited_total Requests refused by the per-token rate limit.\n# TYPE portcullis_rate_limited_total counter\n");
+        for w in &self.workspaces[..self.workspaces.len() - 1] {
+            let _ = writeln!(
+                o,
+                "portcullis_rate_limited_total{{workspace=\"{}\"}} {}",
+                w.slug,
+                w.rate_limited.load(Relaxed)
+            );
+        }
+        o.push_str("# HELP portcullis_upstream_errors_total Upstream failures by kind.\n# TYPE portcullis_upstream_errors_total counter\n");
+        for w in &self.workspaces[..self.workspaces.len() - 1] {
+            for (i, kind) in ["unavailable", "timeout"].iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "portcullis_upstream_errors_total{{workspace=\"{}\",kind=\"{kind}\"}} {}",
+                    w.slug,
+                    w.upstream_errors[i].load(Relaxed)
+                );
+            }
+        }
+        o.push_str("# HELP portcullis_upstream_response_seconds Time from forwarding to the upstream's response headers.\n# TYPE portcullis_upstream_response_seconds histogram\n");
+        for w in &self.workspaces {
+            for (server, h) in &w.servers {
+                let labels = format!("workspace=\"{}\",server=\"{server}\"", w.slug);
+                let mut cumulative = 0;
+                for (i, b) in BUCKETS.iter().enumerate() {
+                    cumulative += h.buckets[i].load(Relaxed);
+                    let _ = writeln!(o, "portcullis_upstream_response_seconds_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+                }
+                let count = h.count.load(Relaxed);
+                let _ = writeln!(o, "portcullis_upstream_response_seconds_bucket{{{labels},le=\"+Inf\"}} {count}");
+                let _ = writeln!(
+                    o,
+                    "portcullis_upstream_response_seconds_sum{{{labels}}} {}",
+                    h.sum_micros.load(Relaxed) as f64 / 1e6
+                );
+                let _ = writeln!(o, "portcullis_upstream_response_seconds_count{{{labels}}} {count}");
+            }
+        }
+        o.push_str(
+            "# HELP portcullis_index_lookups_total Token hash index lookups by result.\n# TYPE portcullis_index_lookups_total counter\n",
+        );
+        for (i, r) in ["hit", "miss", "negative_hit"].iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "portcullis_index_lookups_total{{result=\"{r}\"}} {}",
+                self.index[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP portcullis_store_reads_total Store reads on index misses.\n# TYPE portcullis_store_reads_total counter\nportcullis_store_reads_total {}",
+            self.store_reads.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP portcullis_store_errors_total Failed store reads on index misses.\n# TYPE portcullis_store_errors_total counter\nportcullis_store_errors_total {}",
+            self.store_errors.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP portcullis_admin_requests_total Control-plane requests.\n# TYPE portcullis_admin_requests_total counter\nportcullis_admin_requests_total {}",
+            self.admin_requests.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP portcullis_index_entries Tokens held in the in-memory index.\n# TYPE portcullis_index_entries gauge\nportcullis_index_entries {index_entries}"
+        );
+        let _ = writeln!(
+            o,
+            "# HELP portcullis_limiter_keys Tokens tracked by the rate limiter.\n# TYPE portcullis_limiter_keys gauge\nportcullis_limiter_keys {limiter_keys}"
+        );
+        o
+    }
+}
