@@ -51,8 +51,7 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreError> {
 }
 
 impl AppState {
-    pub async fn new(config: Config) -> Result<Arc<AppState>, StoreError> {
-        let store = open_store(&config)?;
+    pub async fn new(config: Config, store: Arc<dyn TokenStore>) -> Result<Arc<AppState>, StoreError> {
         let metrics = Arc::new(Metrics::new(&config));
         let verifier = Arc::new(Verifier::new(Arc::clone(&store), Arc::clone(&metrics), IndexOptions::default()));
         verifier.sync_revocation_seq().await?;
@@ -77,9 +76,15 @@ pub struct Running {
 
 /// Starts the gateway: binds both listeners and spawns the loops.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    let store = open_store(&config)?;
+    start_with_store(config, store).await
+}
+
+/// Starts the gateway on a store built by the caller (tests inject faults).
+pub async fn start_with_store(config: Config, store: Arc<dyn TokenStore>) -> Result<Running, StartError> {
     let data_listener = bind(config.server.listen, "data plane", "server.listen").await?;
     let admin_listener = bind(config.server.admin_listen, "admin API", "server.admin_listen").await?;
-    let state = AppState::new(config).await?;
+    let state = AppState::new(config, store).await?;
     let data_addr = data_listener.local_addr().expect("bound");
     let admin_addr = admin_listener.local_addr().expect("bound");
     let shutdown = CancellationToken::new();

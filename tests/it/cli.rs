@@ -1,0 +1,328 @@
+//! The `portcullis` binary end to end: help, check-config, offline bootstrap,
+//! client commands with --json, and exit codes.
+
+use std::process::{Command, Output};
+
+use http::Method;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    // Keep the environment of the machine running the tests out of it.
+    for k in [
+        "PORTCULLIS_ADMIN_URL",
+        "PORTCULLIS_ADMIN_TOKEN",
+        "PORTCULLIS_TOKEN",
+        "PORTCULLIS_CONFIG",
+        "PORTCULLIS_GATEWAY_URL",
+    ] {
+        c.env_remove(k);
+    }
+    c.env("PORTCULLIS_LOG", "warn");
+    c
+}
+
+/// Runs the binary off the async runtime's threads.
+async fn run(mut c: Command) -> Output {
+    tokio::task::spawn_blocking(move || c.output().expect("binary runs")).await.unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+fn json_out(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", stdout(o), stderr(o)))
+}
+
+#[tokio::test]
+async fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["check-config", "--help"],
+        vec!["demo", "--help"],
+        vec!["demo-upstream", "--help"],
+        vec!["admin", "--help"],
+        vec!["admin", "token", "--help"],
+        vec!["admin", "token", "create", "--help"],
+        vec!["admin", "token", "list", "--help"],
+        vec!["admin", "token", "revoke", "--help"],
+        vec!["workspace", "--help"],
+        vec!["workspace", "list", "--help"],
+        vec!["workspace", "token", "--help"],
+        vec!["workspace", "token", "create", "--help"],
+        vec!["workspace", "token", "list", "--help"],
+        vec!["workspace", "token", "get", "--help"],
+        vec!["workspace", "token", "revoke", "--help"],
+        vec!["token", "--help"],
+        vec!["token", "validate", "--help"],
+    ] {
+        let mut c = bin();
+        c.args(&args);
+        let o = run(c).await;
+        assert!(o.status.success(), "{args:?}");
+        assert!(stdout(&o).contains("Usage:"), "{args:?}");
+    }
+    let mut c = bin();
+    c.arg("no-such-command");
+    assert_eq!(run(c).await.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn check_config_accepts_good_and_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/portcullis.toml");
+    let mut c = bin();
+    c.args(["check-config", "--config", example]).env("DEMO_UPSTREAM_KEY", "k");
+    let o = run(c).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("OK"));
+
+    let mut c = bin();
+    c.args(["check-config", "--json", "--config", example])
+        .env("DEMO_UPSTREAM_KEY", "k");
+    assert_eq!(json_out(&run(c).await)["valid"], true);
+
+    // The example references DEMO_UPSTREAM_KEY: unset, it is a clear error.
+    let mut c = bin();
+    c.args(["check-config", "--config", example]).env_remove("DEMO_UPSTREAM_KEY");
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("DEMO_UPSTREAM_KEY"), "{}", stderr(&o));
+
+    let text = std::fs::read_to_string(example).unwrap();
+    for (broken, needle) in [
+        (text.replace("max_body_bytes", "max_bodybytes"), "max_bodybytes"),
+        (text.replace("backend = \"sqlite\"", "backend = \"mysql\""), "store.backend"),
+        (text.replace("slug = \"demo\"", "slug = \"De mo\""), "slug"),
+        ("[server\n".to_string(), "line"),
+    ] {
+        let path = dir.path().join("broken.toml");
+        std::fs::write(&path, &broken).unwrap();
+        let mut c = bin();
+        c.args(["check-config", "--config"]).arg(&path).env("DEMO_UPSTREAM_KEY", "k");
+        let o = run(c).await;
+        assert_eq!(o.status.code(), Some(2), "{needle}");
+        assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
+        let mut c = bin();
+        c.args(["check-config", "--json", "--config"])
+            .arg(&path)
+            .env("DEMO_UPSTREAM_KEY", "k");
+        let o = run(c).await;
+        assert_eq!(json_out(&o)["valid"], false);
+    }
+    let mut c = bin();
+    c.args(["check-config", "--config", "/nonexistent/portcullis.toml"]);
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("cannot read"));
+}
+
+#[tokio::test]
+async fn bootstrap_then_manage_tokens_from_the_cli() {
+    let up = DemoUpstream::start().await;
+    let gw = Setup::new(&up.url).start().await;
+    let config = gw.dir.path().join("portcullis.toml");
+    std::fs::write(&config, &gw.config_text).unwrap();
+    let admin_url = format!("http://{}", gw.admin);
+
+    // Offline bootstrap against the same store the gateway uses.
+    let mut c = bin();
+    c.args(["admin", "token", "create", "--name", "ops", "--json", "--config"])
+        .arg(&config);
+    let o = run(c).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let admin = json_out(&o);
+    let admin_token = admin["token"].as_str().unwrap().to_string();
+    assert!(admin_token.starts_with("mwa_"));
+    assert_eq!(admin["info"]["created_by"], "bootstrap");
+    assert_eq!(admin["info"]["kind"], "admin");
+
+    let client = |args: &[&str]| {
+        let mut c = bin();
+        c.args(args)
+            .env("PORTCULLIS_ADMIN_URL", &admin_url)
+            .env("PORTCULLIS_ADMIN_TOKEN", &admin_token);
+        c
+    };
+    let o = run(client(&["workspace", "list", "--json"])).await;
+    assert_eq!(json_out(&o)["workspaces"][0]["slug"], "demo");
+    let o = run(client(&["workspace", "list"])).await;
+    assert!(stdout(&o).contains("demo"));
+
+    let o = run(client(&[
+        "workspace",
+        "token",
+        "create",
+        "demo",
+        "--name",
+        "bot",
+        "--expires-in",
+        "3600",
+        "--member",
+        "m-1",
+        "--servers",
+        "main",
+        "--json",
+    ]))
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let created = json_out(&o);
+    let token = created["token"].as_str().unwrap().to_string();
+    let id = created["info"]["id"].as_str().unwrap().to_string();
+    assert_eq!(created["info"]["member_id"], "m-1");
+    assert_eq!(created["info"]["allowed_servers"], json!(["main"]));
+    assert!(created["mcp_json"]["mcpServers"]["demo"]["url"].is_string());
+    assert_eq!(gw.post("demo", Some(&token), echo_call(1, "cli")).await.status, 200);
+
+    // Human output shows the token once, with what to do next.
+    let o = run(client(&["workspace", "token", "create", "demo", "--name", "human"])).await;
+    assert!(stdout(&o).contains("mwt_") && stdout(&o).contains("only time"), "{}", stdout(&o));
+
+    let o = run(client(&["workspace", "token", "list", "demo", "--json"])).await;
+    let listed = json_out(&o);
+    assert!(listed["tokens"].as_array().unwrap().iter().any(|t| t["id"] == id.as_str()));
+    assert!(!stdout(&o).contains(&token[4..]), "list must never show a raw token");
+    let o = run(client(&[
+        "workspace",
+        "token",
+        "list",
+        "demo",
+        "--page-size",
+        "1",
+        "--all",
+        "--json",
+    ]))
+    .await;
+    assert_eq!(json_out(&o)["tokens"].as_array().unwrap().len(), 2);
+    let o = run(client(&["workspace", "token", "list", "demo"])).await;
+    assert!(stdout(&o).contains("STATUS") && stdout(&o).contains("bot"));
+
+    let o = run(client(&["workspace", "token", "get", "demo", &id, "--json"])).await;
+    assert_eq!(json_out(&o)["status"], "active");
+
+    let mut c = bin();
+    c.args(["token", "validate", "--json", "--gateway-url", &format!("http://{}", gw.data)])
+        .env("PORTCULLIS_TOKEN", &token);
+    let o = run(c).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json_out(&o)["id"], id.as_str());
+
+    let o = run(client(&["workspace", "token", "revoke", "demo", &id])).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("Revoked"));
+    assert_unauthorized(&gw.post("demo", Some(&token), echo_call(2, "cli")).await, false);
+    let o = run(client(&["workspace", "token", "get", "demo", &id, "--json"])).await;
+    assert_eq!(json_out(&o)["status"], "revoked");
+
+    let mut c = bin();
+    c.args(["token", "validate", "--gateway-url", &format!("http://{}", gw.data)])
+        .env("PORTCULLIS_TOKEN", &token);
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not valid"));
+
+    // Server-reported failures exit 1 with the server's message.
+    let o = run(client(&["workspace", "token", "get", "demo", "tkn_0000000000000000"])).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no token"), "{}", stderr(&o));
+    let o = run(client(&["workspace", "token", "create", "ghost", "--name", "x"])).await;
+    assert_eq!(o.status.code(), Some(1));
+    let mut c = bin();
+    c.args(["workspace", "list"])
+        .env("PORTCULLIS_ADMIN_URL", &admin_url)
+        .env("PORTCULLIS_ADMIN_TOKEN", "mwa_wrong");
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("PORTCULLIS_ADMIN_TOKEN"));
+    // Usage errors exit 2.
+    let o = run(client(&[
+        "workspace",
+        "token",
+        "create",
+        "demo",
+        "--name",
+        "x",
+        "--member",
+        "a",
+        "--email",
+        "b@c.d",
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(2));
+
+    // The offline admin list shows both admin tokens, never raw values.
+    let mut c = bin();
+    c.args(["admin", "token", "list", "--json", "--config"]).arg(&config);
+    let o = run(c).await;
+    assert_eq!(json_out(&o)["tokens"].as_array().unwrap().len(), 2);
+    assert!(!stdout(&o).contains(&admin_token[4..]));
+    drop(gw);
+}
+
+#[tokio::test]
+async fn unreachable_server_and_missing_token_exit_2_with_a_hint() {
+    let dead = dead_address().await;
+    let base = dead.trim_end_matches("/mcp").to_string();
+    let mut c = bin();
+    c.args(["workspace", "list"])
+        .env("PORTCULLIS_ADMIN_URL", &base)
+        .env("PORTCULLIS_ADMIN_TOKEN", "mwa_x");
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("cannot reach the admin API") && stderr(&o).contains("portcullis serve"),
+        "{}",
+        stderr(&o)
+    );
+
+    let mut c = bin();
+    c.args(["workspace", "list"]).env("PORTCULLIS_ADMIN_URL", &base);
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("PORTCULLIS_ADMIN_TOKEN"));
+
+    let mut c = bin();
+    c.args(["token", "validate", "--gateway-url", &base])
+        .env("PORTCULLIS_TOKEN", "mwt_x");
+    assert_eq!(run(c).await.status.code(), Some(2));
+    let mut c = bin();
+    c.args(["token", "validate"]);
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("PORTCULLIS_TOKEN"));
+}
+
+#[tokio::test]
+async fn admin_api_sees_cli_created_tokens() {
+    let up = DemoUpstream::start().await;
+    let gw = Setup::new(&up.url).start().await;
+    let config = gw.dir.path().join("portcullis.toml");
+    std::fs::write(&config, &gw.config_text).unwrap();
+    let mut c = bin();
+    c.args([
+        "admin",
+        "token",
+        "create",
+        "--name",
+        "scoped",
+        "--workspace",
+        "demo",
+        "--json",
+        "--config",
+    ])
+    .arg(&config);
+    let v = json_out(&run(c).await);
+    let t = v["token"].as_str().unwrap();
+    let r = gw.admin_call_as(t, Method::GET, "/v1/workspaces", None).await;
+    assert_eq!(r.status, 200);
+    let mut c = bin();
+    c.args(["admin", "token", "create", "--name", "x", "--workspace", "ghost", "--config"])
+        .arg(&config);
+    assert_eq!(run(c).await.status.code(), Some(2));
+}

@@ -1,0 +1,8 @@
+//! One integration-test binary: the gateway, its upstreams and its clients on
+//! real loopback sockets.
+
+mod admin_api;
+mod cli;
+mod data_plane;
+mod harness;
+mod lifecycle;
