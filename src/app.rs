@@ -12,10 +12,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{IndexOptions, Verifier};
-use crate::config::{Config, StoreConfig};
+use crate::config::{Config, LimitScope, StoreConfig};
 use crate::gateway::Gateway;
-use crate::limit::Limiter;
+use crate::limit::cluster::ClusterLimiter;
+use crate::limit::{Limiter, Limits};
 use crate::server::{self, ConnOptions};
+use crate::store::redis::RedisStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{StoreError, TokenStore};
 use crate::telemetry::Metrics;
@@ -26,7 +28,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub store: Arc<dyn TokenStore>,
     pub verifier: Arc<Verifier>,
-    pub limiter: Arc<Limiter>,
+    pub limiter: Arc<Limits>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -44,22 +46,37 @@ pub enum StartError {
 }
 
 /// Opens the configured store.
-pub fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreError> {
+pub async fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreError> {
     match &config.store {
         StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path)?)),
+        StoreConfig::Redis { url, timeout, .. } => Ok(Arc::new(RedisStore::connect(url, *timeout).await?)),
     }
 }
 
 impl AppState {
     pub async fn new(config: Config, store: Arc<dyn TokenStore>) -> Result<Arc<AppState>, StoreError> {
         let metrics = Arc::new(Metrics::new(&config));
-        let verifier = Arc::new(Verifier::new(Arc::clone(&store), Arc::clone(&metrics), IndexOptions::default()));
+        let mut options = IndexOptions::default();
+        if let StoreConfig::Redis { revocation_grace, .. } = &config.store {
+            options.shared_store = true;
+            options.revocation_grace = *revocation_grace;
+        }
+        let verifier = Arc::new(Verifier::new(Arc::clone(&store), Arc::clone(&metrics), options));
         verifier.sync_revocation_seq().await?;
+        let limiter = match (&config.store, config.limits.scope) {
+            (StoreConfig::Redis { url, timeout, .. }, LimitScope::Cluster) => {
+                // Its own connection, so limiter traffic never queues behind
+                // token reads (and the other way round).
+                let conn = RedisStore::connect(url, *timeout).await?.connection();
+                Limits::Cluster(ClusterLimiter::new(conn))
+            }
+            _ => Limits::Instance(Limiter::new()),
+        };
         Ok(Arc::new(AppState {
             config: Arc::new(config),
             store,
             verifier,
-            limiter: Arc::new(Limiter::new()),
+            limiter: Arc::new(limiter),
             metrics,
         }))
     }
@@ -76,7 +93,7 @@ pub struct Running {
 
 /// Starts the gateway: binds both listeners and spawns the loops.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     start_with_store(config, store).await
 }
 
@@ -139,18 +156,18 @@ async fn bind(addr: SocketAddr, what: &'static str, key: &'static str) -> Result
 /// Background loops: revocation log polling, `last_used_at` flushing, and
 /// sweeping idle index and limiter entries. They stop with the listeners.
 fn spawn_maintenance(tasks: &mut JoinSet<()>, state: Arc<AppState>, shutdown: CancellationToken) {
-    let poll = state.config.server.revocation_poll;
-    let s = Arc::clone(&state);
-    tasks.spawn(every(poll, shutdown.clone(), move || {
-        let s = Arc::clone(&s);
-        async move {
-            match s.verifier.poll_revocations().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(revocations = n, "applied revocations from the store's log"),
-                Err(e) => tracing::warn!(error = %e, "cannot poll the revocation log"),
+    tasks.spawn(crate::auth::sync::run(Arc::clone(&state.verifier), state.config.server.revocation_poll, shutdown.clone()));
+    if let Limits::Cluster(_) = &*state.limiter {
+        let s = Arc::clone(&state);
+        tasks.spawn(every(Duration::from_secs(5), shutdown.clone(), move || {
+            let s = Arc::clone(&s);
+            async move {
+                if let Limits::Cluster(c) = &*s.limiter {
+                    c.heartbeat().await;
+                }
             }
-        }
-    }));
+        }));
+    }
     let s = Arc::clone(&state);
     tasks.spawn(every(state.config.server.last_used_flush, shutdown.clone(), move || {
         let s = Arc::clone(&s);

@@ -98,12 +98,19 @@ impl Default for ServerSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSpec {
-    /// `"sqlite"` (embedded, single node). `"redis"` is reserved for cluster mode.
+    /// `"sqlite"` (embedded, single node) or `"redis"` (shared, cluster mode).
     pub backend: String,
     /// SQLite database file; created with its directory if missing.
     pub path: String,
-    /// Redis URL (cluster mode).
+    /// Redis URL (cluster mode), e.g. `redis://127.0.0.1:6379/0`.
     pub url: Option<String>,
+    /// Every Redis command fails after this long (and the request fails closed).
+    pub timeout_ms: u64,
+    /// Cluster mode: how long, at most, a token may still be accepted from the
+    /// in-memory index while revocation state cannot be confirmed (Redis
+    /// unreachable or the invalidation subscription down). 0 = fail closed at
+    /// once. This is the longest a revoked token may be accepted in an outage.
+    pub revocation_grace_ms: u64,
 }
 
 impl Default for StoreSpec {
@@ -112,6 +119,8 @@ impl Default for StoreSpec {
             backend: "sqlite".into(),
             path: "data/portcullis.db".into(),
             url: None,
+            timeout_ms: 1000,
+            revocation_grace_ms: 0,
         }
     }
 }
@@ -122,11 +131,18 @@ impl Default for StoreSpec {
 pub struct LimitsSpec {
     /// Requests per minute per token (GCRA: a burst of this many, refilled evenly).
     pub requests_per_minute: u32,
+    /// `"instance"`: each instance enforces the limit on its own (N instances
+    /// admit up to N x the limit). `"cluster"`: one limit shared by all
+    /// instances, kept in Redis (requires the redis store).
+    pub scope: String,
 }
 
 impl Default for LimitsSpec {
     fn default() -> Self {
-        LimitsSpec { requests_per_minute: 120 }
+        LimitsSpec {
+            requests_per_minute: 120,
+            scope: "instance".into(),
+        }
     }
 }
 
@@ -197,11 +213,19 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
     Sqlite { path: PathBuf },
+    Redis { url: String, timeout: Duration, revocation_grace: Duration },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    Instance,
+    Cluster,
 }
 
 #[derive(Debug, Clone)]
 pub struct LimitsConfig {
     pub requests_per_minute: u32,
+    pub scope: LimitScope,
 }
 
 #[derive(Debug)]
@@ -342,10 +366,20 @@ impl ConfigSpec {
                 }
             }
             "redis" => {
-                return Err(invalid(
-                    "store.backend",
-                    "the redis backend (cluster mode) is not available in this build yet; use \"sqlite\"".into(),
-                ));
+                let url = self.store.url.clone().filter(|u| !u.is_empty()).ok_or_else(|| {
+                    invalid("store.url", "the redis backend needs `url`, e.g. \"redis://127.0.0.1:6379/0\"".into())
+                })?;
+                if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+                    return Err(invalid("store.url", format!("`{url}` is not a redis:// URL")));
+                }
+                if self.store.timeout_ms == 0 {
+                    return Err(invalid("store.timeout_ms", "must be greater than 0".into()));
+                }
+                StoreConfig::Redis {
+                    url,
+                    timeout: Duration::from_millis(self.store.timeout_ms),
+                    revocation_grace: Duration::from_millis(self.store.revocation_grace_ms),
+                }
             }
             other => {
                 return Err(invalid(
@@ -358,6 +392,12 @@ impl ConfigSpec {
         if self.limits.requests_per_minute == 0 {
             return Err(invalid("limits.requests_per_minute", "must be greater than 0".into()));
         }
+        let scope = match self.limits.scope.as_str() {
+            "instance" => LimitScope::Instance,
+            "cluster" if matches!(store, StoreConfig::Redis { .. }) => LimitScope::Cluster,
+            "cluster" => return Err(invalid("limits.scope", "\"cluster\" needs the redis store (store.backend = \"redis\")".into())),
+            other => return Err(invalid("limits.scope", format!("unknown scope `{other}`; expected \"instance\" or \"cluster\""))),
+        };
 
         let mut workspaces = Vec::with_capacity(self.workspaces.len());
         let mut slugs = HashSet::new();
@@ -475,6 +515,7 @@ impl ConfigSpec {
             store,
             limits: LimitsConfig {
                 requests_per_minute: self.limits.requests_per_minute,
+                scope,
             },
             workspaces,
         })

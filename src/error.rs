@@ -174,6 +174,7 @@ impl From<crate::store::StoreError> for ApiError {
             crate::store::StoreError::Conflict(_) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", "a token with the same id already exists; retry")
             }
+            crate::store::StoreError::LogTruncated => ApiError::unavailable(),
             crate::store::StoreError::Unavailable(detail) => {
                 // Logged here, once; the client gets no internal detail.
                 tracing::error!(error = %detail, "store failure in the admin API");

@@ -137,6 +137,7 @@ pub struct Metrics {
     store_reads: AtomicU64,
     store_errors: AtomicU64,
     admin_requests: AtomicU64,
+    limit_fallbacks: AtomicU64,
 }
 
 impl Metrics {
@@ -154,6 +155,7 @@ impl Metrics {
             store_reads: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
             admin_requests: AtomicU64::new(0),
+            limit_fallbacks: AtomicU64::new(0),
         }
     }
 
@@ -196,6 +198,11 @@ impl Metrics {
         if !ok {
             self.store_errors.fetch_add(1, Relaxed);
         }
+    }
+
+    /// The cluster limiter failed and the local fallback decided.
+    pub fn limit_fallback(&self) {
+        self.limit_fallbacks.fetch_add(1, Relaxed);
     }
 
     pub fn admin_request(&self) {
@@ -297,6 +304,11 @@ impl Metrics {
         let _ = writeln!(
             o,
             "# HELP portcullis_limiter_keys Tokens tracked by the rate limiter.\n# TYPE portcullis_limiter_keys gauge\nportcullis_limiter_keys {limiter_keys}"
+        );
+        let _ = writeln!(
+            o,
+            "# HELP portcullis_rate_limit_fallbacks_total Requests limited locally because the cluster limiter was unreachable.\n# TYPE portcullis_rate_limit_fallbacks_total counter\nportcullis_rate_limit_fallbacks_total {}",
+            self.limit_fallbacks.load(Relaxed)
         );
         o
     }

@@ -129,17 +129,23 @@ async fn token_self(State(state): State<SharedState>, headers: HeaderMap) -> Res
 }
 
 async fn readyz(State(state): State<SharedState>) -> Response {
-    match state.store.ping().await {
-        Ok(()) => Json(json!({"ready": true, "store": "ok"})).into_response(),
+    let store_ok = match state.store.ping().await {
+        Ok(()) => true,
         Err(e) => {
             tracing::warn!(error = %e, "readiness check: store unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"ready": false, "store": "unreachable"})),
-            )
-                .into_response()
+            false
         }
-    }
+    };
+    // In cluster mode the index is trusted only while the invalidation
+    // subscription is live and caught up; an instance that is not should
+    // get no traffic from the load balancer.
+    let revocations_ok = state.verifier.is_trusted();
+    let body = Json(json!({
+        "ready": store_ok && revocations_ok,
+        "store": if store_ok { "ok" } else { "unreachable" },
+        "revocations": if revocations_ok { "in_sync" } else { "resynchronising" },
+    }));
+    if store_ok && revocations_ok { body.into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, body).into_response() }
 }
 
 async fn metrics(State(state): State<SharedState>) -> Response {

@@ -15,9 +15,10 @@
 
 pub mod lifecycle;
 mod negative;
+pub mod sync;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -125,6 +126,14 @@ pub struct IndexOptions {
     pub negative_ttl: Duration,
     /// Entries not looked up for this long are evicted (they are re-read on demand).
     pub idle_ttl: Duration,
+    /// Whether the store is shared with other processes that push revocations
+    /// (cluster mode). Then the index is trusted only while the invalidation
+    /// subscription is live and caught up; until then every request reads
+    /// through to the store.
+    pub shared_store: bool,
+    /// Cluster mode: how long after the last confirmed sync an index hit may
+    /// still be accepted when the store cannot be read. Zero: fail closed.
+    pub revocation_grace: Duration,
 }
 
 impl Default for IndexOptions {
@@ -133,6 +142,8 @@ impl Default for IndexOptions {
             negative_slots: 65_536,
             negative_ttl: Duration::from_secs(60),
             idle_ttl: Duration::from_secs(600),
+            shared_store: false,
+            revocation_grace: Duration::ZERO,
         }
     }
 }
@@ -150,6 +161,11 @@ pub struct Verifier {
     generation: AtomicU64,
     /// Highest revocation-log sequence number applied to this index.
     applied_revocation_seq: AtomicU64,
+    /// False while revocations might have been missed (cluster mode with the
+    /// subscription down or behind): index hits are then re-checked in the store.
+    trusted: AtomicBool,
+    /// Unix ms of the last moment the index was known to be in sync.
+    confirmed_at_ms: AtomicI64,
     options: IndexOptions,
 }
 
@@ -163,6 +179,8 @@ impl Verifier {
             inflight: DashMap::new(),
             generation: AtomicU64::new(0),
             applied_revocation_seq: AtomicU64::new(0),
+            trusted: AtomicBool::new(!options.shared_store),
+            confirmed_at_ms: AtomicI64::new(0),
             options,
         }
     }
@@ -182,6 +200,9 @@ impl Verifier {
             return Err(self.reject(AuthFailureReason::Malformed));
         }
         let hash = token::hash(raw);
+        if !self.trusted.load(Ordering::Acquire) {
+            return self.verify_untrusted(&hash, now).await;
+        }
         let entry = match self.index.get(&hash) {
             Some(e) => {
                 self.metrics.index_lookup(IndexLookup::Hit);
@@ -209,6 +230,81 @@ impl Verifier {
         }
         entry.touch_used(now);
         Ok(entry)
+    }
+
+    /// Verification while revocations may have been missed: the store is the
+    /// authority for every request. If it cannot be read, an index hit is
+    /// accepted only within the configured grace after the last confirmed
+    /// sync; otherwise the request fails closed.
+    async fn verify_untrusted(&self, hash: &TokenHash, now: i64) -> Result<Arc<CachedToken>, VerifyError> {
+        let read = self.store.find_by_hash(hash).await;
+        self.metrics.store_read(read.is_ok());
+        let entry = match read {
+            Ok(Some(record)) => {
+                if record.revoked_at.is_some() {
+                    // The index may still hold it as active: fix that now.
+                    self.apply_revocation(hash);
+                }
+                let fresh = Arc::new(CachedToken::from_record(&record, hash, now));
+                // Keep last_used batching working through the cached entry.
+                if let Some(e) = self.index.get(hash)
+                    && !fresh.revoked
+                {
+                    e.touch_seen(now);
+                    if !fresh.is_expired(now) {
+                        e.touch_used(now);
+                    }
+                }
+                fresh
+            }
+            Ok(None) => return Err(self.reject(AuthFailureReason::Unknown)),
+            Err(e) => {
+                let grace_ms = self.options.revocation_grace.as_millis() as i64;
+                let within_grace = grace_ms > 0 && now_ms() - self.confirmed_at_ms.load(Ordering::Acquire) <= grace_ms;
+                match self.index.get(hash) {
+                    Some(cached) if within_grace => Arc::clone(cached.value()),
+                    _ => {
+                        tracing::warn!(error = %e, "revocation state cannot be confirmed; refusing the request");
+                        return Err(VerifyError::StoreUnavailable);
+                    }
+                }
+            }
+        };
+        if entry.revoked {
+            return Err(self.reject(AuthFailureReason::Revoked));
+        }
+        if entry.is_expired(now) {
+            return Err(self.reject(AuthFailureReason::Expired));
+        }
+        entry.touch_used(now);
+        Ok(entry)
+    }
+
+    /// Whether index hits are trusted without a store read.
+    pub fn is_trusted(&self) -> bool {
+        self.trusted.load(Ordering::Acquire)
+    }
+
+    /// Stops trusting the index (subscription lost, store unreachable).
+    pub fn distrust(&self) {
+        if self.trusted.swap(false, Ordering::AcqRel) {
+            tracing::warn!("revocation state unconfirmed: checking every request against the store until resynchronised");
+        }
+    }
+
+    /// The index is in sync as of now (subscribed and caught up).
+    pub fn confirm_in_sync(&self) {
+        self.confirmed_at_ms.store(now_ms(), Ordering::Release);
+        if !self.trusted.swap(true, Ordering::AcqRel) {
+            tracing::info!("revocation state confirmed: index trusted again");
+        }
+    }
+
+    /// Drops every cached entry: used when revocations may have been missed
+    /// beyond what the log can replay.
+    pub fn flush_index(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.index.clear();
     }
 
     /// Counts a failure and wraps it.
@@ -280,7 +376,19 @@ impl Verifier {
         let mut applied = 0;
         loop {
             let after = self.applied_revocation_seq.load(Ordering::SeqCst);
-            let batch = self.store.revocations_since(after, 1000).await?;
+            let batch = match self.store.revocations_since(after, 1000).await {
+                Ok(b) => b,
+                Err(StoreError::LogTruncated) => {
+                    // Revocations were missed and cannot be replayed: forget
+                    // everything cached and start again from the log's end.
+                    let seq = self.store.revocation_seq().await?;
+                    tracing::warn!(after, now = seq, "revocation log truncated past our position; flushing the token index");
+                    self.flush_index();
+                    self.applied_revocation_seq.store(seq, Ordering::SeqCst);
+                    return Ok(applied);
+                }
+                Err(e) => return Err(e),
+            };
             if batch.is_empty() {
                 return Ok(applied);
             }
@@ -336,6 +444,10 @@ impl Verifier {
     pub fn store(&self) -> &Arc<dyn TokenStore> {
         &self.store
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -58,9 +58,9 @@ pub enum AdminTokenCommand {
     },
 }
 
-fn open(config: &ConfigArg) -> Result<(Config, Arc<dyn TokenStore>), CliError> {
+async fn open(config: &ConfigArg) -> Result<(Config, Arc<dyn TokenStore>), CliError> {
     let cfg = Config::load(&config.config).map_err(|e| CliError::usage(e.to_string()))?;
-    let store = crate::app::open_store(&cfg).map_err(|e| CliError::failed(e.to_string()))?;
+    let store = crate::app::open_store(&cfg).await.map_err(|e| CliError::failed(e.to_string()))?;
     Ok((cfg, store))
 }
 
@@ -73,7 +73,7 @@ pub async fn run(cmd: AdminCommand) -> CliResult {
             config,
             json,
         } => {
-            let (cfg, store) = open(&config)?;
+            let (cfg, store) = open(&config).await?;
             if let Some(ws) = &workspace
                 && cfg.workspace(ws).is_none()
             {
@@ -108,7 +108,7 @@ pub async fn run(cmd: AdminCommand) -> CliResult {
             }
         }
         AdminTokenCommand::List { config, json } => {
-            let (_, store) = open(&config)?;
+            let (_, store) = open(&config).await?;
             let mut all = Vec::new();
             let mut cursor: Option<String> = None;
             loop {
@@ -147,7 +147,7 @@ pub async fn run(cmd: AdminCommand) -> CliResult {
             }
         }
         AdminTokenCommand::Revoke { token_id, config, json } => {
-            let (_, store) = open(&config)?;
+            let (_, store) = open(&config).await?;
             let not_found = || CliError::failed(format!("no admin token `{token_id}`; `portcullis admin token list` shows them"));
             if !token::is_valid_id(&token_id) {
                 return Err(not_found());

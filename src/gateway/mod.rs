@@ -58,6 +58,8 @@ pub struct Gateway {
 struct Outcome {
     workspace: Option<usize>,
     token_id: Option<Box<str>>,
+    /// The cluster limiter was unreachable and this instance decided alone.
+    limit_fallback: bool,
 }
 
 impl Gateway {
@@ -102,6 +104,11 @@ impl Gateway {
         async move {
             let mut outcome = Outcome::default();
             let mut resp = this.route(req, &rid, &mut outcome).await;
+            if outcome.limit_fallback {
+                // Tells the client (and operators reading traces) that the
+                // shared limit could not be consulted for this request.
+                resp.headers_mut().insert("portcullis-ratelimit-scope", HeaderValue::from_static("instance-fallback"));
+            }
             resp.headers_mut().insert("x-request-id", rid);
             let status = resp.status().as_u16();
             if outcome.workspace.is_some() || status != 404 {
@@ -190,7 +197,12 @@ impl Gateway {
             .state
             .config
             .requests_per_minute(Some(&route.workspace), token.requests_per_minute);
-        let limited = self.state.limiter.check(token.limiter_key, per_minute).err();
+        let (fallback, verdict) = self.state.limiter.check(token.limiter_key, per_minute).await;
+        if fallback {
+            self.state.metrics.limit_fallback();
+            outcome.limit_fallback = true;
+        }
+        let limited = verdict.err();
         // 5. body
         let (parts, body) = req.into_parts();
         let body = if method == Method::POST {

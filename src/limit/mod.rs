@@ -6,10 +6,15 @@
 //! overrides), so there is one keyed limiter per distinct limit value; the set
 //! of values is small (configuration plus per-token overrides).
 //!
-//! Scope: per instance. N instances behind a load balancer admit up to N times
-//! the limit; cluster-wide limits are the Redis backend's job.
+//! Scope: [`Limiter`] is per instance (N instances behind a load balancer
+//! admit up to N times the limit); [`cluster::ClusterLimiter`] shares one
+//! limit across instances through Redis. [`Limits`] picks one per the
+//! configuration.
 //!
-//! This module does no I/O and knows nothing of HTTP.
+//! Apart from the cluster limiter's Redis calls this module does no I/O, and
+//! it knows nothing of HTTP.
+
+pub mod cluster;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -94,6 +99,45 @@ impl<C: Clock + Clone> Limiter<C> {
     /// Keys currently tracked (for metrics).
     pub fn len(&self) -> usize {
         self.by_limit.iter().map(|l| l.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The limiter in force: local, or cluster-wide with a local fallback.
+pub enum Limits {
+    Instance(Limiter),
+    Cluster(cluster::ClusterLimiter),
+}
+
+impl Limits {
+    /// Counts one request. The flag is true when the cluster limiter could not
+    /// be reached and this instance decided alone.
+    pub async fn check(&self, key: u64, per_minute: u32) -> (bool, Result<(), RateLimited>) {
+        match self {
+            Limits::Instance(l) => (false, l.check(key, per_minute)),
+            Limits::Cluster(c) => {
+                let (counted, verdict) = c.check(key, per_minute).await;
+                (counted == cluster::Counted::LocalFallback, verdict)
+            }
+        }
+    }
+
+    pub fn sweep(&self) {
+        match self {
+            Limits::Instance(l) => l.sweep(),
+            Limits::Cluster(c) => c.sweep(),
+        }
+    }
+
+    /// Keys held in memory (for metrics).
+    pub fn len(&self) -> usize {
+        match self {
+            Limits::Instance(l) => l.len(),
+            Limits::Cluster(c) => c.local_keys(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {

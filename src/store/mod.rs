@@ -7,6 +7,7 @@
 //! holding an in-memory index can learn of revocations made elsewhere (another
 //! instance, or the offline CLI) by polling a single number.
 
+pub mod redis;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -24,6 +25,10 @@ pub enum StoreError {
     /// A pagination cursor that this store did not issue.
     #[error("invalid cursor")]
     InvalidCursor,
+    /// The revocation log no longer reaches back to the requested point;
+    /// the caller must assume anything it cached may have been revoked.
+    #[error("the revocation log was truncated past the requested point")]
+    LogTruncated,
 }
 
 /// Which tokens a listing returns.
@@ -79,4 +84,10 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn revocations_since(&self, after: u64, limit: usize) -> Result<Vec<Revocation>, StoreError>;
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Revocations pushed as they happen, for stores shared between
+    /// processes. `None`: no push channel; polling the log is all there is.
+    /// The stream ends when the subscription drops.
+    async fn subscribe(&self) -> Result<Option<redis::RevocationStream>, StoreError> {
+        Ok(None)
+    }
 }

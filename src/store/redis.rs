@@ -1,0 +1,402 @@
+//! Shared Redis store for cluster mode.
+//!
+//! Layout (all keys under `portcullis:`):
+//! - `token:{id}`: hash of the record's fields, plus `hash` (hex) and `seq`;
+//! - `hash:{hex}`: the id of the token with that SHA-256;
+//! - `tokens:seq`: counter giving every token a creation sequence number;
+//! - `list:{kind}:{workspace}` and `list:{kind}:*`: sorted sets of ids scored
+//!   by creation sequence, for newest-first pagination without `KEYS`/`SCAN`;
+//! - `revocations`: a capped stream, one entry `{seq}-1 h=<hex>` per
+//!   revocation; `revocations:seq` holds the latest `seq`;
+//! - channel `invalidate`: `"{seq}:{hex}"` published with each revocation.
+//!
+//! Every multi-key update is one Lua script, so it is atomic, and the
+//! revocation, its log entry and its publication happen together. Scripts
+//! build some key names at run time, which a sharded Redis Cluster forbids:
+//! use a single primary (optionally with replicas and Sentinel) — and read
+//! the primary only, since a lagging replica could resurrect a revoked token.
+//!
+//! Durability: an acknowledged revocation survives a Redis restart only with
+//! AOF on (`appendonly yes`; `appendfsync always` for no loss at all,
+//! `everysec` may lose the last second). See `deploy/README.md`.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::{Stream, StreamExt};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script, Value};
+
+use super::{ListFilter, Page, Revocation, Revoked, StoreError, TokenStore};
+use crate::token::{TokenHash, TokenKind, TokenRecord};
+
+const PREFIX: &str = "portcullis:";
+/// Revocation log length kept (approximately); an instance disconnected for
+/// longer than it takes to revoke this many tokens flushes its whole index.
+const LOG_MAXLEN: u64 = 100_000;
+
+const INSERT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local seq = redis.call('INCR', KEYS[3])
+redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 2))
+redis.call('SET', KEYS[2], ARGV[1])
+for i = 4, #KEYS do redis.call('ZADD', KEYS[i], seq, ARGV[1]) end
+return seq
+"#;
+
+const FIND_BY_HASH: &str = r#"
+local id = redis.call('GET', KEYS[1])
+if not id then return {} end
+return redis.call('HGETALL', ARGV[1] .. id)
+"#;
+
+const LIST: &str = r#"
+local ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], '-inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for i = 1, #ids, 2 do
+  out[#out + 1] = ids[i + 1]
+  out[#out + 1] = redis.call('HGETALL', ARGV[3] .. ids[i])
+end
+return out
+"#;
+
+const REVOKE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local newly = 0
+if not redis.call('HGET', KEYS[1], 'revoked_at') then
+  redis.call('HSET', KEYS[1], 'revoked_at', ARGV[1])
+  local seq = redis.call('INCR', KEYS[2])
+  local h = redis.call('HGET', KEYS[1], 'hash')
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'h', h)
+  redis.call('PUBLISH', ARGV[2], seq .. ':' .. h)
+  newly = 1
+end
+return {newly, redis.call('HGETALL', KEYS[1])}
+"#;
+
+const REVOCATIONS_SINCE: &str = r#"
+local after = tonumber(ARGV[1])
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+if #first > 0 then
+  local first_seq = tonumber(string.match(first[1][1], '^(%d+)'))
+  if first_seq > after + 1 then return {-1} end
+end
+local entries = redis.call('XRANGE', KEYS[1], '(' .. after .. '-1', '+', 'COUNT', tonumber(ARGV[2]))
+local out = {}
+for _, e in ipairs(entries) do
+  out[#out + 1] = tonumber(string.match(e[1], '^(%d+)'))
+  out[#out + 1] = e[2][2]
+end
+return out
+"#;
+
+const LAST_USED: &str = r#"
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local cur = tonumber(redis.call('HGET', KEYS[i], 'last_used_at') or '0')
+    if tonumber(ARGV[i]) > cur then redis.call('HSET', KEYS[i], 'last_used_at', ARGV[i]) end
+  end
+end
+return 1
+"#;
+
+struct Scripts {
+    insert: Script,
+    find_by_hash: Script,
+    list: Script,
+    revoke: Script,
+    revocations_since: Script,
+    last_used: Script,
+}
+
+pub struct RedisStore {
+    client: redis::Client,
+    conn: ConnectionManager,
+    scripts: Scripts,
+}
+
+/// Pushed revocations; the stream ends when the subscription drops.
+pub type RevocationStream = Pin<Box<dyn Stream<Item = Revocation> + Send>>;
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+/// Converts a script reply; a shape we did not expect is a store failure.
+fn parse<T: redis::FromRedisValue>(v: Value) -> Result<T, StoreError> {
+    redis::from_redis_value(v).map_err(|e| StoreError::Unavailable(format!("unexpected redis reply: {e}")))
+}
+
+fn key(k: &str) -> String {
+    format!("{PREFIX}{k}")
+}
+
+fn hex(h: &TokenHash) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<TokenHash> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The channel revocations are published on.
+pub fn channel() -> String {
+    key("invalidate")
+}
+
+impl RedisStore {
+    /// Connects to `url`; every command times out after `timeout`, so a hung
+    /// Redis turns into a prompt failure (and a fail-closed answer) rather
+    /// than a hung request.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = client.get_connection_manager_with_config(config).await.map_err(unavailable)?;
+        Ok(RedisStore {
+            client,
+            conn,
+            scripts: Scripts {
+                insert: Script::new(INSERT),
+                find_by_hash: Script::new(FIND_BY_HASH),
+                list: Script::new(LIST),
+                revoke: Script::new(REVOKE),
+                revocations_since: Script::new(REVOCATIONS_SINCE),
+                last_used: Script::new(LAST_USED),
+            },
+        })
+    }
+
+    /// A multiplexed connection for other Redis users (the cluster limiter).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Subscribes to pushed revocations on a dedicated connection.
+    pub async fn subscribe(&self) -> Result<RevocationStream, StoreError> {
+        let mut pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
+        pubsub.subscribe(channel()).await.map_err(unavailable)?;
+        let stream = pubsub.into_on_message().filter_map(|msg| async move {
+            let payload: String = msg.get_payload().ok()?;
+            let (seq, h) = payload.split_once(':')?;
+            Some(Revocation { seq: seq.parse().ok()?, hash: unhex(h)? })
+        });
+        Ok(Box::pin(stream))
+    }
+}
+
+fn record_from_fields(fields: &HashMap<String, String>) -> Option<TokenRecord> {
+    let s = |k: &str| fields.get(k).filter(|v| !v.is_empty()).cloned();
+    let n = |k: &str| fields.get(k).and_then(|v| v.parse::<i64>().ok());
+    Some(TokenRecord {
+        id: s("id")?,
+        name: s("name").unwrap_or_default(),
+        workspace: s("workspace"),
+        kind: TokenKind::from_str_opt(&s("kind")?)?,
+        hint: s("hint").unwrap_or_default(),
+        member_id: s("member_id"),
+        email: s("email"),
+        created_at: n("created_at")?,
+        created_by: s("created_by").unwrap_or_default(),
+        expires_at: n("expires_at"),
+        revoked_at: n("revoked_at"),
+        last_used_at: n("last_used_at"),
+        allowed_servers: s("allowed_servers").and_then(|v| serde_json::from_str(&v).ok()),
+        requests_per_minute: n("requests_per_minute").map(|v| v as u32),
+    })
+}
+
+/// A flat `[k, v, k, v…]` Redis reply as a map.
+fn fields(v: Value) -> HashMap<String, String> {
+    let items: Vec<String> = redis::from_redis_value(v).unwrap_or_default();
+    items.chunks_exact(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect()
+}
+
+fn list_key(kind: TokenKind, workspace: Option<&str>) -> String {
+    key(&format!("list:{}:{}", kind.as_str(), workspace.unwrap_or("*")))
+}
+
+#[async_trait]
+impl TokenStore for RedisStore {
+    async fn insert(&self, r: &TokenRecord, hash: &TokenHash) -> Result<(), StoreError> {
+        let h = hex(hash);
+        let mut inv = self.scripts.insert.prepare_invoke();
+        inv.key(key(&format!("token:{}", r.id))).key(key(&format!("hash:{h}"))).key(key("tokens:seq"));
+        inv.key(list_key(r.kind, None));
+        if let Some(ws) = &r.workspace {
+            inv.key(list_key(r.kind, Some(ws)));
+        }
+        inv.arg(&r.id);
+        let mut field = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                inv.arg(k).arg(v);
+            }
+        };
+        field("id", Some(r.id.clone()));
+        field("name", Some(r.name.clone()));
+        field("workspace", r.workspace.clone());
+        field("kind", Some(r.kind.as_str().into()));
+        field("hint", Some(r.hint.clone()));
+        field("member_id", r.member_id.clone());
+        field("email", r.email.clone());
+        field("created_at", Some(r.created_at.to_string()));
+        field("created_by", Some(r.created_by.clone()));
+        field("expires_at", r.expires_at.map(|v| v.to_string()));
+        field("revoked_at", r.revoked_at.map(|v| v.to_string()));
+        field("last_used_at", r.last_used_at.map(|v| v.to_string()));
+        field("allowed_servers", r.allowed_servers.as_ref().map(|v| serde_json::to_string(v).expect("json")));
+        field("requests_per_minute", r.requests_per_minute.map(|v| v.to_string()));
+        field("hash", Some(h));
+        let seq: i64 = inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        if seq == 0 {
+            return Err(StoreError::Conflict("a token with this id or hash already exists".into()));
+        }
+        Ok(())
+    }
+
+    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        let v: Value = self
+            .scripts
+            .find_by_hash
+            .key(key(&format!("hash:{}", hex(hash))))
+            .arg(key("token:"))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(record_from_fields(&fields(v)))
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let f: HashMap<String, String> = self.conn.clone().hgetall(key(&format!("token:{id}"))).await.map_err(unavailable)?;
+        Ok(record_from_fields(&f))
+    }
+
+    async fn list(&self, filter: ListFilter<'_>, page_size: usize, cursor: Option<&str>) -> Result<Page, StoreError> {
+        let max = match cursor {
+            None => "+inf".to_string(),
+            Some(c) => format!("({}", c.parse::<u64>().ok().filter(|v| *v > 0).ok_or(StoreError::InvalidCursor)?),
+        };
+        let v: Value = self
+            .scripts
+            .list
+            .key(list_key(filter.kind, filter.workspace))
+            .arg(max)
+            .arg(page_size + 1)
+            .arg(key("token:"))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        let items: Vec<Value> = parse(v)?;
+        let mut rows = Vec::new();
+        for pair in items.chunks_exact(2) {
+            let score: String = parse(pair[0].clone())?;
+            if let Some(rec) = record_from_fields(&fields(pair[1].clone())) {
+                rows.push((rec, score));
+            }
+        }
+        let more = rows.len() > page_size;
+        rows.truncate(page_size);
+        let next_cursor = if more { rows.last().map(|(_, s)| s.clone()) } else { None };
+        Ok(Page { tokens: rows.into_iter().map(|(r, _)| r).collect(), next_cursor })
+    }
+
+    async fn revoke(&self, id: &str, at: i64) -> Result<Option<Revoked>, StoreError> {
+        let v: Value = self
+            .scripts
+            .revoke
+            .key(key(&format!("token:{id}")))
+            .key(key("revocations:seq"))
+            .key(key("revocations"))
+            .arg(at)
+            .arg(channel())
+            .arg(LOG_MAXLEN)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        let items: Vec<Value> = parse(v)?;
+        let Ok([newly, record]) = <[Value; 2]>::try_from(items) else {
+            return Ok(None);
+        };
+        let f = fields(record);
+        let hash = f.get("hash").and_then(|h| unhex(h)).ok_or_else(|| StoreError::Unavailable("token without hash in redis".into()))?;
+        let record = record_from_fields(&f).ok_or_else(|| StoreError::Unavailable("unreadable token record in redis".into()))?;
+        let newly: i64 = parse(newly)?;
+        Ok(Some(Revoked { record, hash, newly_revoked: newly == 1 }))
+    }
+
+    async fn record_last_used(&self, batch: &[(String, i64)]) -> Result<(), StoreError> {
+        for chunk in batch.chunks(500) {
+            let mut inv = self.scripts.last_used.prepare_invoke();
+            for (id, _) in chunk {
+                inv.key(key(&format!("token:{id}")));
+            }
+            for (_, ts) in chunk {
+                inv.arg(*ts);
+            }
+            let _: i64 = inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn revocation_seq(&self) -> Result<u64, StoreError> {
+        let v: Option<u64> = self.conn.clone().get(key("revocations:seq")).await.map_err(unavailable)?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn revocations_since(&self, after: u64, limit: usize) -> Result<Vec<Revocation>, StoreError> {
+        let v: Vec<Value> = self
+            .scripts
+            .revocations_since
+            .key(key("revocations"))
+            .arg(after)
+            .arg(limit)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        if v.len() == 1 {
+            return Err(StoreError::LogTruncated);
+        }
+        let mut out = Vec::with_capacity(v.len() / 2);
+        for pair in v.chunks_exact(2) {
+            let seq: u64 = parse(pair[0].clone())?;
+            let h: String = parse(pair[1].clone())?;
+            if let Some(hash) = unhex(&h) {
+                out.push(Revocation { seq, hash });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn subscribe(&self) -> Result<Option<RevocationStream>, StoreError> {
+        RedisStore::subscribe(self).await.map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_roundtrip() {
+        let h = [0xab; 32];
+        assert_eq!(unhex(&hex(&h)), Some(h));
+        assert_eq!(unhex("zz"), None);
+    }
+}
