@@ -56,7 +56,10 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreErr
 impl AppState {
     pub async fn new(config: Config, store: Arc<dyn TokenStore>) -> Result<Arc<AppState>, StoreError> {
         let metrics = Arc::new(Metrics::new(&config));
-        let mut options = IndexOptions::default();
+        let mut options = IndexOptions {
+            revocation_poll: config.server.revocation_poll,
+            ..IndexOptions::default()
+        };
         if let StoreConfig::Redis { revocation_grace, .. } = &config.store {
             options.shared_store = true;
             options.revocation_grace = *revocation_grace;
@@ -67,8 +70,7 @@ impl AppState {
             (StoreConfig::Redis { url, timeout, .. }, LimitScope::Cluster) => {
                 // Its own connection, so limiter traffic never queues behind
                 // token reads (and the other way round).
-                let conn = RedisStore::connect(url, *timeout).await?.connection();
-                Limits::Cluster(ClusterLimiter::new(conn))
+                Limits::Cluster(ClusterLimiter::new(RedisStore::connect(url, *timeout).await?))
             }
             _ => Limits::Instance(Limiter::new()),
         };
@@ -157,17 +159,20 @@ async fn bind(addr: SocketAddr, what: &'static str, key: &'static str) -> Result
 /// sweeping idle index and limiter entries. They stop with the listeners.
 fn spawn_maintenance(tasks: &mut JoinSet<()>, state: Arc<AppState>, shutdown: CancellationToken) {
     tasks.spawn(crate::auth::sync::run(Arc::clone(&state.verifier), state.config.server.revocation_poll, shutdown.clone()));
-    if let Limits::Cluster(_) = &*state.limiter {
-        let s = Arc::clone(&state);
-        tasks.spawn(every(Duration::from_secs(5), shutdown.clone(), move || {
-            let s = Arc::clone(&s);
-            async move {
-                if let Limits::Cluster(c) = &*s.limiter {
-                    c.heartbeat().await;
-                }
+    // The instance registry: revocations check how many instances a push
+    // reached, and the cluster limiter's fallback share depends on the count.
+    let s = Arc::clone(&state);
+    tasks.spawn(every_now(Duration::from_secs(2), shutdown.clone(), move || {
+        let s = Arc::clone(&s);
+        async move {
+            if let Err(e) = s.store.heartbeat().await {
+                tracing::debug!(error = %e, "instance heartbeat failed");
             }
-        }));
-    }
+            if let Limits::Cluster(c) = &*s.limiter {
+                c.heartbeat().await;
+            }
+        }
+    }));
     let s = Arc::clone(&state);
     tasks.spawn(every(state.config.server.last_used_flush, shutdown.clone(), move || {
         let s = Arc::clone(&s);
@@ -188,15 +193,27 @@ fn spawn_maintenance(tasks: &mut JoinSet<()>, state: Arc<AppState>, shutdown: Ca
     }));
 }
 
-/// Runs `f` every `period` until `shutdown`.
+/// Runs `f` every `period` until `shutdown`, first after one period.
 async fn every<F, Fut>(period: Duration, shutdown: CancellationToken, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    tokio::select! {
+        _ = tokio::time::sleep(period) => {},
+        _ = shutdown.cancelled() => return,
+    }
+    every_now(period, shutdown, f).await
+}
+
+/// Runs `f` at once and then every `period` until `shutdown`.
+async fn every_now<F, Fut>(period: Duration, shutdown: CancellationToken, f: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
     loop {
         tokio::select! {
             _ = tick.tick() => f().await,

@@ -134,6 +134,10 @@ pub struct IndexOptions {
     /// Cluster mode: how long after the last confirmed sync an index hit may
     /// still be accepted when the store cannot be read. Zero: fail closed.
     pub revocation_grace: Duration,
+    /// How often every instance polls the revocation log. A revocation whose
+    /// push did not reach every live instance waits this long (twice, plus a
+    /// margin) before it is reported done.
+    pub revocation_poll: Duration,
 }
 
 impl Default for IndexOptions {
@@ -144,6 +148,7 @@ impl Default for IndexOptions {
             idle_ttl: Duration::from_secs(600),
             shared_store: false,
             revocation_grace: Duration::ZERO,
+            revocation_poll: Duration::from_millis(250),
         }
     }
 }
@@ -166,6 +171,9 @@ pub struct Verifier {
     trusted: AtomicBool,
     /// Unix ms of the last moment the index was known to be in sync.
     confirmed_at_ms: AtomicI64,
+    /// Acknowledgements of recent revocations: seq -> instances that applied it.
+    acks: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
+    acked: tokio::sync::Notify,
     options: IndexOptions,
 }
 
@@ -181,6 +189,8 @@ impl Verifier {
             applied_revocation_seq: AtomicU64::new(0),
             trusted: AtomicBool::new(!options.shared_store),
             confirmed_at_ms: AtomicI64::new(0),
+            acks: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            acked: tokio::sync::Notify::new(),
             options,
         }
     }
@@ -439,6 +449,45 @@ impl Verifier {
 
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
+    }
+
+    /// Counts an instance's acknowledgement of revocation `seq`.
+    pub fn record_ack(&self, seq: u64) {
+        {
+            // Held for a map update only; no await inside.
+            let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+            *acks.entry(seq).or_default() += 1;
+            // Bounded: only recent revocations can still have a waiter.
+            while acks.len() > 4096 {
+                acks.pop_first();
+            }
+        }
+        self.acked.notify_waiters();
+    }
+
+    /// Waits until `needed` instances have acknowledged `seq`, or `timeout`.
+    /// Returns whether they all did.
+    pub async fn wait_for_acks(&self, seq: u64, needed: u64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.acked.notified();
+            tokio::pin!(notified);
+            // Registered before checking, so an ack between the check and
+            // the wait is not lost.
+            notified.as_mut().enable();
+            if self.acks.lock().unwrap_or_else(|p| p.into_inner()).get(&seq).copied().unwrap_or(0) >= needed {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// How long a revocation that some instance missed must wait before
+    /// every instance has caught up through its poll.
+    pub fn propagation_wait(&self) -> Duration {
+        self.options.revocation_poll * 2 + Duration::from_millis(100)
     }
 
     pub fn store(&self) -> &Arc<dyn TokenStore> {

@@ -8,6 +8,11 @@
 //! verifier checks every request against the store (or fails closed) until
 //! it has resubscribed and caught up. With SQLite there is no push channel
 //! and the poll alone picks up revocations made by the offline CLI.
+//!
+//! Every instance acknowledges each pushed revocation once applied; the
+//! revoking instance waits for as many acknowledgements as the push had
+//! receivers (bounded by the poll-based guarantee), so that when a revoke call
+//! returns, every instance already refuses the token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +21,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::Verifier;
+use crate::store::Pushed;
 
 /// Runs until `shutdown`.
 pub async fn run(verifier: Arc<Verifier>, poll: Duration, shutdown: CancellationToken) {
@@ -54,7 +60,18 @@ pub async fn run(verifier: Arc<Verifier>, poll: Duration, shutdown: Cancellation
         loop {
             tokio::select! {
                 msg = stream.next() => match msg {
-                    Some(rev) => verifier.apply_revocation(&rev.hash),
+                    Some(Pushed::Revoked(rev)) => {
+                        verifier.apply_revocation(&rev.hash);
+                        // Acknowledge off the loop so a slow publish never
+                        // delays the next revocation.
+                        let store = Arc::clone(verifier.store());
+                        tokio::spawn(async move {
+                            if let Err(e) = store.acknowledge(rev.seq).await {
+                                tracing::debug!(error = %e, seq = rev.seq, "could not acknowledge a revocation");
+                            }
+                        });
+                    }
+                    Some(Pushed::Applied { seq }) => verifier.record_ack(seq),
                     None => {
                         tracing::warn!("revocation subscription dropped; resubscribing");
                         break;

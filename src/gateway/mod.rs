@@ -237,11 +237,13 @@ impl Gateway {
             &route.upstream,
             method,
             &parts.headers,
-            body,
+            // A refcount bump, not a copy: the body is kept to find the id
+            // for an error answer, and parsed again only then.
+            body.clone(),
             request_id,
         )
         .await;
-        resp.map_err(|e| (e, None))
+        resp.map_err(|e| (e, jsonrpc::request_id(&body).map(|r| r.to_owned())))
     }
 
     /// Extracts and verifies the bearer token; only workspace tokens pass.

@@ -14,6 +14,8 @@ use std::time::Duration;
 use redis::Script;
 use redis::aio::ConnectionManager;
 
+use crate::store::redis::RedisStore;
+
 use super::{Limiter, RateLimited};
 
 const GCRA: &str = r#"
@@ -32,15 +34,13 @@ redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.floor(ahead 
 return 0
 "#;
 
-const INSTANCES_KEY: &str = "portcullis:instances";
-
 pub struct ClusterLimiter {
     conn: ConnectionManager,
     script: Script,
     fallback: Limiter,
-    /// Instances seen heartbeating recently (at least 1).
+    /// Instances seen heartbeating recently (at least 1), kept by the store.
     instances: Arc<AtomicU32>,
-    instance_id: String,
+    store: RedisStore,
 }
 
 /// How a request was counted.
@@ -53,15 +53,15 @@ pub enum Counted {
 }
 
 impl ClusterLimiter {
-    pub fn new(conn: ConnectionManager) -> Self {
-        let mut id = [0u8; 8];
-        getrandom::fill(&mut id).expect("OS random source");
+    /// Uses `store`'s connection and its live-instance count; the caller
+    /// keeps the count fresh with [`ClusterLimiter::heartbeat`].
+    pub fn new(store: RedisStore) -> Self {
         ClusterLimiter {
-            conn,
+            conn: store.connection(),
             script: Script::new(GCRA),
             fallback: Limiter::new(),
-            instances: Arc::new(AtomicU32::new(1)),
-            instance_id: id.iter().map(|b| format!("{b:02x}")).collect(),
+            instances: store.live_instances(),
+            store,
         }
     }
 
@@ -87,19 +87,11 @@ impl ClusterLimiter {
         }
     }
 
-    /// Announces this instance and counts the live ones; run every few seconds.
+    /// Refreshes the live-instance count that sets the fallback share.
     pub async fn heartbeat(&self) {
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let mut conn = self.conn.clone();
-        let counted: redis::RedisResult<(i64, i64, u32)> = redis::pipe()
-            .atomic()
-            .zadd(INSTANCES_KEY, &self.instance_id, now_ms)
-            .zrembyscore(INSTANCES_KEY, 0, now_ms.saturating_sub(15_000))
-            .zcard(INSTANCES_KEY)
-            .query_async(&mut conn)
-            .await;
-        if let Ok((_, _, n)) = counted {
-            self.instances.store(n.max(1), Ordering::Relaxed);
+        use crate::store::TokenStore;
+        if let Err(e) = self.store.heartbeat().await {
+            tracing::debug!(error = %e, "instance heartbeat failed");
         }
     }
 

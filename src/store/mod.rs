@@ -61,6 +61,24 @@ pub struct Revoked {
     pub hash: TokenHash,
     /// False when the token had already been revoked (revoking twice is fine).
     pub newly_revoked: bool,
+    /// False when some live instance may not have received the push (shared
+    /// stores only): the caller then waits until every instance has polled
+    /// the revocation log before reporting the revocation done.
+    pub all_notified: bool,
+    /// Sequence number of this revocation in the log (0 if not new).
+    pub seq: u64,
+    /// Subscriptions the push reached (shared stores; 0 otherwise). Each
+    /// acknowledges once it has applied the revocation.
+    pub receivers: u64,
+}
+
+/// A message on a shared store's invalidation channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pushed {
+    /// A revocation to apply.
+    Revoked(Revocation),
+    /// Some instance has applied revocation `seq`.
+    Applied { seq: u64 },
 }
 
 #[async_trait]
@@ -89,5 +107,13 @@ pub trait TokenStore: Send + Sync + 'static {
     /// The stream ends when the subscription drops.
     async fn subscribe(&self) -> Result<Option<redis::RevocationStream>, StoreError> {
         Ok(None)
+    }
+    /// Announces this instance to a shared store (no-op for embedded stores).
+    async fn heartbeat(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Tells the revoking instance that this one has applied revocation `seq`.
+    async fn acknowledge(&self, _seq: u64) -> Result<(), StoreError> {
+        Ok(())
     }
 }

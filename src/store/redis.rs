@@ -8,7 +8,9 @@
 //!   by creation sequence, for newest-first pagination without `KEYS`/`SCAN`;
 //! - `revocations`: a capped stream, one entry `{seq}-1 h=<hex>` per
 //!   revocation; `revocations:seq` holds the latest `seq`;
-//! - channel `invalidate`: `"{seq}:{hex}"` published with each revocation.
+//! - channel `invalidate`: `"r:{seq}:{hex}"` published with each revocation,
+//!   and `"a:{seq}:{instance}"` from each instance once it has applied it;
+//! - `instances`: sorted set of live instance ids by last heartbeat.
 //!
 //! Every multi-key update is one Lua script, so it is atomic, and the
 //! revocation, its log entry and its publication happen together. Scripts
@@ -22,6 +24,8 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,7 +33,7 @@ use futures_util::{Stream, StreamExt};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
 
-use super::{ListFilter, Page, Revocation, Revoked, StoreError, TokenStore};
+use super::{ListFilter, Page, Pushed, Revocation, Revoked, StoreError, TokenStore};
 use crate::token::{TokenHash, TokenKind, TokenRecord};
 
 const PREFIX: &str = "portcullis:";
@@ -65,24 +69,28 @@ return out
 const REVOKE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 local newly = 0
+local receivers = -1
+local revseq = 0
 if not redis.call('HGET', KEYS[1], 'revoked_at') then
   redis.call('HSET', KEYS[1], 'revoked_at', ARGV[1])
   local seq = redis.call('INCR', KEYS[2])
   local h = redis.call('HGET', KEYS[1], 'hash')
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'h', h)
-  redis.call('PUBLISH', ARGV[2], seq .. ':' .. h)
+  receivers = redis.call('PUBLISH', ARGV[2], 'r:' .. seq .. ':' .. h)
+  revseq = seq
   newly = 1
 end
-return {newly, redis.call('HGETALL', KEYS[1])}
+return {newly, redis.call('HGETALL', KEYS[1]), receivers, revseq}
 "#;
 
 const REVOCATIONS_SINCE: &str = r#"
 local after = tonumber(ARGV[1])
+local latest = tonumber(redis.call('GET', KEYS[2]) or '0')
+if latest <= after then return {} end
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-if #first > 0 then
-  local first_seq = tonumber(string.match(first[1][1], '^(%d+)'))
-  if first_seq > after + 1 then return {-1} end
-end
+if #first == 0 then return {-1} end
+local first_seq = tonumber(string.match(first[1][1], '^(%d+)'))
+if first_seq > after + 1 then return {-1} end
 local entries = redis.call('XRANGE', KEYS[1], '(' .. after .. '-1', '+', 'COUNT', tonumber(ARGV[2]))
 local out = {}
 for _, e in ipairs(entries) do
@@ -115,10 +123,30 @@ pub struct RedisStore {
     client: redis::Client,
     conn: ConnectionManager,
     scripts: Scripts,
+    /// This process's id in the instance registry.
+    instance_id: String,
+    /// Instances that heartbeated within the registry TTL (at least 1).
+    live_instances: Arc<AtomicU32>,
 }
 
+/// One id per process, shared by every connection it opens, so that the
+/// registry counts processes, not connections.
+fn process_instance_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).expect("OS random source");
+        id.iter().map(|b| format!("{b:02x}")).collect()
+    })
+}
+
+/// Sorted set of instance ids scored by their last heartbeat (Unix ms).
+pub const INSTANCES_KEY: &str = "portcullis:instances";
+/// An instance silent this long no longer counts as alive.
+pub const INSTANCE_TTL_MS: u64 = 10_000;
+
 /// Pushed revocations; the stream ends when the subscription drops.
-pub type RevocationStream = Pin<Box<dyn Stream<Item = Revocation> + Send>>;
+pub type RevocationStream = Pin<Box<dyn Stream<Item = Pushed> + Send>>;
 
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
@@ -176,6 +204,8 @@ impl RedisStore {
                 revocations_since: Script::new(REVOCATIONS_SINCE),
                 last_used: Script::new(LAST_USED),
             },
+            instance_id: process_instance_id().to_string(),
+            live_instances: Arc::new(AtomicU32::new(1)),
         })
     }
 
@@ -184,14 +214,23 @@ impl RedisStore {
         self.conn.clone()
     }
 
+    /// The live-instance count, shared with the cluster limiter.
+    pub fn live_instances(&self) -> Arc<AtomicU32> {
+        Arc::clone(&self.live_instances)
+    }
+
     /// Subscribes to pushed revocations on a dedicated connection.
     pub async fn subscribe(&self) -> Result<RevocationStream, StoreError> {
         let mut pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
         pubsub.subscribe(channel()).await.map_err(unavailable)?;
         let stream = pubsub.into_on_message().filter_map(|msg| async move {
             let payload: String = msg.get_payload().ok()?;
-            let (seq, h) = payload.split_once(':')?;
-            Some(Revocation { seq: seq.parse().ok()?, hash: unhex(h)? })
+            let mut parts = payload.splitn(3, ':');
+            match (parts.next()?, parts.next()?.parse().ok()?, parts.next()?) {
+                ("r", seq, h) => Some(Pushed::Revoked(Revocation { seq, hash: unhex(h)? })),
+                ("a", seq, _instance) => Some(Pushed::Applied { seq }),
+                _ => None,
+            }
         });
         Ok(Box::pin(stream))
     }
@@ -326,14 +365,30 @@ impl TokenStore for RedisStore {
             .await
             .map_err(unavailable)?;
         let items: Vec<Value> = parse(v)?;
-        let Ok([newly, record]) = <[Value; 2]>::try_from(items) else {
+        let Ok([newly, record, receivers, seq]) = <[Value; 4]>::try_from(items) else {
             return Ok(None);
         };
+        let receivers: i64 = parse(receivers)?;
+        let seq: u64 = parse(seq)?;
         let f = fields(record);
         let hash = f.get("hash").and_then(|h| unhex(h)).ok_or_else(|| StoreError::Unavailable("token without hash in redis".into()))?;
         let record = record_from_fields(&f).ok_or_else(|| StoreError::Unavailable("unreadable token record in redis".into()))?;
         let newly: i64 = parse(newly)?;
-        Ok(Some(Revoked { record, hash, newly_revoked: newly == 1 }))
+        // PUBLISH counts the subscriptions that got the message; fewer than
+        // the instances heartbeating means some instance relies on its poll.
+        let live = self.live_instances.load(Ordering::Relaxed);
+        let all_notified = newly != 1 || receivers >= i64::from(live);
+        if !all_notified {
+            tracing::warn!(receivers, live, "a revocation push reached fewer instances than are alive; waiting for their poll");
+        }
+        Ok(Some(Revoked {
+            record,
+            hash,
+            newly_revoked: newly == 1,
+            all_notified,
+            seq,
+            receivers: receivers.max(0) as u64,
+        }))
     }
 
     async fn record_last_used(&self, batch: &[(String, i64)]) -> Result<(), StoreError> {
@@ -360,6 +415,7 @@ impl TokenStore for RedisStore {
             .scripts
             .revocations_since
             .key(key("revocations"))
+            .key(key("revocations:seq"))
             .arg(after)
             .arg(limit)
             .invoke_async(&mut self.conn.clone())
@@ -386,6 +442,25 @@ impl TokenStore for RedisStore {
 
     async fn subscribe(&self) -> Result<Option<RevocationStream>, StoreError> {
         RedisStore::subscribe(self).await.map(Some)
+    }
+
+    async fn acknowledge(&self, seq: u64) -> Result<(), StoreError> {
+        let _: i64 = self.conn.clone().publish(channel(), format!("a:{seq}:{}", self.instance_id)).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self) -> Result<(), StoreError> {
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let (_, _, n): (i64, i64, u32) = redis::pipe()
+            .atomic()
+            .zadd(INSTANCES_KEY, &self.instance_id, now_ms)
+            .zrembyscore(INSTANCES_KEY, 0, now_ms.saturating_sub(INSTANCE_TTL_MS))
+            .zcard(INSTANCES_KEY)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        self.live_instances.store(n.max(1), Ordering::Relaxed);
+        Ok(())
     }
 }
 

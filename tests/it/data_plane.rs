@@ -547,7 +547,7 @@ async fn a_store_failure_fails_closed_with_503() {
     let b = broken.clone();
     let mut setup = Setup::new(&up.url);
     setup.store = Some(Box::new(move |c: &portcullis::config::Config| {
-        let portcullis::config::StoreConfig::Sqlite { path } = &c.store;
+        let portcullis::config::StoreConfig::Sqlite { path } = &c.store else { panic!("this test configures SQLite") };
         std::sync::Arc::new(BreakableStore {
             inner: portcullis::store::sqlite::SqliteStore::open(path).unwrap(),
             broken: b,

@@ -3,6 +3,8 @@
 
 mod admin_api;
 mod cli;
+mod cluster;
 mod data_plane;
 mod harness;
 mod lifecycle;
+mod store;
