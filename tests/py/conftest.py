@@ -68,6 +68,17 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when pytest dies, even if it is SIGKILLed
+    itself and no teardown runs (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - best effort; teardown and atexit still kill
+        pass
+
+
 @dataclass
 class Proc:
     name: str
@@ -109,6 +120,7 @@ class ProcessManager:
                 env=env,
                 cwd=str(cwd) if cwd else None,
                 start_new_session=True,  # own process group: killpg reaches grandchildren too
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
         proc = Proc(name, [str(a) for a in argv], popen, log_path)
         self.procs.append(proc)
@@ -432,6 +444,24 @@ timeout_ms = 5000
 connect_timeout_ms = 1000
 
 [[workspaces]]
+slug = "badkey"
+
+[[workspaces.servers]]
+name = "badkey"
+url = {_toml_str(py_upstream.url)}
+headers = {{ Authorization = "Bearer not-the-upstream-key" }}
+timeout_ms = 30000
+
+[[workspaces]]
+slug = "slow"
+
+[[workspaces.servers]]
+name = "slow"
+url = "http://127.0.0.1:{py_upstream.port}/slow/mcp"
+headers = {{ Authorization = "Bearer ${{PORTCULLIS_IT_PY_KEY}}" }}
+timeout_ms = 500
+
+[[workspaces]]
 slug = "limited"
 requests_per_minute = {LIMITED_RPM}
 
@@ -450,6 +480,7 @@ timeout_ms = 30000
             "PORTCULLIS_IT_DEMO_KEY": DEMO_UPSTREAM_KEY,
             "PORTCULLIS_IT_PY_KEY": PY_UPSTREAM_KEY,
             "RUST_BACKTRACE": "1",
+            "NO_COLOR": "1",
         }
     )
 

@@ -134,6 +134,15 @@ def raw_post(
 ANY_ID = object()
 
 
+@dataclass(frozen=True)
+class IdOrNull:
+    """Expected id of an error answered before the body is read (401, 403): the gateway
+    authenticates first and never reads an unauthenticated body, so the contract's
+    "null if it could not be read" applies; echoing the request's id is also fine."""
+
+    id: Any
+
+
 def assert_jsonrpc_error(resp: httpx.Response, status: int, code: int, message: str, req_id: Any) -> dict:
     """Assert the contract §3 failure shape and return the parsed body (req_id=ANY_ID: id not checked)."""
     assert resp.status_code == status, f"expected HTTP {status}, got {resp.status_code}: {resp.text[:500]}"
@@ -142,7 +151,9 @@ def assert_jsonrpc_error(resp: httpx.Response, status: int, code: int, message: 
     body = resp.json()
     assert body.get("jsonrpc") == "2.0", body
     assert "id" in body, f"a JSON-RPC error response carries an id (null when unreadable): {body}"
-    if req_id is not ANY_ID:
+    if isinstance(req_id, IdOrNull):
+        assert body["id"] in (req_id.id, None), f"expected id {req_id.id!r} or null, got body {body}"
+    elif req_id is not ANY_ID:
         assert body["id"] == req_id, f"expected id {req_id!r}, got body {body}"
     assert "result" not in body, body
     err = body.get("error")

@@ -10,6 +10,7 @@ from mcp import MCPError
 
 from mcp_helpers import (
     INIT_PARAMS,
+    IdOrNull,
     OP_TIMEOUT,
     UNAUTHORIZED_CODE,
     WWW_AUTH_INVALID,
@@ -113,7 +114,7 @@ async def test_revoked_token_next_connection_fails(gateway):
     assert_unauthorized_mcp_error(info.value)
 
     r = raw_post(url, jsonrpc("initialize", INIT_PARAMS, id=41), token=tok["token"])
-    assert_jsonrpc_error(r, 401, UNAUTHORIZED_CODE, "Unauthorized", 41)
+    assert_jsonrpc_error(r, 401, UNAUTHORIZED_CODE, "Unauthorized", IdOrNull(41))
     assert r.headers.get("www-authenticate") == WWW_AUTH_INVALID
     assert tok["token"] not in r.text
 
@@ -148,7 +149,7 @@ def test_expired_token_is_refused(gateway):
         assert r.status_code == 200, r.text
         assert time.monotonic() < deadline, "token with expires_in=1 still accepted after 10 s"
         time.sleep(0.1)
-    assert_jsonrpc_error(r, 401, UNAUTHORIZED_CODE, "Unauthorized", 5)
+    assert_jsonrpc_error(r, 401, UNAUTHORIZED_CODE, "Unauthorized", IdOrNull(5))
     assert r.headers.get("www-authenticate") == WWW_AUTH_INVALID
 
 
@@ -157,7 +158,7 @@ def test_expired_token_is_refused(gateway):
 
 def test_raw_missing_header_401_shape(gateway):
     r = raw_post(gateway.ws_url("demo"), jsonrpc("tools/list", {}, id="abc"))
-    assert_jsonrpc_error(r, 401, UNAUTHORIZED_CODE, "Unauthorized", "abc")
+    assert_jsonrpc_error(r, 401, UNAUTHORIZED_CODE, "Unauthorized", IdOrNull("abc"))
     assert r.headers.get("www-authenticate") == WWW_AUTH_MISSING
     assert "resource_metadata" not in r.headers.get("www-authenticate", "")
 
@@ -165,7 +166,7 @@ def test_raw_missing_header_401_shape(gateway):
 def test_raw_invalid_token_401_shape(gateway):
     bad = "mwt_" + "z" * 36
     r = raw_post(gateway.ws_url("demo"), jsonrpc("tools/list", {}, id=99), token=bad)
-    assert_jsonrpc_error(r, 401, UNAUTHORIZED_CODE, "Unauthorized", 99)
+    assert_jsonrpc_error(r, 401, UNAUTHORIZED_CODE, "Unauthorized", IdOrNull(99))
     assert r.headers.get("www-authenticate") == WWW_AUTH_INVALID
     assert bad not in r.text
 
@@ -178,9 +179,9 @@ def test_raw_unreadable_body_gives_null_id(gateway):
 def test_unknown_slug_is_401_not_404(gateway):
     tok = gateway.create_token("demo")
     r = raw_post(gateway.data_url + "/ws/no-such-workspace", jsonrpc("initialize", INIT_PARAMS, id=3), token=tok["token"])
-    assert_jsonrpc_error(r, 401, UNAUTHORIZED_CODE, "Unauthorized", 3)
+    assert_jsonrpc_error(r, 401, UNAUTHORIZED_CODE, "Unauthorized", IdOrNull(3))
     r = raw_post(gateway.data_url + "/ws/no-such-workspace", jsonrpc("initialize", INIT_PARAMS, id=4))
-    assert_jsonrpc_error(r, 401, UNAUTHORIZED_CODE, "Unauthorized", 4)
+    assert_jsonrpc_error(r, 401, UNAUTHORIZED_CODE, "Unauthorized", IdOrNull(4))
 
 
 def test_get_and_delete_require_a_token(gateway):

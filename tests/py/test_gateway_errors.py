@@ -14,6 +14,7 @@ from mcp_helpers import (
     ANY_ID,
     FORBIDDEN_CODE,
     INIT_PARAMS,
+    IdOrNull,
     OP_TIMEOUT,
     assert_jsonrpc_error,
     flatten,
@@ -44,6 +45,28 @@ async def test_sdk_against_unreachable_upstream_fails_fast(gateway):
     assert errors, [repr(e) for e in flatten(info.value)]
     assert {(e.code, e.message) for e in errors} == {(-32603, "Upstream unavailable")}
     assert time.monotonic() - started < 10
+
+
+def test_upstream_refusing_the_gateway_credentials_is_502_not_401(gateway, py_upstream):
+    """The upstream's 401 means the configured key is wrong; passing it on would tell the
+    client that its own valid token failed."""
+    tok = gateway.create_token("badkey")
+    mark = py_upstream.mark()
+    r = raw_post(gateway.ws_url("badkey"), jsonrpc("initialize", INIT_PARAMS, id=13), token=tok["token"])
+    assert_jsonrpc_error(r, 502, -32603, "Upstream unavailable", 13)
+    assert "www-authenticate" not in r.headers
+    # it did reach the upstream, with the configured (wrong) key and not the client's token
+    recs = py_upstream.records(mark)
+    assert [dict(x["headers"]).get("authorization") for x in recs] == ["Bearer not-the-upstream-key"]
+
+
+def test_stuck_upstream_is_504(gateway):
+    tok = gateway.create_token("slow")
+    started = time.monotonic()
+    r = raw_post(gateway.ws_url("slow"), jsonrpc("initialize", INIT_PARAMS, id=14), token=tok["token"])
+    elapsed = time.monotonic() - started
+    assert_jsonrpc_error(r, 504, -32603, "Upstream timeout", 14)
+    assert 0.4 <= elapsed < 5, f"timeout_ms=500 but answered after {elapsed:.2f}s"
 
 
 def test_rate_limit_429_per_token(gateway):
@@ -90,7 +113,7 @@ def test_foreign_origin_is_403(gateway):
         gateway.ws_url("demo"), jsonrpc("initialize", INIT_PARAMS, id=8), token=tok["token"],
         headers={"Origin": "http://evil.example"},
     )
-    assert_jsonrpc_error(r, 403, FORBIDDEN_CODE, "Forbidden", 8)
+    assert_jsonrpc_error(r, 403, FORBIDDEN_CODE, "Forbidden", IdOrNull(8))
     # the configured origin is accepted
     r = raw_post(
         gateway.ws_url("demo"), jsonrpc("initialize", INIT_PARAMS, id=9), token=tok["token"],

@@ -8,6 +8,7 @@ upstream headers do, and that Host is this server's own authority.
 
 With --expect-auth VALUE the middleware answers 401 to any request whose
 Authorization header is not exactly VALUE, like a real upstream with its own key.
+Requests to a path under /slow get no answer for 30 s (a stuck upstream).
 
 Run:  python upstream_py.py --port 8123 --record /tmp/requests.jsonl --expect-auth "Bearer k"
 """
@@ -74,6 +75,9 @@ class RecordHeaders:
         with self.lock, open(self.record_path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
+        if scope["path"].startswith("/slow"):
+            # a stuck upstream, for the gateway's upstream timeout: no answer for a long time
+            await anyio.sleep(30)
         if self.expect_auth is not None:
             got = [v for k, v in headers if k.lower() == "authorization"]
             if got != [self.expect_auth]:
