@@ -110,7 +110,9 @@ def main() -> None:
     app = server.streamable_http_app(host=args.host)
     open(args.record, "a").close()
     wrapped = RecordHeaders(app, args.record, args.expect_auth or os.environ.get("UPSTREAM_EXPECT_AUTH"))
-    uvicorn.run(wrapped, host=args.host, port=args.port, log_level="warning", lifespan="on")
+    uvicorn.run(
+        wrapped, host=args.host, port=args.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=1
+    )
 
 
 if __name__ == "__main__":
