@@ -1,0 +1,119 @@
+"""An upstream MCP server built with the official Python SDK (`mcp.server.MCPServer`),
+served over Streamable HTTP by uvicorn, for the gateway integration tests.
+
+It is wrapped in an ASGI middleware that appends one JSON line per HTTP request to
+--record (method, path, every header as received), so tests can check what the
+gateway forwarded: that the client's `mwt_` token never arrives, that the configured
+upstream headers do, and that Host is this server's own authority.
+
+With --expect-auth VALUE the middleware answers 401 to any request whose
+Authorization header is not exactly VALUE, like a real upstream with its own key.
+Requests to a path under /slow get no answer for 30 s (a stuck upstream).
+
+Run:  python upstream_py.py --port 8123 --record /tmp/requests.jsonl --expect-auth "Bearer k"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+
+import anyio
+import uvicorn
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+
+server = MCPServer("portcullis-py-upstream", version="1.0.0")
+
+
+@server.tool()
+def echo(text: str) -> str:
+    """Return the text unchanged."""
+    return text
+
+
+@server.tool()
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@server.tool()
+async def progress(ctx: Context, steps: int = 5, interval_ms: int = 500) -> str:
+    """Report progress `steps` times, `interval_ms` apart, then answer."""
+    for i in range(1, steps + 1):
+        await ctx.report_progress(i, steps, f"step {i}/{steps}")
+        if i < steps:
+            await anyio.sleep(interval_ms / 1000)
+    return f"done after {steps} steps"
+
+
+class RecordHeaders:
+    """ASGI middleware: record every HTTP request's headers, optionally enforce Authorization."""
+
+    def __init__(self, app, record_path: str, expect_auth: str | None) -> None:
+        self.app = app
+        self.record_path = record_path
+        self.expect_auth = expect_auth
+        self.lock = threading.Lock()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]]
+        entry = {
+            "t": time.time(),
+            "method": scope["method"],
+            "path": scope["path"],
+            "headers": headers,
+        }
+        line = json.dumps(entry) + "\n"
+        with self.lock, open(self.record_path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+        if scope["path"].startswith("/slow"):
+            # a stuck upstream, for the gateway's upstream timeout: no answer for a long time
+            await anyio.sleep(30)
+        if self.expect_auth is not None:
+            got = [v for k, v in headers if k.lower() == "authorization"]
+            if got != [self.expect_auth]:
+                body = json.dumps({"error": "upstream: bad or missing Authorization"}).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--record", required=True, help="JSON-lines file that receives one line per request")
+    ap.add_argument("--expect-auth", default=None, help="exact Authorization value required, else 401")
+    args = ap.parse_args()
+
+    # host= makes the SDK turn on its DNS-rebinding protection: Host must be 127.0.0.1:<port>
+    # (or localhost:<port>), so a gateway that forwarded a foreign Host would get 421.
+    app = server.streamable_http_app(host=args.host)
+    open(args.record, "a").close()
+    wrapped = RecordHeaders(app, args.record, args.expect_auth or os.environ.get("UPSTREAM_EXPECT_AUTH"))
+    uvicorn.run(
+        wrapped, host=args.host, port=args.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=1
+    )
+
+
+if __name__ == "__main__":
+    main()
