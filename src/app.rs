@@ -70,7 +70,7 @@ impl AppState {
             (StoreConfig::Redis { url, timeout, .. }, LimitScope::Cluster) => {
                 // Its own connection, so limiter traffic never queues behind
                 // token reads (and the other way round).
-                Limits::Cluster(ClusterLimiter::new(RedisStore::connect(url, *timeout).await?))
+                Limits::Cluster(Box::new(ClusterLimiter::new(RedisStore::connect(url, *timeout).await?)))
             }
             _ => Limits::Instance(Limiter::new()),
         };
@@ -158,7 +158,11 @@ async fn bind(addr: SocketAddr, what: &'static str, key: &'static str) -> Result
 /// Background loops: revocation log polling, `last_used_at` flushing, and
 /// sweeping idle index and limiter entries. They stop with the listeners.
 fn spawn_maintenance(tasks: &mut JoinSet<()>, state: Arc<AppState>, shutdown: CancellationToken) {
-    tasks.spawn(crate::auth::sync::run(Arc::clone(&state.verifier), state.config.server.revocation_poll, shutdown.clone()));
+    tasks.spawn(crate::auth::sync::run(
+        Arc::clone(&state.verifier),
+        state.config.server.revocation_poll,
+        shutdown.clone(),
+    ));
     // The instance registry: revocations check how many instances a push
     // reached, and the cluster limiter's fallback share depends on the count.
     let s = Arc::clone(&state);

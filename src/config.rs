@@ -212,8 +212,14 @@ pub struct ServerConfig {
 
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
-    Sqlite { path: PathBuf },
-    Redis { url: String, timeout: Duration, revocation_grace: Duration },
+    Sqlite {
+        path: PathBuf,
+    },
+    Redis {
+        url: String,
+        timeout: Duration,
+        revocation_grace: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -367,7 +373,10 @@ impl ConfigSpec {
             }
             "redis" => {
                 let url = self.store.url.clone().filter(|u| !u.is_empty()).ok_or_else(|| {
-                    invalid("store.url", "the redis backend needs `url`, e.g. \"redis://127.0.0.1:6379/0\"".into())
+                    invalid(
+                        "store.url",
+                        "the redis backend needs `url`, e.g. \"redis://127.0.0.1:6379/0\"".into(),
+                    )
                 })?;
                 if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
                     return Err(invalid("store.url", format!("`{url}` is not a redis:// URL")));
@@ -395,8 +404,18 @@ impl ConfigSpec {
         let scope = match self.limits.scope.as_str() {
             "instance" => LimitScope::Instance,
             "cluster" if matches!(store, StoreConfig::Redis { .. }) => LimitScope::Cluster,
-            "cluster" => return Err(invalid("limits.scope", "\"cluster\" needs the redis store (store.backend = \"redis\")".into())),
-            other => return Err(invalid("limits.scope", format!("unknown scope `{other}`; expected \"instance\" or \"cluster\""))),
+            "cluster" => {
+                return Err(invalid(
+                    "limits.scope",
+                    "\"cluster\" needs the redis store (store.backend = \"redis\")".into(),
+                ));
+            }
+            other => {
+                return Err(invalid(
+                    "limits.scope",
+                    format!("unknown scope `{other}`; expected \"instance\" or \"cluster\""),
+                ));
+            }
         };
 
         let mut workspaces = Vec::with_capacity(self.workspaces.len());

@@ -145,7 +145,11 @@ async fn readyz(State(state): State<SharedState>) -> Response {
         "store": if store_ok { "ok" } else { "unreachable" },
         "revocations": if revocations_ok { "in_sync" } else { "resynchronising" },
     }));
-    if store_ok && revocations_ok { body.into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, body).into_response() }
+    if store_ok && revocations_ok {
+        body.into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
 }
 
 async fn metrics(State(state): State<SharedState>) -> Response {

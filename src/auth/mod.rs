@@ -392,7 +392,11 @@ impl Verifier {
                     // Revocations were missed and cannot be replayed: forget
                     // everything cached and start again from the log's end.
                     let seq = self.store.revocation_seq().await?;
-                    tracing::warn!(after, now = seq, "revocation log truncated past our position; flushing the token index");
+                    tracing::warn!(
+                        after,
+                        now = seq,
+                        "revocation log truncated past our position; flushing the token index"
+                    );
                     self.flush_index();
                     self.applied_revocation_seq.store(seq, Ordering::SeqCst);
                     return Ok(applied);
@@ -496,7 +500,10 @@ impl Verifier {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

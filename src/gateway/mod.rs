@@ -107,7 +107,8 @@ impl Gateway {
             if outcome.limit_fallback {
                 // Tells the client (and operators reading traces) that the
                 // shared limit could not be consulted for this request.
-                resp.headers_mut().insert("portcullis-ratelimit-scope", HeaderValue::from_static("instance-fallback"));
+                resp.headers_mut()
+                    .insert("portcullis-ratelimit-scope", HeaderValue::from_static("instance-fallback"));
             }
             resp.headers_mut().insert("x-request-id", rid);
             let status = resp.status().as_u16();

@@ -71,12 +71,21 @@ impl ClusterLimiter {
         // A burst of `per_minute` requests: the TAT may run ahead by a minute.
         let tolerance_us = interval_us * u64::from(per_minute);
         let redis_key = format!("portcullis:rl:{per_minute}:{key:016x}");
-        let result: redis::RedisResult<u64> = self.script.key(redis_key).arg(interval_us).arg(tolerance_us).invoke_async(&mut self.conn.clone()).await;
+        let result: redis::RedisResult<u64> = self
+            .script
+            .key(redis_key)
+            .arg(interval_us)
+            .arg(tolerance_us)
+            .invoke_async(&mut self.conn.clone())
+            .await;
         match result {
             Ok(0) => (Counted::Cluster, Ok(())),
             Ok(wait_us) => (
                 Counted::Cluster,
-                Err(RateLimited { limit: per_minute, retry_after_secs: Duration::from_micros(wait_us).as_secs_f64().ceil().max(1.0) as u64 }),
+                Err(RateLimited {
+                    limit: per_minute,
+                    retry_after_secs: Duration::from_micros(wait_us).as_secs_f64().ceil().max(1.0) as u64,
+                }),
             ),
             Err(e) => {
                 tracing::warn!(error = %e, "cluster rate limiter unavailable; using this instance's share locally");

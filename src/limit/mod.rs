@@ -109,7 +109,7 @@ impl<C: Clock + Clone> Limiter<C> {
 /// The limiter in force: local, or cluster-wide with a local fallback.
 pub enum Limits {
     Instance(Limiter),
-    Cluster(cluster::ClusterLimiter),
+    Cluster(Box<cluster::ClusterLimiter>),
 }
 
 impl Limits {

@@ -272,7 +272,9 @@ impl TokenStore for RedisStore {
     async fn insert(&self, r: &TokenRecord, hash: &TokenHash) -> Result<(), StoreError> {
         let h = hex(hash);
         let mut inv = self.scripts.insert.prepare_invoke();
-        inv.key(key(&format!("token:{}", r.id))).key(key(&format!("hash:{h}"))).key(key("tokens:seq"));
+        inv.key(key(&format!("token:{}", r.id)))
+            .key(key(&format!("hash:{h}")))
+            .key(key("tokens:seq"));
         inv.key(list_key(r.kind, None));
         if let Some(ws) = &r.workspace {
             inv.key(list_key(r.kind, Some(ws)));
@@ -295,7 +297,10 @@ impl TokenStore for RedisStore {
         field("expires_at", r.expires_at.map(|v| v.to_string()));
         field("revoked_at", r.revoked_at.map(|v| v.to_string()));
         field("last_used_at", r.last_used_at.map(|v| v.to_string()));
-        field("allowed_servers", r.allowed_servers.as_ref().map(|v| serde_json::to_string(v).expect("json")));
+        field(
+            "allowed_servers",
+            r.allowed_servers.as_ref().map(|v| serde_json::to_string(v).expect("json")),
+        );
         field("requests_per_minute", r.requests_per_minute.map(|v| v.to_string()));
         field("hash", Some(h));
         let seq: i64 = inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
@@ -348,7 +353,10 @@ impl TokenStore for RedisStore {
         let more = rows.len() > page_size;
         rows.truncate(page_size);
         let next_cursor = if more { rows.last().map(|(_, s)| s.clone()) } else { None };
-        Ok(Page { tokens: rows.into_iter().map(|(r, _)| r).collect(), next_cursor })
+        Ok(Page {
+            tokens: rows.into_iter().map(|(r, _)| r).collect(),
+            next_cursor,
+        })
     }
 
     async fn revoke(&self, id: &str, at: i64) -> Result<Option<Revoked>, StoreError> {
@@ -371,7 +379,10 @@ impl TokenStore for RedisStore {
         let receivers: i64 = parse(receivers)?;
         let seq: u64 = parse(seq)?;
         let f = fields(record);
-        let hash = f.get("hash").and_then(|h| unhex(h)).ok_or_else(|| StoreError::Unavailable("token without hash in redis".into()))?;
+        let hash = f
+            .get("hash")
+            .and_then(|h| unhex(h))
+            .ok_or_else(|| StoreError::Unavailable("token without hash in redis".into()))?;
         let record = record_from_fields(&f).ok_or_else(|| StoreError::Unavailable("unreadable token record in redis".into()))?;
         let newly: i64 = parse(newly)?;
         // PUBLISH counts the subscriptions that got the message; fewer than
@@ -379,7 +390,11 @@ impl TokenStore for RedisStore {
         let live = self.live_instances.load(Ordering::Relaxed);
         let all_notified = newly != 1 || receivers >= i64::from(live);
         if !all_notified {
-            tracing::warn!(receivers, live, "a revocation push reached fewer instances than are alive; waiting for their poll");
+            tracing::warn!(
+                receivers,
+                live,
+                "a revocation push reached fewer instances than are alive; waiting for their poll"
+            );
         }
         Ok(Some(Revoked {
             record,
@@ -445,12 +460,20 @@ impl TokenStore for RedisStore {
     }
 
     async fn acknowledge(&self, seq: u64) -> Result<(), StoreError> {
-        let _: i64 = self.conn.clone().publish(channel(), format!("a:{seq}:{}", self.instance_id)).await.map_err(unavailable)?;
+        let _: i64 = self
+            .conn
+            .clone()
+            .publish(channel(), format!("a:{seq}:{}", self.instance_id))
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
     async fn heartbeat(&self) -> Result<(), StoreError> {
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let (_, _, n): (i64, i64, u32) = redis::pipe()
             .atomic()
             .zadd(INSTANCES_KEY, &self.instance_id, now_ms)

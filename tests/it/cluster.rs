@@ -38,9 +38,20 @@ impl Cluster {
             instances.push(Some(start_instance(&config_text).await));
         }
         let state = &instances[0].as_ref().unwrap().state;
-        let req = NewTokenRequest { name: "admin".into(), kind: Some(TokenKind::Admin), created_by: "bootstrap".into(), ..Default::default() };
-        let (admin_token, _) = lifecycle::create(Some(&state.verifier), &state.store, req, now_unix()).await.unwrap();
-        let c = Cluster { instances, admin_token, config_text };
+        let req = NewTokenRequest {
+            name: "admin".into(),
+            kind: Some(TokenKind::Admin),
+            created_by: "bootstrap".into(),
+            ..Default::default()
+        };
+        let (admin_token, _) = lifecycle::create(Some(&state.verifier), &state.store, req, now_unix())
+            .await
+            .unwrap();
+        let c = Cluster {
+            instances,
+            admin_token,
+            config_text,
+        };
         c.wait_ready().await;
         c
     }
@@ -61,12 +72,24 @@ impl Cluster {
 
     async fn post(&self, i: usize, token: &str, id: i64) -> Resp {
         let url = format!("http://{}/ws/demo", self.get(i).data_addr);
-        send(Method::POST, &url, &[("authorization", &format!("Bearer {token}")), ("content-type", "application/json")], echo_call(id, "x")).await
+        send(
+            Method::POST,
+            &url,
+            &[("authorization", &format!("Bearer {token}")), ("content-type", "application/json")],
+            echo_call(id, "x"),
+        )
+        .await
     }
 
     async fn admin(&self, i: usize, method: Method, path: &str, body: &str) -> Resp {
         let url = format!("http://{}{path}", self.get(i).admin_addr);
-        send(method, &url, &[("authorization", &format!("Bearer {}", self.admin_token))], body.to_string()).await
+        send(
+            method,
+            &url,
+            &[("authorization", &format!("Bearer {}", self.admin_token))],
+            body.to_string(),
+        )
+        .await
     }
 
     async fn create_token(&self, i: usize) -> (String, String) {
@@ -113,12 +136,19 @@ async fn revocation_on_one_instance_is_refused_by_every_instance_on_the_next_req
         let (t, id) = c.create_token(creator).await;
         // Used (and so cached) everywhere first.
         for i in 0..3 {
-            assert_eq!(c.post(i, &t, trial as i64).await.status, 200, "trial {trial}: new token works on instance {i}");
+            assert_eq!(
+                c.post(i, &t, trial as i64).await.status,
+                200,
+                "trial {trial}: new token works on instance {i}"
+            );
         }
         c.revoke(revoker, &id).await;
         for i in 0..3 {
             let r = c.post(i, &t, trial as i64).await;
-            assert_eq!(r.status, 401, "trial {trial}: instance {i} accepted a token revoked on instance {revoker}");
+            assert_eq!(
+                r.status, 401,
+                "trial {trial}: instance {i} accepted a token revoked on instance {revoker}"
+            );
         }
     }
 }
@@ -135,7 +165,13 @@ async fn killed_subscriptions_never_let_a_revoked_token_through() {
             assert_eq!(c.post(i, &t, 1).await.status, 200);
         }
         // Every subscriber connection is cut; the revocation push is lost.
-        let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut conn).await.unwrap();
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert!(killed >= 1, "trial {trial}: no subscriber was connected");
         c.revoke(trial % 3, &id).await;
         // From the moment the revoke call returned, nobody accepts it.
@@ -143,7 +179,11 @@ async fn killed_subscriptions_never_let_a_revoked_token_through() {
         while Instant::now() < until {
             for i in 0..3 {
                 let r = c.post(i, &t, 2).await;
-                assert!(r.status == 401 || r.status == 503, "trial {trial}: instance {i} answered {} for a revoked token", r.status);
+                assert!(
+                    r.status == 401 || r.status == 503,
+                    "trial {trial}: instance {i} answered {} for a revoked token",
+                    r.status
+                );
             }
         }
         c.wait_ready().await;
@@ -155,7 +195,10 @@ async fn killed_subscriptions_never_let_a_revoked_token_through() {
     }
     let started = Instant::now();
     c.revoke(1, &id).await;
-    assert!(started.elapsed() < Duration::from_millis(400), "revoke waited although every instance was subscribed");
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "revoke waited although every instance was subscribed"
+    );
     for i in 0..3 {
         assert_eq!(c.post(i, &t, 4).await.status, 401);
     }
@@ -172,9 +215,17 @@ async fn a_truncated_revocation_log_flushes_the_index() {
     // written behind the gateway's back, as after a long partition.
     let mut conn = redis.conn().await;
     let _: () = redis::pipe()
-        .cmd("HSET").arg(format!("portcullis:token:{id}")).arg("revoked_at").arg(now_unix()).ignore()
-        .cmd("INCR").arg("portcullis:revocations:seq").ignore()
-        .cmd("DEL").arg("portcullis:revocations").ignore()
+        .cmd("HSET")
+        .arg(format!("portcullis:token:{id}"))
+        .arg("revoked_at")
+        .arg(now_unix())
+        .ignore()
+        .cmd("INCR")
+        .arg("portcullis:revocations:seq")
+        .ignore()
+        .cmd("DEL")
+        .arg("portcullis:revocations")
+        .ignore()
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -265,14 +316,23 @@ async fn the_grace_period_bounds_acceptance_during_an_outage() {
             break;
         }
         assert_eq!(r.status, 200);
-        assert!(elapsed < Duration::from_millis(1500 + 1000), "accepted {elapsed:?} into the outage, beyond the grace");
-        saw_fallback |= r.headers.get("portcullis-ratelimit-scope").is_some_and(|v| v == "instance-fallback");
+        assert!(
+            elapsed < Duration::from_millis(1500 + 1000),
+            "accepted {elapsed:?} into the outage, beyond the grace"
+        );
+        saw_fallback |= r
+            .headers
+            .get("portcullis-ratelimit-scope")
+            .is_some_and(|v| v == "instance-fallback");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(saw_fallback, "the limiter never reported its fallback");
     let metrics = send(Method::GET, &format!("http://{}/metrics", c.get(0).admin_addr), &[], "").await;
     let text = String::from_utf8_lossy(&metrics.body).to_string();
-    let line = text.lines().find(|l| l.starts_with("portcullis_rate_limit_fallbacks_total ")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("portcullis_rate_limit_fallbacks_total "))
+        .unwrap();
     assert!(!line.ends_with(" 0"), "{line}");
     // An unknown token is never accepted on grace.
     let unknown = portcullis::token::generate(TokenKind::Workspace).raw;
@@ -312,7 +372,10 @@ async fn the_cluster_scope_shares_one_limit_across_instances() {
         }
     }
     let refill = (started.elapsed().as_secs_f64() * 2.0).ceil() as usize;
-    assert!(admitted >= 120 && admitted <= 120 + refill, "cluster scope admitted {admitted} of 300 (refill {refill})");
+    assert!(
+        admitted >= 120 && admitted <= 120 + refill,
+        "cluster scope admitted {admitted} of 300 (refill {refill})"
+    );
     let r = limited.expect("some requests were limited");
     assert_eq!(rpc_error(&r), (-32000, "Rate limit exceeded".into()));
     assert!(r.headers.get("portcullis-ratelimit-scope").is_none(), "Redis was up: no fallback");

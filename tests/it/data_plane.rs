@@ -355,12 +355,14 @@ async fn upstream_failures_map_to_502_and_504() {
     let r = gw.post("demo", Some(&t), echo_call(1, "x")).await;
     assert_eq!(r.status, 502);
     assert_eq!(rpc_error(&r), (-32603, "Upstream unavailable".into()));
+    assert_eq!(r.json()["id"], 1, "the request id is echoed");
 
     let (t, _) = gw.create_token("slow", json!({})).await;
     let started = Instant::now();
     let r = gw.post("slow", Some(&t), echo_call(2, "x")).await;
     assert_eq!(r.status, 504);
     assert_eq!(rpc_error(&r), (-32603, "Upstream timeout".into()));
+    assert_eq!(r.json()["id"], 2);
     assert!(started.elapsed() < Duration::from_secs(2));
 
     // An upstream refusing the gateway's credentials is the gateway's fault,
@@ -547,7 +549,9 @@ async fn a_store_failure_fails_closed_with_503() {
     let b = broken.clone();
     let mut setup = Setup::new(&up.url);
     setup.store = Some(Box::new(move |c: &portcullis::config::Config| {
-        let portcullis::config::StoreConfig::Sqlite { path } = &c.store else { panic!("this test configures SQLite") };
+        let portcullis::config::StoreConfig::Sqlite { path } = &c.store else {
+            panic!("this test configures SQLite")
+        };
         std::sync::Arc::new(BreakableStore {
             inner: portcullis::store::sqlite::SqliteStore::open(path).unwrap(),
             broken: b,

@@ -21,13 +21,21 @@ struct Backend {
 async fn sqlite() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("sub/t.db")).unwrap());
-    Backend { store, _dir: Some(dir), redis: None }
+    Backend {
+        store,
+        _dir: Some(dir),
+        redis: None,
+    }
 }
 
 async fn redis() -> Backend {
     let server = RedisServer::start().await;
     let store = Arc::new(RedisStore::connect(&server.url(), Duration::from_secs(2)).await.unwrap());
-    Backend { store, _dir: None, redis: Some(server) }
+    Backend {
+        store,
+        _dir: None,
+        redis: Some(server),
+    }
 }
 
 fn record(ws: &str, name: &str) -> (TokenRecord, TokenHash) {
@@ -120,7 +128,10 @@ async fn list_is_newest_first_and_paginates_while_tokens_are_added(b: Backend) {
     }
     let (other, h) = record("other", "x");
     s.insert(&other, &h).await.unwrap();
-    let f = ListFilter { kind: TokenKind::Workspace, workspace: Some("demo") };
+    let f = ListFilter {
+        kind: TokenKind::Workspace,
+        workspace: Some("demo"),
+    };
     let names = |p: &portcullis::store::Page| p.tokens.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
     let p1 = s.list(f, 2, None).await.unwrap();
     assert_eq!(names(&p1), ["t4", "t3"]);
@@ -134,9 +145,32 @@ async fn list_is_newest_first_and_paginates_while_tokens_are_added(b: Backend) {
     assert!(p3.next_cursor.is_none());
     assert!(matches!(s.list(f, 2, Some("garbage")).await, Err(StoreError::InvalidCursor)));
     // All workspaces, and another kind.
-    let all = s.list(ListFilter { kind: TokenKind::Workspace, workspace: None }, 100, None).await.unwrap();
+    let all = s
+        .list(
+            ListFilter {
+                kind: TokenKind::Workspace,
+                workspace: None,
+            },
+            100,
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!(all.tokens.len(), 7);
-    assert!(s.list(ListFilter { kind: TokenKind::Admin, workspace: None }, 100, None).await.unwrap().tokens.is_empty());
+    assert!(
+        s.list(
+            ListFilter {
+                kind: TokenKind::Admin,
+                workspace: None
+            },
+            100,
+            None
+        )
+        .await
+        .unwrap()
+        .tokens
+        .is_empty()
+    );
 }
 
 both_backends!(last_used_never_moves_backwards);
@@ -145,9 +179,14 @@ async fn last_used_never_moves_backwards(b: Backend) {
     let (r, h) = record("demo", "a");
     s.insert(&r, &h).await.unwrap();
     s.record_last_used(&[(r.id.clone(), 500)]).await.unwrap();
-    s.record_last_used(&[(r.id.clone(), 400), ("tkn_0000000000000000".into(), 9)]).await.unwrap();
+    s.record_last_used(&[(r.id.clone(), 400), ("tkn_0000000000000000".into(), 9)])
+        .await
+        .unwrap();
     assert_eq!(s.get(&r.id).await.unwrap().unwrap().last_used_at, Some(500));
-    assert!(s.get("tkn_0000000000000000").await.unwrap().is_none(), "no record is created by a stray id");
+    assert!(
+        s.get("tkn_0000000000000000").await.unwrap().is_none(),
+        "no record is created by a stray id"
+    );
     s.record_last_used(&[]).await.unwrap();
 }
 
@@ -176,7 +215,9 @@ async fn redis_keeps_acknowledged_revocations_across_a_crash() {
     b.store.revoke(&r.id, 600).await.unwrap().unwrap();
     // kill -9: only the append-only file survives.
     b.redis.as_mut().unwrap().restart().await;
-    let s = RedisStore::connect(&b.redis.as_ref().unwrap().url(), Duration::from_secs(2)).await.unwrap();
+    let s = RedisStore::connect(&b.redis.as_ref().unwrap().url(), Duration::from_secs(2))
+        .await
+        .unwrap();
     assert_eq!(s.find_by_hash(&h).await.unwrap().unwrap().revoked_at, Some(600));
     assert_eq!(s.revocation_seq().await.unwrap(), 1);
     assert_eq!(s.revocations_since(0, 10).await.unwrap().len(), 1);
@@ -191,7 +232,10 @@ async fn redis_reports_a_truncated_revocation_log() {
     let mut c = b.redis.as_ref().unwrap().conn().await;
     let _: () = redis::cmd("DEL").arg("portcullis:revocations").query_async(&mut c).await.unwrap();
     assert!(matches!(b.store.revocations_since(0, 10).await, Err(StoreError::LogTruncated)));
-    assert!(b.store.revocations_since(1, 10).await.unwrap().is_empty(), "nothing missed after the latest");
+    assert!(
+        b.store.revocations_since(1, 10).await.unwrap().is_empty(),
+        "nothing missed after the latest"
+    );
 }
 
 #[tokio::test]
