@@ -113,7 +113,8 @@ http_status() {
     curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" 2>/dev/null || true
 }
 
-# True if pid $1 is alive and its command line contains every further argument.
+# True if pid $1 is alive and its command line contains every further argument
+# (an argument cwd=PATH checks its working directory instead).
 pid_matches() {
     local pid=$1
     shift
@@ -125,7 +126,13 @@ pid_matches() {
     [[ -n "$cmd" ]] || return 1
     local want
     for want in "$@"; do
-        [[ "$cmd" == *"$want"* ]] || return 1
+        if [[ "$want" == cwd=* ]]; then
+            # Redis rewrites its command line; its working directory (--dir)
+            # tells ours from any other Redis on the machine.
+            [[ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" == "${want#cwd=}" ]] || return 1
+        else
+            [[ "$cmd" == *"$want"* ]] || return 1
+        fi
     done
 }
 
@@ -216,7 +223,7 @@ print_json() {
     done
     local rpid lpid
     rpid=$(read_pid "$DIR/redis/redis.pid")
-    pid_matches "$rpid" redis-server ":$REDIS_PORT" || rpid=""
+    pid_matches "$rpid" redis-server ":$REDIS_PORT" "cwd=$DIR/redis" || rpid=""
     lpid=$(read_pid "$DIR/lb/$LB.pid")
     pid_matches "$lpid" "$DIR/lb/" || lpid=""
     python3 - "$DIR" "$REDIS_PORT" "$LB_PORT" "$LB" "$STORE" "$SCOPE" "$rpid" "$lpid" "$BIN" "${args[@]}" <<'PY'
@@ -257,7 +264,7 @@ PY
 start_redis() {
     local pid
     pid=$(read_pid "$DIR/redis/redis.pid")
-    if pid_matches "$pid" redis-server ":$REDIS_PORT"; then
+    if pid_matches "$pid" redis-server ":$REDIS_PORT" "cwd=$DIR/redis"; then
         log "redis: already running (pid $pid, port $REDIS_PORT)"
         return 0
     fi
@@ -296,7 +303,7 @@ start_redis() {
 
 stop_redis() {
     local sig=${1:-TERM}
-    stop_pid redis "$DIR/redis/redis.pid" 20 "$sig" redis-server ":$REDIS_PORT"
+    stop_pid redis "$DIR/redis/redis.pid" 20 "$sig" redis-server ":$REDIS_PORT" "cwd=$DIR/redis"
 }
 
 # ---------------------------------------------------------------------------
@@ -597,7 +604,7 @@ cmd_up() {
     BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
 
     mkdir -p "$DIR"
-    DIR="$(cd "$DIR" && pwd)"
+    DIR="$(cd "$DIR" && pwd -P)"
     if [[ -f "$DIR/cluster.env" ]]; then
         (
             # shellcheck disable=SC1091
@@ -697,7 +704,7 @@ cmd_down() {
         log "nothing to stop in $DIR"
         return 0
     fi
-    DIR="$(cd "$DIR" && pwd)"
+    DIR="$(cd "$DIR" && pwd -P)"
     load_state
     teardown
     log "cluster in $DIR stopped"
@@ -818,7 +825,7 @@ while (($#)); do
 done
 
 if [[ "$COMMAND" != up && -n "$DIR" && -d "$DIR" ]]; then
-    DIR="$(cd "$DIR" && pwd)"
+    DIR="$(cd "$DIR" && pwd -P)"
 fi
 
 case "$COMMAND" in
