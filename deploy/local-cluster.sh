@@ -1,0 +1,845 @@
+#!/usr/bin/env bash
+# local-cluster.sh: a Portcullis cluster on loopback, for integration tests and
+# for trying cluster mode by hand: one Redis (AOF on), N `portcullis serve`
+# instances and a round-robin load balancer (HAProxy, or nginx) in front.
+#
+# Everything lives under --dir: configs, logs, pidfiles, the Redis AOF. Only
+# processes whose pidfile is in --dir (and whose command line matches) are ever
+# signalled; a Redis or gateway the script did not start is never touched.
+#
+# Progress goes to stderr. `up`, `status` and the fault-injection subcommands
+# print one line of JSON on stdout describing the cluster. Run with --help.
+
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+
+usage() {
+    cat <<'EOF'
+Usage: deploy/local-cluster.sh COMMAND --dir DIR [options]
+
+Commands:
+  up --dir DIR --instances N [options]
+        Start Redis, N gateway instances and a load balancer, wait until every
+        instance's /readyz answers 200, then print one line of JSON:
+        {"dir":…, "redis_port":…, "lb_url":"http://127.0.0.1:PORT",
+         "instances":[{"index":1,"data":…,"admin":…,"pid":…,"config":…,"log":…}, …], …}
+      --instances N        number of gateway instances (default 2)
+      --redis-port P       Redis port (default: a free one; never an occupied one)
+      --scope S            limits.scope: "instance" (default) or "cluster"
+      --bin PATH           portcullis binary (default: $PORTCULLIS_BIN, else
+                           target/debug/portcullis in the repository)
+      --lb KIND            "haproxy" (default; installed with apt-get if missing)
+                           or "nginx"
+      --lb-check KIND      how the LB checks instances: "tcp" (default: the data
+                           port, so fault-injection tests see each instance's own
+                           answers during a Redis outage), "readyz" (GET /readyz
+                           on the admin port, as Kubernetes would) or "none"
+      --upstream URL       the `demo` workspace's upstream
+                           (default http://127.0.0.1:8765/mcp)
+      --grace-ms MS        server.shutdown_grace_ms (default 5000)
+      --rpm N              limits.requests_per_minute (default 120)
+      --revocation-grace-ms MS
+                           store.revocation_grace_ms (redis only; default: unset,
+                           the binary's default of 0 = fail closed)
+      --timeout S          seconds to wait for readiness (default 60)
+      --store KIND         "redis" (default) or "sqlite": each instance gets its
+                           own SQLite file instead of the shared Redis (for testing
+                           this script against a binary without the Redis
+                           backend; tokens are then NOT shared between instances).
+                           Redis is started either way so that the fault-injection
+                           commands can be exercised.
+  down --dir DIR
+        Stop the LB, the instances (SIGTERM, wait for the graceful drain,
+        SIGKILL only after grace + 10 s) and Redis. Idempotent.
+  status --dir DIR
+        Print the JSON line again (pids are current; dead ones are null).
+  restart-instance --dir DIR --index K [--kill]
+        Stop instance K (SIGTERM, or SIGKILL with --kill), start it again with
+        the same config and ports, wait for /readyz; prints the JSON line.
+  stop-instance --dir DIR --index K [--kill]
+  start-instance --dir DIR --index K
+  stop-redis --dir DIR [--kill]
+        Stop Redis (SHUTDOWN-like SIGTERM, or SIGKILL with --kill to simulate a
+        crash; with appendfsync always nothing acknowledged is lost either way).
+  start-redis --dir DIR
+        Start Redis again on the same port with the same AOF directory and wait
+        until it answers PING.
+
+Files in DIR: cluster.env, instance-K.toml, instance-K.log, instance-K.pid,
+redis/ (AOF, redis.log, redis.pid), lb/ (LB config, log, pidfile),
+data/instance-K.db (--store sqlite only).
+
+An admin token for a running cluster (Redis store: valid on every instance):
+  portcullis admin token create --name ops --config DIR/instance-1.toml --json
+EOF
+}
+
+log() { printf 'local-cluster: %s\n' "$*" >&2; }
+die() {
+    printf 'local-cluster: error: %s\n' "$*" >&2
+    exit 1
+}
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+# Prints N distinct free loopback ports (bound together, so no duplicates).
+free_ports() {
+    python3 -c 'import socket,sys
+s=[socket.socket() for _ in range(int(sys.argv[1]))]
+[x.bind(("127.0.0.1",0)) for x in s]
+print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
+}
+
+# True if something accepts TCP connections on 127.0.0.1:$1.
+port_in_use() {
+    python3 -c 'import socket,sys
+s=socket.socket(); s.settimeout(0.5)
+sys.exit(0 if s.connect_ex(("127.0.0.1",int(sys.argv[1])))==0 else 1)' "$1"
+}
+
+# TOML basic string.
+toml_str() {
+    local s=${1//\\/\\\\}
+    s=${s//\"/\\\"}
+    printf '"%s"' "$s"
+}
+
+# HTTP status of GET $1 ("000" when unreachable).
+http_status() {
+    curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" 2>/dev/null || true
+}
+
+# True if pid $1 is alive and its command line contains every further argument
+# (an argument cwd=PATH checks its working directory instead).
+pid_matches() {
+    local pid=$1
+    shift
+    [[ -n "$pid" && "$pid" =~ ^[0-9]+$ ]] || return 1
+    [[ -r /proc/$pid/cmdline ]] || return 1
+    local cmd
+    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    # A zombie has an empty command line: not running.
+    [[ -n "$cmd" ]] || return 1
+    local want
+    for want in "$@"; do
+        if [[ "$want" == cwd=* ]]; then
+            # Redis rewrites its command line; its working directory (--dir)
+            # tells ours from any other Redis on the machine.
+            [[ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" == "${want#cwd=}" ]] || return 1
+        else
+            [[ "$cmd" == *"$want"* ]] || return 1
+        fi
+    done
+}
+
+read_pid() {
+    if [[ -f "$1" ]]; then tr -dc '0-9' <"$1"; fi
+}
+
+# wait_gone PID SECONDS: true once PID has exited.
+wait_gone() {
+    local pid=$1 deadline=$((SECONDS + $2))
+    while kill -0 "$pid" 2>/dev/null; do
+        # Reap-free check: a zombie child of ours counts as gone.
+        [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" == Z ]] && return 0
+        ((SECONDS < deadline)) || return 1
+        sleep 0.1
+    done
+}
+
+# stop_pid NAME PIDFILE GRACE_S SIGNAL MATCH...: signal, wait, escalate to KILL.
+stop_pid() {
+    local name=$1 pidfile=$2 grace=$3 sig=$4
+    shift 4
+    local pid
+    pid=$(read_pid "$pidfile")
+    if [[ -z "$pid" ]]; then
+        rm -f "$pidfile"
+        return 0
+    fi
+    if ! pid_matches "$pid" "$@"; then
+        log "$name: pid $pid from $pidfile is not running (or is not ours); nothing to stop"
+        rm -f "$pidfile"
+        return 0
+    fi
+    log "$name: sending SIG$sig to pid $pid"
+    kill -s "$sig" "$pid" 2>/dev/null || true
+    if ! wait_gone "$pid" "$grace"; then
+        log "$name: pid $pid still running after ${grace}s; sending SIGKILL"
+        kill -s KILL "$pid" 2>/dev/null || true
+        wait_gone "$pid" 5 || die "$name: pid $pid does not exit even after SIGKILL"
+    fi
+    rm -f "$pidfile"
+}
+
+tail_log() {
+    local f=$1
+    if [[ -f "$f" ]]; then
+        printf -- '--- last lines of %s ---\n' "$f" >&2
+        tail -n 25 "$f" >&2
+        printf -- '---\n' >&2
+    fi
+}
+
+# ---------------------------------------------------------------------------
+# State
+# ---------------------------------------------------------------------------
+
+load_state() {
+    [[ -n "${DIR:-}" ]] || die "--dir is required"
+    [[ -f "$DIR/cluster.env" ]] || die "$DIR/cluster.env not found: no cluster was started in $DIR (run \`$0 up --dir $DIR\`)"
+    # shellcheck disable=SC1091
+    source "$DIR/cluster.env"
+}
+
+save_state() {
+    {
+        printf '# written by local-cluster.sh up; read by its other commands\n'
+        local v
+        for v in BIN STORE SCOPE LB LB_CHECK LB_PORT REDIS_PORT INSTANCES GRACE_MS UPSTREAM RPM REVOCATION_GRACE_MS; do
+            printf '%s=%q\n' "$v" "${!v}"
+        done
+        local k
+        for ((k = 1; k <= INSTANCES; k++)); do
+            printf 'DATA_PORT_%d=%q\nADMIN_PORT_%d=%q\n' "$k" "${DATA_PORTS[k]}" "$k" "${ADMIN_PORTS[k]}"
+        done
+    } >"$DIR/cluster.env"
+}
+
+data_port() { local v="DATA_PORT_$1"; printf '%s' "${!v}"; }
+admin_port() { local v="ADMIN_PORT_$1"; printf '%s' "${!v}"; }
+
+# The JSON line describing the cluster (live pids, null for dead ones).
+print_json() {
+    local args=() k pid
+    for ((k = 1; k <= INSTANCES; k++)); do
+        pid=$(read_pid "$DIR/instance-$k.pid")
+        pid_matches "$pid" "$DIR/instance-$k.toml" || pid=""
+        args+=("$(data_port "$k")" "$(admin_port "$k")" "$pid")
+    done
+    local rpid lpid
+    rpid=$(read_pid "$DIR/redis/redis.pid")
+    pid_matches "$rpid" redis-server ":$REDIS_PORT" "cwd=$DIR/redis" || rpid=""
+    lpid=$(read_pid "$DIR/lb/$LB.pid")
+    pid_matches "$lpid" "$DIR/lb/" || lpid=""
+    python3 - "$DIR" "$REDIS_PORT" "$LB_PORT" "$LB" "$STORE" "$SCOPE" "$rpid" "$lpid" "$BIN" "${args[@]}" <<'PY'
+import json, sys
+d, redis_port, lb_port, lb, store, scope, rpid, lpid, bin_ = sys.argv[1:10]
+rest = sys.argv[10:]
+inst = []
+for i in range(0, len(rest), 3):
+    k = i // 3 + 1
+    inst.append({
+        "index": k,
+        "data": f"http://127.0.0.1:{rest[i]}",
+        "admin": f"http://127.0.0.1:{rest[i+1]}",
+        "pid": int(rest[i+2]) if rest[i+2] else None,
+        "config": f"{d}/instance-{k}.toml",
+        "log": f"{d}/instance-{k}.log",
+    })
+print(json.dumps({
+    "dir": d,
+    "redis_port": int(redis_port),
+    "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+    "redis_pid": int(rpid) if rpid else None,
+    "lb_url": f"http://127.0.0.1:{lb_port}",
+    "lb": lb,
+    "lb_pid": int(lpid) if lpid else None,
+    "store": store,
+    "scope": scope,
+    "bin": bin_,
+    "instances": inst,
+}))
+PY
+}
+
+# ---------------------------------------------------------------------------
+# Redis
+# ---------------------------------------------------------------------------
+
+start_redis() {
+    local pid
+    pid=$(read_pid "$DIR/redis/redis.pid")
+    if pid_matches "$pid" redis-server ":$REDIS_PORT" "cwd=$DIR/redis"; then
+        log "redis: already running (pid $pid, port $REDIS_PORT)"
+        return 0
+    fi
+    command -v redis-server >/dev/null || die "redis-server not found; install it (apt-get install -y redis-server)"
+    if port_in_use "$REDIS_PORT"; then
+        die "port $REDIS_PORT is already in use by another process; pick another --redis-port (this script never uses a Redis it did not start)"
+    fi
+    mkdir -p "$DIR/redis"
+    rm -f "$DIR/redis/redis.pid"
+    log "redis: starting on 127.0.0.1:$REDIS_PORT (AOF, appendfsync always) in $DIR/redis"
+    # Durability: every acknowledged write (a revocation) is fsynced to the
+    # AOF before Redis answers. No RDB snapshots; noeviction so that a full
+    # Redis refuses writes instead of silently dropping token records.
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$DIR/redis" \
+        --appendonly yes --appendfsync always --save "" \
+        --maxmemory-policy noeviction \
+        --daemonize yes --pidfile "$DIR/redis/redis.pid" --logfile "$DIR/redis/redis.log" \
+        </dev/null >>"$DIR/redis/redis-start.log" 2>&1 ||
+        {
+            tail_log "$DIR/redis/redis-start.log"
+            tail_log "$DIR/redis/redis.log"
+            die "redis-server failed to start"
+        }
+    local deadline=$((SECONDS + 20))
+    until [[ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]]; do
+        if ((SECONDS >= deadline)); then
+            tail_log "$DIR/redis/redis.log"
+            die "redis on port $REDIS_PORT did not answer PING within 20 s"
+        fi
+        sleep 0.1
+    done
+    # The pidfile is written right after daemonizing; wait for it.
+    deadline=$((SECONDS + 5))
+    until [[ -s "$DIR/redis/redis.pid" ]] || ((SECONDS >= deadline)); do sleep 0.05; done
+}
+
+stop_redis() {
+    local sig=${1:-TERM}
+    stop_pid redis "$DIR/redis/redis.pid" 20 "$sig" redis-server ":$REDIS_PORT" "cwd=$DIR/redis"
+}
+
+# ---------------------------------------------------------------------------
+# Instances
+# ---------------------------------------------------------------------------
+
+write_instance_config() {
+    local k=$1 f="$DIR/instance-$1.toml"
+    {
+        printf '# Instance %d of the local cluster in %s (written by local-cluster.sh).\n\n' "$k" "$DIR"
+        printf '[server]\n'
+        printf 'listen = "127.0.0.1:%s"\n' "${DATA_PORTS[k]}"
+        printf 'admin_listen = "127.0.0.1:%s"\n' "${ADMIN_PORTS[k]}"
+        printf 'public_url = "http://127.0.0.1:%s"\n' "$LB_PORT"
+        printf 'shutdown_grace_ms = %s\n\n' "$GRACE_MS"
+        printf '[store]\n'
+        if [[ "$STORE" == redis ]]; then
+            printf 'backend = "redis"\n'
+            printf 'url = "redis://127.0.0.1:%s/0"\n' "$REDIS_PORT"
+            if [[ -n "$REVOCATION_GRACE_MS" ]]; then
+                printf 'revocation_grace_ms = %s\n' "$REVOCATION_GRACE_MS"
+            fi
+        else
+            printf 'backend = "sqlite"\n'
+            printf 'path = %s\n' "$(toml_str "$DIR/data/instance-$k.db")"
+        fi
+        printf '\n[limits]\n'
+        printf 'requests_per_minute = %s\n' "$RPM"
+        if [[ "$STORE" == redis ]]; then
+            printf 'scope = "%s"\n' "$SCOPE"
+        fi
+        printf '\n[[workspaces]]\nslug = "demo"\n\n'
+        printf '[[workspaces.servers]]\nname = "demo"\nurl = %s\n' "$(toml_str "$UPSTREAM")"
+    } >"$f"
+}
+
+start_instance() {
+    local k=$1 cfg="$DIR/instance-$1.toml" logf="$DIR/instance-$1.log" pidf="$DIR/instance-$1.pid"
+    local pid
+    pid=$(read_pid "$pidf")
+    if pid_matches "$pid" "$cfg"; then
+        log "instance $k: already running (pid $pid)"
+        return 0
+    fi
+    local dp ap
+    dp=$(data_port "$k")
+    ap=$(admin_port "$k")
+    local p
+    for p in "$dp" "$ap"; do
+        port_in_use "$p" && die "instance $k: port $p is already in use by another process"
+    done
+    log "instance $k: starting (data 127.0.0.1:$dp, admin 127.0.0.1:$ap, log $logf)"
+    printf '\n==== %s: local-cluster.sh starting instance %d ====\n' "$(date -u +%FT%TZ)" "$k" >>"$logf"
+    # setsid: own session, so a Ctrl-C or hangup of the terminal that ran `up`
+    # does not reach it. The subshell is not a process-group leader, so setsid
+    # does not fork and $! is the gateway's own pid.
+    # NO_COLOR: the log is a file; PORTCULLIS_LOG / PORTCULLIS_LOG_FORMAT pass through.
+    (NO_COLOR=1 exec setsid "$BIN" serve --config "$cfg" </dev/null >>"$logf" 2>&1) &
+    echo $! >"$pidf"
+    disown $! 2>/dev/null || true
+}
+
+# wait_ready K DEADLINE_SECONDS: until /readyz is 200; fails with the log tail.
+wait_ready() {
+    local k=$1 deadline=$2 pid status
+    local url
+    url="http://127.0.0.1:$(admin_port "$k")/readyz"
+    pid=$(read_pid "$DIR/instance-$k.pid")
+    while :; do
+        status=$(http_status "$url")
+        [[ "$status" == 200 ]] && return 0
+        if ! pid_matches "$pid" "$DIR/instance-$k.toml"; then
+            tail_log "$DIR/instance-$k.log"
+            log "instance $k (pid $pid) exited during start-up; see $DIR/instance-$k.log"
+            return 1
+        fi
+        if ((SECONDS >= deadline)); then
+            tail_log "$DIR/instance-$k.log"
+            log "instance $k: $url did not answer 200 in time (last status: $status)"
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+stop_instance() {
+    local k=$1 sig=${2:-TERM}
+    # Wait for the graceful drain (shutdown_grace_ms) plus slack before SIGKILL.
+    stop_pid "instance $k" "$DIR/instance-$k.pid" $((GRACE_MS / 1000 + 10)) "$sig" "$DIR/instance-$k.toml"
+}
+
+# ---------------------------------------------------------------------------
+# Load balancer
+# ---------------------------------------------------------------------------
+
+ensure_haproxy() {
+    command -v haproxy >/dev/null && return 0
+    local sudo=()
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null && sudo -n true 2>/dev/null && sudo=(sudo -n)
+    fi
+    if command -v apt-get >/dev/null && { [[ $(id -u) -eq 0 ]] || ((${#sudo[@]})); }; then
+        log "haproxy not found; installing it with apt-get"
+        export DEBIAN_FRONTEND=noninteractive
+        if ! "${sudo[@]}" apt-get install -y -q haproxy >&2; then
+            if "${sudo[@]}" apt-get update -q >&2; then
+                "${sudo[@]}" apt-get install -y -q haproxy >&2 || true
+            fi
+        fi
+        # The Debian package enables and starts its own haproxy service on the
+        # default config; this script never touches it.
+    fi
+    command -v haproxy >/dev/null
+}
+
+write_haproxy_config() {
+    local f="$DIR/lb/haproxy.cfg" k check
+    {
+        cat <<EOF
+# Written by local-cluster.sh: round-robin over the instances' data ports.
+global
+    maxconn 4096
+    log stderr format short local0 info
+
+defaults
+    mode http
+    log global
+    option httplog
+    option redispatch
+    retries 3
+    timeout connect 2s
+    timeout client 1h
+    timeout server 1h
+    timeout tunnel 1h
+    timeout http-request 15s
+    timeout http-keep-alive 5s
+
+frontend portcullis
+    bind 127.0.0.1:$LB_PORT
+    option forwardfor
+    default_backend portcullis
+
+backend portcullis
+    balance roundrobin
+    # A fresh server connection per request: an instance that is restarted
+    # closes its idle keep-alive connections, and a request racing into one
+    # would get a 502. A refused connection is retried on another instance
+    # (redispatch); a GET/HEAD/DELETE that got no answer at all is retried
+    # too, a POST is not (the tool call may have run).
+    http-reuse never
+    retry-on conn-failure empty-response
+    http-request disable-l7-retry if METH_POST
+EOF
+        if [[ "$LB_CHECK" == readyz ]]; then
+            printf '    option httpchk GET /readyz\n    http-check expect status 200\n'
+        fi
+        for ((k = 1; k <= INSTANCES; k++)); do
+            case "$LB_CHECK" in
+                readyz) check=" check port $(admin_port "$k") inter 500ms fall 2 rise 1" ;;
+                tcp) check=" check inter 500ms fall 1 rise 1" ;;
+                *) check="" ;;
+            esac
+            printf '    server instance-%d 127.0.0.1:%s%s\n' "$k" "$(data_port "$k")" "$check"
+        done
+    } >"$f"
+}
+
+write_nginx_config() {
+    local f="$DIR/lb/nginx.conf" k
+    mkdir -p "$DIR/lb/nginx-tmp"
+    {
+        cat <<EOF
+# Written by local-cluster.sh: round-robin over the instances' data ports.
+daemon on;
+worker_processes 1;
+pid $DIR/lb/nginx.pid;
+error_log $DIR/lb/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log $DIR/lb/nginx-access.log;
+    client_body_temp_path $DIR/lb/nginx-tmp/body;
+    proxy_temp_path $DIR/lb/nginx-tmp/proxy;
+    fastcgi_temp_path $DIR/lb/nginx-tmp/fastcgi;
+    uwsgi_temp_path $DIR/lb/nginx-tmp/uwsgi;
+    scgi_temp_path $DIR/lb/nginx-tmp/scgi;
+    # No client keep-alive and no upstream keep-alive pool: every request is a
+    # new round-robin pick, so requests really spread over the instances.
+    keepalive_timeout 0;
+    upstream portcullis {
+EOF
+        for ((k = 1; k <= INSTANCES; k++)); do
+            printf '        server 127.0.0.1:%s max_fails=1 fail_timeout=2s;\n' "$(data_port "$k")"
+        done
+        cat <<EOF
+    }
+    server {
+        listen 127.0.0.1:$LB_PORT;
+        client_max_body_size 16m;
+        location / {
+            proxy_pass http://portcullis;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            # Stream SSE and large bodies instead of buffering them.
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+            proxy_next_upstream error timeout;
+        }
+    }
+}
+EOF
+    } >"$f"
+}
+
+start_lb() {
+    local pidf="$DIR/lb/$LB.pid" pid
+    mkdir -p "$DIR/lb"
+    pid=$(read_pid "$pidf")
+    if pid_matches "$pid" "$DIR/lb/"; then
+        log "$LB: already running (pid $pid)"
+        return 0
+    fi
+    port_in_use "$LB_PORT" && die "load balancer port $LB_PORT is already in use by another process"
+    if [[ "$LB" == haproxy ]]; then
+        write_haproxy_config
+        haproxy -c -q -f "$DIR/lb/haproxy.cfg" >&2 || die "haproxy rejected $DIR/lb/haproxy.cfg"
+        log "haproxy: starting on 127.0.0.1:$LB_PORT (log $DIR/lb/haproxy.log)"
+        (exec setsid haproxy -f "$DIR/lb/haproxy.cfg" -db </dev/null >>"$DIR/lb/haproxy.log" 2>&1) &
+        echo $! >"$pidf"
+    else
+        write_nginx_config
+        nginx -t -q -e "$DIR/lb/nginx-error.log" -c "$DIR/lb/nginx.conf" >&2 || die "nginx rejected $DIR/lb/nginx.conf"
+        log "nginx: starting on 127.0.0.1:$LB_PORT (logs in $DIR/lb)"
+        # nginx daemonizes itself and writes $DIR/lb/nginx.pid (the master).
+        nginx -e "$DIR/lb/nginx-error.log" -c "$DIR/lb/nginx.conf" </dev/null >>"$DIR/lb/nginx-start.log" 2>&1 || {
+            tail_log "$DIR/lb/nginx-start.log"
+            die "nginx failed to start; see $DIR/lb/nginx-error.log"
+        }
+    fi
+    local deadline=$((SECONDS + 10))
+    until port_in_use "$LB_PORT"; do
+        if ((SECONDS >= deadline)); then
+            tail_log "$DIR/lb/$LB.log"
+            tail_log "$DIR/lb/nginx-error.log"
+            die "$LB did not start listening on 127.0.0.1:$LB_PORT"
+        fi
+        sleep 0.1
+    done
+}
+
+stop_lb() {
+    local sig=TERM
+    # nginx: SIGQUIT is its graceful shutdown; haproxy: SIGUSR1 is a soft stop
+    # that lets open connections finish. Either escalates to SIGKILL.
+    [[ "$LB" == nginx ]] && sig=QUIT
+    [[ "$LB" == haproxy ]] && sig=USR1
+    stop_pid "$LB" "$DIR/lb/$LB.pid" 10 "$sig" "$DIR/lb/"
+}
+
+# Waits until the LB routes to every instance again (HAProxy health checks).
+wait_lb_sees_all() {
+    [[ "$LB" == haproxy && "$LB_CHECK" != none ]] || return 0
+    # One check interval plus slack; a check is every 500 ms.
+    sleep 1.2
+}
+
+# ---------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------
+
+cmd_up() {
+    [[ -n "$DIR" ]] || die "--dir is required"
+    [[ "$INSTANCES" =~ ^[1-9][0-9]*$ ]] || die "--instances must be a positive number"
+    [[ "$STORE" == redis || "$STORE" == sqlite ]] || die "--store must be redis or sqlite"
+    [[ "$SCOPE" == instance || "$SCOPE" == cluster ]] || die "--scope must be instance or cluster"
+    [[ "$STORE" == redis || "$SCOPE" == instance ]] || die "--scope cluster needs the Redis store"
+    [[ "$LB" == haproxy || "$LB" == nginx ]] || die "--lb must be haproxy or nginx"
+    [[ "$LB_CHECK" == tcp || "$LB_CHECK" == readyz || "$LB_CHECK" == none ]] || die "--lb-check must be tcp, readyz or none"
+    [[ "$GRACE_MS" =~ ^[0-9]+$ ]] || die "--grace-ms must be a number of milliseconds"
+    [[ "$RPM" =~ ^[1-9][0-9]*$ ]] || die "--rpm must be a positive number"
+    [[ -z "$REVOCATION_GRACE_MS" || "$REVOCATION_GRACE_MS" =~ ^[0-9]+$ ]] || die "--revocation-grace-ms must be a number"
+    [[ -z "$REVOCATION_GRACE_MS" || "$STORE" == redis ]] || die "--revocation-grace-ms needs the Redis store"
+    [[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--timeout must be a positive number of seconds"
+    command -v python3 >/dev/null || die "python3 is needed (free ports, JSON)"
+    command -v curl >/dev/null || die "curl is needed (readiness checks)"
+
+    if [[ -z "$BIN" ]]; then
+        BIN=${PORTCULLIS_BIN:-$REPO_ROOT/target/debug/portcullis}
+    fi
+    if [[ ! -x "$BIN" ]]; then
+        local hint="build it with \`cargo build\` in $REPO_ROOT, or pass --bin PATH"
+        [[ -n "${CARGO_TARGET_DIR:-}" ]] && hint="$hint (CARGO_TARGET_DIR is set: try --bin $CARGO_TARGET_DIR/debug/portcullis)"
+        die "portcullis binary not found or not executable: $BIN; $hint"
+    fi
+    BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
+
+    mkdir -p "$DIR"
+    DIR="$(cd "$DIR" && pwd -P)"
+    if [[ -f "$DIR/cluster.env" ]]; then
+        (
+            # shellcheck disable=SC1091
+            source "$DIR/cluster.env"
+            for ((k = 1; k <= INSTANCES; k++)); do
+                pid_matches "$(read_pid "$DIR/instance-$k.pid")" "$DIR/instance-$k.toml" && exit 1
+            done
+            exit 0
+        ) || die "a cluster is already running in $DIR; run \`$0 down --dir $DIR\` first"
+    fi
+
+    if [[ "$LB" == haproxy ]] && ! ensure_haproxy; then
+        if command -v nginx >/dev/null; then
+            log "warning: haproxy is not available and could not be installed; using nginx instead"
+            LB=nginx
+        else
+            die "haproxy is not available and could not be installed; install haproxy or nginx (then --lb nginx)"
+        fi
+    fi
+    [[ "$LB" == nginx ]] && ! command -v nginx >/dev/null && die "nginx not found; apt-get install -y nginx, or use --lb haproxy"
+
+    # Ports: 2 per instance, the LB, and Redis unless given.
+    local need=$((2 * INSTANCES + 1)) ports
+    [[ -z "$REDIS_PORT" ]] && need=$((need + 1))
+    read -r -a ports <<<"$(free_ports "$need")"
+    ((${#ports[@]} == need)) || die "could not find $need free loopback ports"
+    local i=0 k
+    DATA_PORTS=() ADMIN_PORTS=()
+    for ((k = 1; k <= INSTANCES; k++)); do
+        DATA_PORTS[k]=${ports[i++]}
+        ADMIN_PORTS[k]=${ports[i++]}
+    done
+    LB_PORT=${ports[i++]}
+    [[ -z "$REDIS_PORT" ]] && REDIS_PORT=${ports[i++]}
+    [[ "$REDIS_PORT" =~ ^[0-9]+$ ]] || die "--redis-port must be a port number"
+
+    mkdir -p "$DIR/redis" "$DIR/lb"
+    [[ "$STORE" == sqlite ]] && mkdir -p "$DIR/data"
+    save_state
+    # shellcheck disable=SC1091
+    source "$DIR/cluster.env"
+
+    # From here on, a failure tears down whatever was started (logs stay).
+    trap 'rc=$?; if ((rc != 0)); then log "start-up failed; stopping what was started (logs kept in $DIR)"; teardown; fi' EXIT
+
+    local out
+    for ((k = 1; k <= INSTANCES; k++)); do
+        write_instance_config "$k"
+        if ! out=$("$BIN" check-config --config "$DIR/instance-$k.toml" 2>&1); then
+            printf '%s\n' "$out" >&2
+            if [[ "$STORE" == redis ]] && grep -qiE 'redis|scope|revocation_grace' <<<"$out"; then
+                log "hint: this binary does not seem to have the Redis backend yet; --store sqlite tests the script without it"
+            fi
+            die "$BIN rejects the generated $DIR/instance-$k.toml (see above)"
+        fi
+    done
+    start_redis
+    for ((k = 1; k <= INSTANCES; k++)); do
+        start_instance "$k"
+    done
+    local deadline=$((SECONDS + TIMEOUT))
+    for ((k = 1; k <= INSTANCES; k++)); do
+        wait_ready "$k" "$deadline" || die "instance $k failed to start (its log: $DIR/instance-$k.log)"
+    done
+    log "all $INSTANCES instances are ready"
+    start_lb
+    # The LB answers through an instance: the OAuth probe path is a quick 404.
+    local st
+    deadline=$((SECONDS + 10))
+    until [[ "$(http_status "http://127.0.0.1:$LB_PORT/.well-known/oauth-protected-resource")" == 404 ]]; do
+        if ((SECONDS >= deadline)); then
+            st=$(http_status "http://127.0.0.1:$LB_PORT/.well-known/oauth-protected-resource")
+            tail_log "$DIR/lb/$LB.log"
+            die "the load balancer on 127.0.0.1:$LB_PORT does not reach the instances (status $st)"
+        fi
+        sleep 0.2
+    done
+    wait_lb_sees_all
+    trap - EXIT
+    log "cluster is up: load balancer http://127.0.0.1:$LB_PORT"
+    print_json
+}
+
+teardown() {
+    [[ -n "${LB:-}" ]] && stop_lb
+    local k
+    for ((k = 1; k <= ${INSTANCES:-0}; k++)); do
+        stop_instance "$k"
+    done
+    [[ -n "${REDIS_PORT:-}" ]] && stop_redis
+    return 0
+}
+
+cmd_down() {
+    [[ -n "$DIR" ]] || die "--dir is required"
+    if [[ ! -f "$DIR/cluster.env" ]]; then
+        log "nothing to stop in $DIR"
+        return 0
+    fi
+    DIR="$(cd "$DIR" && pwd -P)"
+    load_state
+    teardown
+    log "cluster in $DIR stopped"
+}
+
+need_index() {
+    if ! [[ "$INDEX" =~ ^[0-9]+$ ]] || ((INDEX < 1 || INDEX > INSTANCES)); then
+        die "--index must be between 1 and $INSTANCES"
+    fi
+}
+
+cmd_restart_instance() {
+    load_state
+    need_index
+    stop_instance "$INDEX" "$SIGNAL"
+    start_instance "$INDEX"
+    wait_ready "$INDEX" $((SECONDS + TIMEOUT)) || die "instance $INDEX failed to start (its log: $DIR/instance-$INDEX.log)"
+    wait_lb_sees_all
+    log "instance $INDEX restarted"
+    print_json
+}
+
+cmd_stop_instance() {
+    load_state
+    need_index
+    stop_instance "$INDEX" "$SIGNAL"
+    print_json
+}
+
+cmd_start_instance() {
+    load_state
+    need_index
+    start_instance "$INDEX"
+    wait_ready "$INDEX" $((SECONDS + TIMEOUT)) || die "instance $INDEX failed to start (its log: $DIR/instance-$INDEX.log)"
+    wait_lb_sees_all
+    print_json
+}
+
+cmd_stop_redis() {
+    load_state
+    stop_redis "$SIGNAL"
+    log "redis on port $REDIS_PORT stopped"
+    print_json
+}
+
+cmd_start_redis() {
+    load_state
+    start_redis
+    log "redis on port $REDIS_PORT is answering"
+    print_json
+}
+
+cmd_status() {
+    load_state
+    print_json
+}
+
+# ---------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------
+
+COMMAND=${1:-}
+[[ -n "$COMMAND" ]] || {
+    usage >&2
+    exit 2
+}
+shift
+case "$COMMAND" in
+    -h | --help | help)
+        usage
+        exit 0
+        ;;
+esac
+
+DIR="" INSTANCES=2 REDIS_PORT="" SCOPE=instance BIN="" LB=haproxy LB_CHECK=tcp
+UPSTREAM="http://127.0.0.1:8765/mcp" GRACE_MS=5000 RPM=120 REVOCATION_GRACE_MS="" TIMEOUT=60
+STORE=redis INDEX="" SIGNAL=TERM
+
+while (($#)); do
+    opt=$1
+    case "$opt" in
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        --kill)
+            SIGNAL=KILL
+            shift
+            continue
+            ;;
+    esac
+    (($# >= 2)) || {
+        printf 'local-cluster: error: %s needs a value (see --help)\n' "$opt" >&2
+        exit 2
+    }
+    val=$2
+    shift 2
+    case "$opt" in
+        --dir) DIR=$val ;;
+        --instances) INSTANCES=$val ;;
+        --redis-port) REDIS_PORT=$val ;;
+        --scope) SCOPE=$val ;;
+        --bin) BIN=$val ;;
+        --lb) LB=$val ;;
+        --lb-check) LB_CHECK=$val ;;
+        --upstream) UPSTREAM=$val ;;
+        --grace-ms) GRACE_MS=$val ;;
+        --rpm) RPM=$val ;;
+        --revocation-grace-ms) REVOCATION_GRACE_MS=$val ;;
+        --timeout) TIMEOUT=$val ;;
+        --store) STORE=$val ;;
+        --index) INDEX=$val ;;
+        *)
+            printf 'local-cluster: error: unknown option %s (see --help)\n' "$opt" >&2
+            exit 2
+            ;;
+    esac
+done
+
+if [[ "$COMMAND" != up && -n "$DIR" && -d "$DIR" ]]; then
+    DIR="$(cd "$DIR" && pwd -P)"
+fi
+
+case "$COMMAND" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    restart-instance) cmd_restart_instance ;;
+    stop-instance) cmd_stop_instance ;;
+    start-instance) cmd_start_instance ;;
+    stop-redis) cmd_stop_redis ;;
+    start-redis) cmd_start_redis ;;
+    *)
+        printf 'local-cluster: error: unknown command %s\n\n' "$COMMAND" >&2
+        usage >&2
+        exit 2
+        ;;
+esac
