@@ -54,7 +54,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn row(name: &str, mut v: Vec<Duration>) -> String {
     v.sort();
     let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1000.0);
-    format!("| {name} | {} | {} | {} | {} |", v.len(), ms(percentile(&v, 0.5)), ms(percentile(&v, 0.99)), ms(*v.last().unwrap()))
+    format!(
+        "| {name} | {} | {} | {} | {} |",
+        v.len(),
+        ms(percentile(&v, 0.5)),
+        ms(percentile(&v, 0.99)),
+        ms(*v.last().unwrap())
+    )
 }
 
 async fn start_instance(text: &str) -> Running {
@@ -72,7 +78,14 @@ fn config(redis_port: u16, upstream: &str, scope: &str) -> String {
 }
 
 async fn create(http: &Http, admin: &str, admin_token: &str) -> (String, String) {
-    let (s, b) = call(http, Method::POST, &format!("http://{admin}/v1/workspaces/demo/tokens"), admin_token, r#"{"name":"bench"}"#).await;
+    let (s, b) = call(
+        http,
+        Method::POST,
+        &format!("http://{admin}/v1/workspaces/demo/tokens"),
+        admin_token,
+        r#"{"name":"bench"}"#,
+    )
+    .await;
     assert_eq!(s, 201);
     let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
     (v["token"].as_str().unwrap().into(), v["info"]["id"].as_str().unwrap().into())
@@ -88,7 +101,19 @@ async fn run() {
     let dir = tempfile::tempdir().unwrap();
     let redis_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut redis = std::process::Command::new("redis-server")
-        .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir"])
+        .args([
+            "--port",
+            &redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+        ])
         .arg(dir.path())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -103,7 +128,11 @@ async fn run() {
     let upstream_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = format!("http://{}/mcp", upstream_listener.local_addr().unwrap());
     let stop = CancellationToken::new();
-    tokio::spawn(portcullis::demo::serve(upstream_listener, portcullis::demo::DemoOptions { api_key: None }, stop.clone()));
+    tokio::spawn(portcullis::demo::serve(
+        upstream_listener,
+        portcullis::demo::DemoOptions { api_key: None },
+        stop.clone(),
+    ));
 
     let text = config(redis_port, &upstream, "instance");
     let a = start_instance(&text).await;
@@ -113,10 +142,21 @@ async fn run() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    let req = NewTokenRequest { name: "bench-admin".into(), kind: Some(TokenKind::Admin), created_by: "bootstrap".into(), ..Default::default() };
-    let (admin_token, _) = lifecycle::create(Some(&a.state.verifier), &a.state.store, req, now_unix()).await.unwrap();
+    let req = NewTokenRequest {
+        name: "bench-admin".into(),
+        kind: Some(TokenKind::Admin),
+        created_by: "bootstrap".into(),
+        ..Default::default()
+    };
+    let (admin_token, _) = lifecycle::create(Some(&a.state.verifier), &a.state.store, req, now_unix())
+        .await
+        .unwrap();
     let http: Http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let (a_data, a_admin, b_data) = (format!("http://{}/ws/demo", a.data_addr), a.admin_addr.to_string(), format!("http://{}/ws/demo", b.data_addr));
+    let (a_data, a_admin, b_data) = (
+        format!("http://{}/ws/demo", a.data_addr),
+        a.admin_addr.to_string(),
+        format!("http://{}/ws/demo", b.data_addr),
+    );
 
     // Background load: 4 clients on each instance with a long-lived token.
     let (bg_token, _) = create(&http, &a_admin, &admin_token).await;
@@ -144,7 +184,14 @@ async fn run() {
         let (t, id) = create(&http, &a_admin, &admin_token).await;
         assert_eq!(call(&http, Method::POST, &b_data, &t, ECHO).await.0, 200);
         let started = Instant::now();
-        let (s, _) = call(&http, Method::DELETE, &format!("http://{a_admin}/v1/workspaces/demo/tokens/{id}"), &admin_token, "").await;
+        let (s, _) = call(
+            &http,
+            Method::DELETE,
+            &format!("http://{a_admin}/v1/workspaces/demo/tokens/{id}"),
+            &admin_token,
+            "",
+        )
+        .await;
         assert_eq!(s, 200);
         let returned = Instant::now();
         call_latency.push(returned - started);
@@ -168,9 +215,22 @@ async fn run() {
     for _ in 0..dropped_trials {
         let (t, id) = create(&http, &a_admin, &admin_token).await;
         assert_eq!(call(&http, Method::POST, &b_data, &t, ECHO).await.0, 200);
-        let _: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut rc).await.unwrap();
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut rc)
+            .await
+            .unwrap();
         let started = Instant::now();
-        call(&http, Method::DELETE, &format!("http://{a_admin}/v1/workspaces/demo/tokens/{id}"), &admin_token, "").await;
+        call(
+            &http,
+            Method::DELETE,
+            &format!("http://{a_admin}/v1/workspaces/demo/tokens/{id}"),
+            &admin_token,
+            "",
+        )
+        .await;
         dropped_call.push(started.elapsed());
         loop {
             let (s, _) = call(&http, Method::POST, &b_data, &t, ECHO).await;
@@ -193,7 +253,10 @@ async fn run() {
 
     println!("## Revocation propagation ({trials} trials, 2 instances, background load: 8 clients, {bg} requests)\n");
     println!("| measure | n | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|");
-    println!("{}", row("revoke call on A (includes every instance's acknowledgement)", call_latency));
+    println!(
+        "{}",
+        row("revoke call on A (includes every instance's acknowledgement)", call_latency)
+    );
     println!("{}", row("from revoke return to first refusal on B", after_return));
     println!("{}", row("pub/sub killed: revoke call on A (waits for the log poll)", dropped_call));
     println!("{}", row("pub/sub killed: from revoke start to refusal on B", dropped_total));
@@ -219,11 +282,15 @@ async fn run() {
             lat.push(t0.elapsed());
         }
         let after: String = redis::cmd("INFO").arg("commandstats").query_async(&mut rc).await.unwrap();
-        let scripts = calls(&after, "cmdstat_evalsha") + calls(&after, "cmdstat_eval:") - calls(&before, "cmdstat_evalsha") - calls(&before, "cmdstat_eval:");
+        let scripts = calls(&after, "cmdstat_evalsha") + calls(&after, "cmdstat_eval:")
+            - calls(&before, "cmdstat_evalsha")
+            - calls(&before, "cmdstat_eval:");
         results.push((name, lat, scripts, total_calls(&after) - total_calls(&before)));
     }
     println!("## Cluster limiter cost ({n} sequential requests, one token, same machine)\n");
-    println!("| limiter | n | p50 ms | p99 ms | max ms | round trips (script calls) per request | commands per request, incl. inside scripts |\n|---|---|---|---|---|---|---|");
+    println!(
+        "| limiter | n | p50 ms | p99 ms | max ms | round trips (script calls) per request | commands per request, incl. inside scripts |\n|---|---|---|---|---|---|---|"
+    );
     for (name, lat, scripts, all) in results {
         let r = row(name, lat);
         println!("{r} {:.2} | {:.2} |", scripts as f64 / n as f64, all as f64 / n as f64);

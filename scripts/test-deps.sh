@@ -4,6 +4,7 @@
 #   - Debian packages, only those whose command is missing (apt-get update runs once,
 #     and only when something has to be installed):
 #       redis-server  - the Redis server binary for the cluster-mode (backend="redis") tests
+#       haproxy       - the load balancer deploy/local-cluster.sh puts in front of the instances
 #       nodejs, npm   - runs @modelcontextprotocol/server-everything and the TypeScript-SDK client
 #       python3-venv  - only when the chosen python3 cannot create a venv
 #   - a Python venv at <repo>/.venv with tests/py/requirements.txt (exact pins)
@@ -36,6 +37,7 @@ fi
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
@@ -53,7 +55,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     # python3-venv belongs to Debian's python3; use it when the first choice could not make a venv
     if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then PYTHON=/usr/bin/python3; fi
 else
-    say "apt: nothing to install (redis-server, node, npm, python venv present)"
+    say "apt: nothing to install (redis-server, haproxy, node, npm, python venv present)"
 fi
 
 node_major="$(node -p 'process.versions.node.split(".")[0]')"

@@ -266,14 +266,21 @@ pub struct DemoUpstream {
 
 impl DemoUpstream {
     pub async fn start() -> Self {
+        Self::with_key(Some(DEMO_KEY.into())).await
+    }
+
+    /// Without an API key (for configurations that set no upstream headers).
+    pub async fn start_open() -> Self {
+        Self::with_key(None).await
+    }
+
+    async fn with_key(api_key: Option<String>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/mcp", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
         tokio::spawn(portcullis::demo::serve(
             listener,
-            portcullis::demo::DemoOptions {
-                api_key: Some(DEMO_KEY.into()),
-            },
+            portcullis::demo::DemoOptions { api_key },
             stop.clone(),
         ));
         DemoUpstream { url, stop }

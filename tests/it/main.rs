@@ -6,5 +6,6 @@ mod cli;
 mod cluster;
 mod data_plane;
 mod harness;
+mod lb;
 mod lifecycle;
 mod store;
