@@ -75,6 +75,9 @@ pub struct ServerSpec {
     /// How often the store's revocation log is polled, so that revocations made
     /// by another process (e.g. the offline CLI) reach this one.
     pub revocation_poll_ms: u64,
+    /// An idle event stream gets a `: keep-alive` comment this often, so load
+    /// balancers do not cut it. 0 disables.
+    pub sse_keepalive_ms: u64,
 }
 
 impl Default for ServerSpec {
@@ -90,6 +93,7 @@ impl Default for ServerSpec {
             allowed_origins: Vec::new(),
             last_used_flush_ms: 30_000,
             revocation_poll_ms: 250,
+            sse_keepalive_ms: 15_000,
         }
     }
 }
@@ -208,6 +212,7 @@ pub struct ServerConfig {
     pub allowed_origins: HashSet<String>,
     pub last_used_flush: Duration,
     pub revocation_poll: Duration,
+    pub sse_keepalive: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -530,6 +535,7 @@ impl ConfigSpec {
                 allowed_origins: s.allowed_origins.iter().cloned().collect(),
                 last_used_flush: Duration::from_millis(s.last_used_flush_ms),
                 revocation_poll: Duration::from_millis(s.revocation_poll_ms),
+                sse_keepalive: Duration::from_millis(s.sse_keepalive_ms),
             },
             store,
             limits: LimitsConfig {

@@ -96,7 +96,18 @@ pub(super) async fn forward(
     let (parts, incoming) = resp.into_parts();
     // The body is handed over frame by frame as it arrives: JSON and
     // `text/event-stream` alike are never collected here.
-    let mut out = Response::new(incoming.boxed());
+    let is_event_stream = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let keepalive = state.config.server.sse_keepalive;
+    let body = if is_event_stream && !keepalive.is_zero() {
+        super::keepalive::KeepAlive::new(incoming, keepalive).boxed()
+    } else {
+        incoming.boxed()
+    };
+    let mut out = Response::new(body);
     *out.status_mut() = parts.status;
     let out_headers = out.headers_mut();
     for (name, v) in &parts.headers {

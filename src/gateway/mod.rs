@@ -16,6 +16,7 @@
 //!    stream the answer back as it arrives.
 
 mod forward;
+mod keepalive;
 mod request_id;
 
 use std::collections::HashMap;

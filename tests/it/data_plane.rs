@@ -573,3 +573,39 @@ async fn a_store_failure_fails_closed_with_503() {
     assert_eq!(gw.post("demo", Some(&uncached), echo_call(3, "x")).await.status, 200);
     assert_eq!(send(Method::GET, &gw.admin_url("/readyz"), &[], "").await.status, 200);
 }
+
+#[tokio::test]
+async fn idle_event_streams_get_keepalive_comments_between_events() {
+    let up = DemoUpstream::start().await;
+    let gw = Setup::new(&up.url).server("sse_keepalive_ms = 200").start().await;
+    let (t, _) = gw.create_token("demo", json!({})).await;
+    let body = rpc(
+        json!(1),
+        "tools/call",
+        json!({"name": "progress", "arguments": {"steps": 2, "interval_ms": 700}, "_meta": {"progressToken": "p"}}),
+    );
+    let auth = format!("Bearer {t}");
+    let r = send(
+        Method::POST,
+        &gw.ws_url("demo"),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+        ],
+        body,
+    )
+    .await;
+    let text = String::from_utf8(r.body.to_vec()).unwrap();
+    assert!(text.matches(": keep-alive\n\n").count() >= 4, "{text}");
+    // Every event is intact: comments only sit between events.
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty() && !e.starts_with(':')).collect();
+    assert_eq!(events.len(), 3, "{text}");
+    for e in events {
+        let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        serde_json::from_str::<serde_json::Value>(data).unwrap();
+    }
+    // JSON answers are never touched.
+    let r = gw.post("demo", Some(&t), echo_call(2, "x")).await;
+    assert!(!String::from_utf8_lossy(&r.body).contains("keep-alive"));
+}
