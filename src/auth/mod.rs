@@ -231,6 +231,12 @@ impl Verifier {
                 }
             }
         };
+        self.admit(entry, now)
+    }
+
+    /// The status checks every verification ends with: revoked, then expired
+    /// (evaluated now, not when the entry was filled).
+    fn admit(&self, entry: Arc<CachedToken>, now: i64) -> Result<Arc<CachedToken>, VerifyError> {
         entry.touch_seen(now);
         if entry.revoked {
             return Err(self.reject(AuthFailureReason::Revoked));
@@ -254,18 +260,14 @@ impl Verifier {
                 if record.revoked_at.is_some() {
                     // The index may still hold it as active: fix that now.
                     self.apply_revocation(hash);
+                    return Err(self.reject(AuthFailureReason::Revoked));
                 }
-                let fresh = Arc::new(CachedToken::from_record(&record, hash, now));
-                // Keep last_used batching working through the cached entry.
-                if let Some(e) = self.index.get(hash)
-                    && !fresh.revoked
-                {
-                    e.touch_seen(now);
-                    if !fresh.is_expired(now) {
-                        e.touch_used(now);
-                    }
+                // Only revocation ever changes a token, so an active index
+                // entry is this record; using it keeps last_used batching.
+                match self.index.get(hash) {
+                    Some(e) if !e.revoked => Arc::clone(e.value()),
+                    _ => Arc::new(CachedToken::from_record(&record, hash, now)),
                 }
-                fresh
             }
             Ok(None) => return Err(self.reject(AuthFailureReason::Unknown)),
             Err(e) => {
@@ -280,14 +282,7 @@ impl Verifier {
                 }
             }
         };
-        if entry.revoked {
-            return Err(self.reject(AuthFailureReason::Revoked));
-        }
-        if entry.is_expired(now) {
-            return Err(self.reject(AuthFailureReason::Expired));
-        }
-        entry.touch_used(now);
-        Ok(entry)
+        self.admit(entry, now)
     }
 
     /// Whether index hits are trusted without a store read.
