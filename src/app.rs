@@ -58,6 +58,7 @@ impl AppState {
         let metrics = Arc::new(Metrics::new(&config));
         let mut options = IndexOptions {
             revocation_poll: config.server.revocation_poll,
+            miss_reads_per_second: config.server.store_miss_reads_per_second,
             ..IndexOptions::default()
         };
         if let StoreConfig::Redis { revocation_grace, .. } = &config.store {

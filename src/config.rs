@@ -78,6 +78,10 @@ pub struct ServerSpec {
     /// An idle event stream gets a `: keep-alive` comment this often, so load
     /// balancers do not cut it. 0 disables.
     pub sse_keepalive_ms: u64,
+    /// Store reads per second allowed for tokens not in the in-memory index
+    /// (0: unlimited). Beyond it such requests get 503; cached tokens are
+    /// unaffected. Bounds the store load of a flood of random tokens.
+    pub store_miss_reads_per_second: u32,
 }
 
 impl Default for ServerSpec {
@@ -94,6 +98,7 @@ impl Default for ServerSpec {
             last_used_flush_ms: 30_000,
             revocation_poll_ms: 250,
             sse_keepalive_ms: 15_000,
+            store_miss_reads_per_second: 2000,
         }
     }
 }
@@ -213,6 +218,7 @@ pub struct ServerConfig {
     pub last_used_flush: Duration,
     pub revocation_poll: Duration,
     pub sse_keepalive: Duration,
+    pub store_miss_reads_per_second: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -536,6 +542,7 @@ impl ConfigSpec {
                 last_used_flush: Duration::from_millis(s.last_used_flush_ms),
                 revocation_poll: Duration::from_millis(s.revocation_poll_ms),
                 sse_keepalive: Duration::from_millis(s.sse_keepalive_ms),
+                store_miss_reads_per_second: s.store_miss_reads_per_second,
             },
             store,
             limits: LimitsConfig {

@@ -141,6 +141,7 @@ pub struct Metrics {
     store_errors: AtomicU64,
     admin_requests: AtomicU64,
     limit_fallbacks: AtomicU64,
+    miss_budget_exhausted: AtomicU64,
 }
 
 impl Metrics {
@@ -159,6 +160,7 @@ impl Metrics {
             store_errors: AtomicU64::new(0),
             admin_requests: AtomicU64::new(0),
             limit_fallbacks: AtomicU64::new(0),
+            miss_budget_exhausted: AtomicU64::new(0),
         }
     }
 
@@ -206,6 +208,11 @@ impl Metrics {
     /// The cluster limiter failed and the local fallback decided.
     pub fn limit_fallback(&self) {
         self.limit_fallbacks.fetch_add(1, Relaxed);
+    }
+
+    /// A miss was refused a store read: the per-second budget is spent.
+    pub fn miss_budget_exhausted(&self) {
+        self.miss_budget_exhausted.fetch_add(1, Relaxed);
     }
 
     pub fn admin_request(&self) {
@@ -312,6 +319,11 @@ impl Metrics {
             o,
             "# HELP portcullis_rate_limit_fallbacks_total Requests limited locally because the cluster limiter was unreachable.\n# TYPE portcullis_rate_limit_fallbacks_total counter\nportcullis_rate_limit_fallbacks_total {}",
             self.limit_fallbacks.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP portcullis_store_miss_budget_exhausted_total Index misses refused (503) because the store-read budget was spent.\n# TYPE portcullis_store_miss_budget_exhausted_total counter\nportcullis_store_miss_budget_exhausted_total {}",
+            self.miss_budget_exhausted.load(Relaxed)
         );
         o
     }

@@ -138,6 +138,11 @@ pub struct IndexOptions {
     /// push did not reach every live instance waits this long (twice, plus a
     /// margin) before it is reported done.
     pub revocation_poll: Duration,
+    /// Store reads per second allowed for index misses (0: unlimited). A
+    /// flood of random well-formed tokens passes the checksum and misses
+    /// the negative cache every time; this keeps it from becoming a flood of
+    /// store reads. Tokens already in the index are unaffected.
+    pub miss_reads_per_second: u32,
 }
 
 impl Default for IndexOptions {
@@ -149,6 +154,7 @@ impl Default for IndexOptions {
             shared_store: false,
             revocation_grace: Duration::ZERO,
             revocation_poll: Duration::from_millis(250),
+            miss_reads_per_second: 2000,
         }
     }
 }
@@ -174,6 +180,8 @@ pub struct Verifier {
     /// Acknowledgements of recent revocations: seq -> instances that applied it.
     acks: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
     acked: tokio::sync::Notify,
+    /// Budget of store reads for misses (see `IndexOptions::miss_reads_per_second`).
+    miss_budget: Option<governor::DefaultDirectRateLimiter>,
     options: IndexOptions,
 }
 
@@ -191,6 +199,8 @@ impl Verifier {
             confirmed_at_ms: AtomicI64::new(0),
             acks: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             acked: tokio::sync::Notify::new(),
+            miss_budget: std::num::NonZeroU32::new(options.miss_reads_per_second)
+                .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n))),
             options,
         }
     }
@@ -328,6 +338,10 @@ impl Verifier {
     }
 
     async fn read_through(&self, hash: &TokenHash, now: i64) -> Result<Option<Arc<CachedToken>>, ()> {
+        if self.miss_budget.as_ref().is_some_and(|b| b.check().is_err()) {
+            self.metrics.miss_budget_exhausted();
+            return Err(());
+        }
         loop {
             let generation = self.generation.load(Ordering::SeqCst);
             let read = self.store.find_by_hash(hash).await;

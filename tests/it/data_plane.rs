@@ -609,3 +609,35 @@ async fn idle_event_streams_get_keepalive_comments_between_events() {
     let r = gw.post("demo", Some(&t), echo_call(2, "x")).await;
     assert!(!String::from_utf8_lossy(&r.body).contains("keep-alive"));
 }
+
+#[tokio::test]
+async fn a_flood_of_random_tokens_cannot_flood_the_store() {
+    let up = DemoUpstream::start().await;
+    let gw = Setup::new(&up.url).server("store_miss_reads_per_second = 5").start().await;
+    let (t, _) = gw.create_token("demo", json!({})).await;
+    assert_eq!(gw.post("demo", Some(&t), echo_call(0, "x")).await.status, 200);
+    let reads_before = metric(&gw, "portcullis_store_reads_total").await;
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        // Well-formed (valid checksum), never issued, all different.
+        let random = portcullis::token::generate(TokenKind::Workspace).raw;
+        statuses.push(gw.post("demo", Some(&random), echo_call(i, "x")).await.status.as_u16());
+        // Tokens already in the index keep working throughout.
+        assert_eq!(gw.post("demo", Some(&t), echo_call(i, "x")).await.status, 200);
+    }
+    let reads = metric(&gw, "portcullis_store_reads_total").await - reads_before;
+    assert!(reads <= 6, "{reads} store reads for 30 random tokens");
+    assert!(statuses.iter().all(|s| *s == 401 || *s == 503), "{statuses:?}");
+    assert!(statuses.iter().filter(|s| **s == 503).count() >= 24, "{statuses:?}");
+    assert!(metric(&gw, "portcullis_store_miss_budget_exhausted_total").await >= 24);
+}
+
+async fn metric(gw: &Gateway, name: &str) -> u64 {
+    let r = send(Method::GET, &gw.admin_url("/metrics"), &[], "").await;
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name}"))
+        .parse()
+        .unwrap()
+}
