@@ -183,12 +183,18 @@ impl Gateway {
             }
         };
         outcome.workspace = Some(route.workspace.index);
-        // 3. origin
+        // 3. origin, and the token's server scope: a token limited to servers
+        // this workspace no longer routes to may use nothing here.
         if let Some(origin) = req.headers().get(ORIGIN) {
             let allowed = origin.to_str().is_ok_and(|o| self.state.config.server.allowed_origins.contains(o));
             if !allowed {
                 return Err(fail(GatewayError::Forbidden));
             }
+        }
+        if let Some(allowed) = &token.allowed_servers
+            && !allowed.iter().any(|s| **s == *route.upstream.server.name)
+        {
+            return Err(fail(GatewayError::Forbidden));
         }
         let method = req.method().clone();
         if !matches!(method, Method::POST | Method::GET | Method::DELETE) {

@@ -641,3 +641,20 @@ async fn metric(gw: &Gateway, name: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+#[tokio::test]
+async fn a_token_scoped_to_other_servers_is_forbidden() {
+    let up = DemoUpstream::start().await;
+    let mut gw = Setup::new(&up.url).start().await;
+    let (scoped, _) = gw.create_token("demo", json!({"allowed_servers": ["main"]})).await;
+    assert_eq!(gw.post("demo", Some(&scoped), echo_call(1, "x")).await.status, 200);
+    // The operator renames the workspace's server: the token's scope no longer
+    // covers anything behind this URL.
+    gw.config_text = gw.config_text.replace("name = \"main\"", "name = \"renamed\"");
+    gw.restart().await;
+    let r = gw.post("demo", Some(&scoped), echo_call(2, "x")).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(rpc_error(&r), (-31003, "Forbidden".into()));
+    let (unscoped, _) = gw.create_token("demo", json!({})).await;
+    assert_eq!(gw.post("demo", Some(&unscoped), echo_call(3, "x")).await.status, 200);
+}
