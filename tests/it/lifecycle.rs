@@ -72,57 +72,144 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `portcullis serve` as a child process on its own SQLite file.
+struct ServeProcess {
+    child: tokio::process::Child,
+    config: std::path::PathBuf,
+    db: std::path::PathBuf,
+    data: u16,
+    admin_base: String,
+    admin_token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ServeProcess {
+    async fn start(upstream: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, admin) = (free_port(), free_port());
+        let db = dir.path().join("p.db");
+        let config = dir.path().join("p.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{data}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nshutdown_grace_ms = 10000\n[store]\npath = \"{}\"\n[[workspaces]]\nslug = \"demo\"\n[[workspaces.servers]]\nname = \"demo\"\nurl = \"{upstream}\"\nheaders = {{ Authorization = \"Bearer ${{KEY}}\" }}\n",
+                db.display()
+            ),
+        )
+        .unwrap();
+        // Bootstrap offline, then start the real binary.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["admin", "token", "create", "--name", "a", "--json", "--config"])
+            .arg(&config)
+            .env("KEY", DEMO_KEY)
+            .output()
+            .unwrap();
+        let admin_token = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let child = Self::spawn(&config).await;
+        let p = ServeProcess {
+            child,
+            config,
+            db,
+            data,
+            admin_base: format!("http://127.0.0.1:{admin}"),
+            admin_token,
+            _dir: dir,
+        };
+        p.wait_ready().await;
+        p
+    }
+
+    async fn spawn(config: &std::path::Path) -> tokio::process::Child {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("KEY", DEMO_KEY)
+            .env("PORTCULLIS_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = client()
+                .request(
+                    http::Request::get(format!("{}/readyz", self.admin_base))
+                        .body(http_body_util::Full::new(bytes::Bytes::new()))
+                        .unwrap(),
+                )
+                .await;
+            if ok.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "serve did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn admin(&self, method: Method, path: &str, body: &str) -> Resp {
+        send(
+            method,
+            &format!("{}{path}", self.admin_base),
+            &[("authorization", &format!("Bearer {}", self.admin_token))],
+            body.to_string(),
+        )
+        .await
+    }
+
+    async fn post(&self, token: &str) -> Resp {
+        send(
+            Method::POST,
+            &format!("http://127.0.0.1:{}/ws/demo", self.data),
+            &[("authorization", &format!("Bearer {token}")), ("content-type", "application/json")],
+            echo_call(1, "x"),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn kill_9_loses_no_acknowledged_token_or_revocation() {
+    let up = DemoUpstream::start().await;
+    let mut p = ServeProcess::start(&up.url).await;
+    let mut tokens = Vec::new();
+    for i in 0..20 {
+        let v = p.admin(Method::POST, "/v1/workspaces/demo/tokens", r#"{"name":"t"}"#).await.json();
+        let (t, id) = (
+            v["token"].as_str().unwrap().to_string(),
+            v["info"]["id"].as_str().unwrap().to_string(),
+        );
+        if i % 2 == 0 {
+            assert_eq!(
+                p.admin(Method::DELETE, &format!("/v1/workspaces/demo/tokens/{id}"), "")
+                    .await
+                    .status,
+                200
+            );
+        }
+        tokens.push((t, i % 2 == 0));
+    }
+    // SIGKILL right after the last acknowledged write: no graceful anything.
+    p.child.start_kill().unwrap();
+    p.child.wait().await.unwrap();
+    p.child = ServeProcess::spawn(&p.config).await;
+    p.wait_ready().await;
+    for (t, revoked) in &tokens {
+        let status = p.post(t).await.status;
+        assert_eq!(status, if *revoked { 401 } else { 200 }, "revoked={revoked}");
+    }
+}
+
 #[tokio::test]
 async fn sigterm_lets_an_open_stream_finish_flushes_and_exits_0() {
     let up = DemoUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (data, admin) = (free_port(), free_port());
-    let db = dir.path().join("p.db");
-    let config = dir.path().join("p.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{data}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nshutdown_grace_ms = 10000\n[store]\npath = \"{}\"\n[[workspaces]]\nslug = \"demo\"\n[[workspaces.servers]]\nname = \"demo\"\nurl = \"{}\"\nheaders = {{ Authorization = \"Bearer ${{KEY}}\" }}\n",
-            db.display(),
-            up.url
-        ),
-    )
-    .unwrap();
-    // Bootstrap offline, then start the real binary.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["admin", "token", "create", "--name", "a", "--json", "--config"])
-        .arg(&config)
-        .env("KEY", DEMO_KEY)
-        .output()
-        .unwrap();
-    let admin_token = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("KEY", DEMO_KEY)
-        .env("PORTCULLIS_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let admin_base = format!("http://127.0.0.1:{admin}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ok = client()
-            .request(
-                http::Request::get(format!("{admin_base}/readyz"))
-                    .body(http_body_util::Full::new(bytes::Bytes::new()))
-                    .unwrap(),
-            )
-            .await;
-        if ok.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "serve did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let p = ServeProcess::start(&up.url).await;
+    let (admin_base, admin_token, data, db) = (p.admin_base.clone(), p.admin_token.clone(), p.data, p.db.clone());
+    let mut child = p.child;
     let r = send(
         Method::POST,
         &format!("{admin_base}/v1/workspaces/demo/tokens"),
