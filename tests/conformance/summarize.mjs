@@ -1,0 +1,91 @@
+// Summarise @modelcontextprotocol/conformance server results (one `-o DIR` per run) side by side.
+//
+//   node summarize.mjs [--markdown] LABEL=DIR [LABEL=DIR ...]
+//
+// A scenario's verdict in a run: "pass" (no FAILURE check), "FAIL" (at least one FAILURE),
+// "-" (not run). WARNING checks are counted but do not fail a scenario, as in the suite.
+// Exit status 3 when a scenario passes in the first run of a pair and fails in the second
+// (pairs are LABEL/direct and LABEL/gateway for the same upstream): that is a failure the
+// gateway (or the nginx hop in front of it) introduced.
+import fs from "node:fs";
+import path from "node:path";
+
+const argv = process.argv.slice(2);
+const markdown = argv.includes("--markdown");
+const runs = argv.filter((a) => a.includes("=")).map((a) => {
+  const i = a.indexOf("=");
+  return { label: a.slice(0, i), dir: a.slice(i + 1) };
+});
+
+function load(dir) {
+  const out = new Map();
+  if (!fs.existsSync(dir)) return out;
+  for (const ent of fs.readdirSync(dir).sort()) {
+    const m = /^server-(.+)-\d{4}-\d\d-\d\dT[\d-]+Z$/.exec(ent);
+    const f = path.join(dir, ent, "checks.json");
+    if (!m || !fs.existsSync(f)) continue;
+    const checks = JSON.parse(fs.readFileSync(f, "utf8"));
+    const count = (s) => checks.filter((c) => c.status === s).length;
+    const failures = checks.filter((c) => c.status === "FAILURE").map((c) => `${c.id}: ${c.errorMessage ?? c.description}`);
+    const warnings = checks.filter((c) => c.status === "WARNING").map((c) => `${c.id}: ${c.errorMessage ?? c.description}`);
+    out.set(m[1], { pass: count("SUCCESS"), fail: count("FAILURE"), warn: count("WARNING"), failures, warnings });
+  }
+  return out;
+}
+
+const data = runs.map((r) => ({ ...r, res: load(r.dir) }));
+const scenarios = [];
+for (const d of data) for (const s of d.res.keys()) if (!scenarios.includes(s)) scenarios.push(s);
+
+const cell = (r) => {
+  if (!r) return "-";
+  const v = r.fail > 0 ? "FAIL" : "pass";
+  return `${v} ${r.pass}/${r.pass + r.fail}${r.warn ? ` (${r.warn}w)` : ""}`;
+};
+
+const header = ["scenario", ...data.map((d) => d.label)];
+const rows = scenarios.map((s) => [s, ...data.map((d) => cell(d.res.get(s)))]);
+if (markdown) {
+  console.log(`| ${header.join(" | ")} |`);
+  console.log(`|${header.map(() => "---").join("|")}|`);
+  for (const r of rows) console.log(`| ${r.join(" | ")} |`);
+} else {
+  const w = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (r) => r.map((c, i) => c.padEnd(w[i])).join("  ");
+  console.log(line(header));
+  console.log(line(w.map((n) => "-".repeat(n))));
+  for (const r of rows) console.log(line(r));
+}
+
+const totals = data.map((d) => {
+  let p = 0, f = 0;
+  for (const r of d.res.values()) (r.fail > 0 ? f++ : p++);
+  return `${d.label}: ${p} passed, ${f} failed`;
+});
+console.log("");
+for (const t of totals) console.log(t);
+
+// Failure details per run.
+console.log("");
+for (const d of data) {
+  const lines = [];
+  for (const [s, r] of d.res) for (const f of r.failures) lines.push(`  ${s} :: ${f}`);
+  if (lines.length) console.log(`failures in ${d.label}:\n${lines.join("\n")}`);
+}
+
+// Regressions: passes directly, fails through the gateway.
+let regressions = 0;
+for (const d of data) {
+  if (!d.label.endsWith("/gateway")) continue;
+  const base = data.find((x) => x.label === d.label.replace(/\/gateway$/, "/direct"));
+  if (!base) continue;
+  for (const s of scenarios) {
+    const a = base.res.get(s), b = d.res.get(s);
+    if (a && a.fail === 0 && (!b || b.fail > 0)) {
+      regressions++;
+      console.log(`GATEWAY REGRESSION ${d.label} ${s}: ${(b?.failures ?? ["not run"]).join("; ")}`);
+    }
+  }
+}
+console.log(regressions ? `${regressions} scenario(s) pass directly but fail through the gateway` : "no scenario fails through the gateway that passes directly");
+process.exit(regressions ? 3 : 0);
