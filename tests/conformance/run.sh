@@ -9,7 +9,7 @@
 # "everything". See docs/conformance.md for the results and what each failure means.
 #
 # Usage: tests/conformance/run.sh [--upstream reference|everything|all] [--scenario NAME]
-#                                 [--out DIR] [--keep]
+#                                 [--out DIR] [--keep] [--default-origins] [--rpm N] [--serve]
 #   --upstream   which upstream(s) to test (default: all)
 #   --scenario   run one scenario instead of the whole suite (--suite all)
 #   --out DIR    where results go (default: tests/conformance/results/<UTC timestamp>)
@@ -17,6 +17,8 @@
 #   --default-origins  leave server.allowed_origins at its default ([]): every browser Origin,
 #                the suite's own included, is then refused (dns-rebinding-protection's
 #                "valid origin accepted" check fails by design)
+#   --rpm N      per-token rate limit of the workspace tokens (default 100000; one pass of the
+#                suite sends ~130 requests in ~3 s, more than the default 120/min burst)
 #   --serve      start everything, print the URLs and wait (Ctrl-C stops all) instead of
 #                running the suite: for debugging a scenario by hand
 # Environment: PORTCULLIS_BIN (use this binary instead of `cargo build`), CARGO_TARGET_DIR,
@@ -34,6 +36,7 @@ OUT=
 KEEP=0
 SERVE=0
 ORIGINS=1
+RPM=100000
 while [ $# -gt 0 ]; do
   case "$1" in
     --upstream) UPSTREAMS=$2; shift 2 ;;
@@ -42,6 +45,7 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=1; shift ;;
     --serve) SERVE=1; shift ;;
     --default-origins) ORIGINS=0; shift ;;
+    --rpm) RPM=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -140,6 +144,7 @@ admin_listen = "127.0.0.1:$ADMIN_PORT"
 public_url = "http://127.0.0.1:$NGX_PORT"
 # The browser origin of the URL the suite uses (nginx in front). dns-rebinding-protection sends
 # it and expects 2xx; any other Origin gets 403. The default, [], refuses every browser origin.
+shutdown_grace_ms = 2000
 allowed_origins = [$([ "$ORIGINS" = 1 ] && echo "\"http://127.0.0.1:$NGX_PORT\"")]
 
 [store]
@@ -173,7 +178,7 @@ for _ in $(seq 100); do
 done
 ws_token() {
   PORTCULLIS_ADMIN_URL="http://127.0.0.1:$ADMIN_PORT" PORTCULLIS_ADMIN_TOKEN="$ADMIN_TOKEN" \
-    "$BIN" workspace token create "$1" --name "conformance-$1" --requests-per-minute 100000 --json \
+    "$BIN" workspace token create "$1" --name "conformance-$1" --requests-per-minute "$RPM" --json \
     | "$NODE" -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).token))'
 }
 TOKEN_CONF=$(ws_token conf)

@@ -20,7 +20,10 @@ const runs = argv.filter((a) => a.includes("=")).map((a) => {
 function load(dir) {
   const out = new Map();
   if (!fs.existsSync(dir)) return out;
-  for (const ent of fs.readdirSync(dir).sort()) {
+  // Directory names end in the scenario's start time: sorting on it gives the suite's order.
+  const stamp = (e) => e.slice(-24);
+  const ents = fs.readdirSync(dir).sort((a, b) => (stamp(a) < stamp(b) ? -1 : stamp(a) > stamp(b) ? 1 : 0));
+  for (const ent of ents) {
     const m = /^server-(.+)-\d{4}-\d\d-\d\dT[\d-]+Z$/.exec(ent);
     const f = path.join(dir, ent, "checks.json");
     if (!m || !fs.existsSync(f)) continue;
