@@ -314,7 +314,7 @@ fn answer(r: &Resp) -> Value {
         .get("content-type")
         .is_some_and(|v| v.to_str().unwrap().starts_with("text/event-stream"))
     {
-        let last = text.lines().filter_map(|l| l.strip_prefix("data: ")).last().expect("an event");
+        let last = text.lines().filter_map(|l| l.strip_prefix("data: ")).next_back().expect("an event");
         serde_json::from_str(last).unwrap()
     } else {
         r.json()
@@ -628,7 +628,7 @@ async fn server_requests_are_relayed_and_the_answer_routed_back() {
     let last = String::from_utf8_lossy(&rest)
         .lines()
         .filter_map(|l| l.strip_prefix("data: ").map(str::to_owned))
-        .last()
+        .next_back()
         .unwrap();
     let v: Value = serde_json::from_str(&last).unwrap();
     assert_eq!(v["id"], 40);
