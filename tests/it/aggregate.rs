@@ -32,6 +32,8 @@ struct Received {
     session: Option<String>,
     authorization: Option<String>,
     configured: Option<String>,
+    /// `Mcp-Name`, set by the gateway on stateless-revision requests.
+    mcp_name: Option<String>,
 }
 
 #[derive(Default)]
@@ -142,6 +144,7 @@ fn up_stream(rx: mpsc::Receiver<Bytes>) -> Response<UpBody> {
 async fn upstream_handle(label: &str, st: &Arc<Mutex<UpState>>, req: Request<Incoming>) -> Response<UpBody> {
     let h = |n: &str| req.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
     let (session, authorization, configured) = (h("mcp-session-id"), h("authorization"), h("x-configured"));
+    let mcp_name = h("mcp-name");
     let method = req.method().clone();
     let known = session.as_ref().is_some_and(|s| st.lock().unwrap().sessions.contains(s));
     if method == Method::GET {
@@ -163,6 +166,7 @@ async fn upstream_handle(label: &str, st: &Arc<Mutex<UpState>>, req: Request<Inc
         session: session.clone(),
         authorization,
         configured,
+        mcp_name,
     });
     let id = msg.get("id").cloned().unwrap_or(Value::Null);
     let m = msg.get("method").and_then(Value::as_str).unwrap_or_default().to_owned();
@@ -747,6 +751,80 @@ async fn fail_open_serves_the_living_and_fail_closed_refuses() {
         .await;
     assert_eq!((r.status.as_u16(), rpc_error(&r).0), (502, -32603));
     c.session = None;
+}
+
+#[tokio::test]
+async fn the_stateless_revision_is_served_without_a_session_and_its_headers_are_checked() {
+    let (a, b) = (McpUpstream::start("a").await, McpUpstream::start("b").await);
+    let gw = team(&[("a", &a.url), ("b", &b.url)], "", "").await;
+    let (token, _) = gw.create_token("team", json!({})).await;
+    let (scoped, _) = gw.create_token("team", json!({"allowed_servers": ["a"]})).await;
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientInfo": {"name": "it", "version": "1"}, "io.modelcontextprotocol/clientCapabilities": {}});
+    let post = async |token: &str, method_header: Option<&str>, name_header: Option<&str>, body: Value| {
+        let auth = format!("Bearer {token}");
+        let mut h = vec![
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("authorization", auth.as_str()),
+            ("mcp-protocol-version", "2026-07-28"),
+        ];
+        if let Some(m) = method_header {
+            h.push(("mcp-method", m));
+        }
+        if let Some(n) = name_header {
+            h.push(("mcp-name", n));
+        }
+        send(Method::POST, &gw.ws_url("team"), &h, body.to_string()).await
+    };
+    let discover = json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": meta}});
+    let r = post(&token, Some("server/discover"), None, discover.clone()).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let d = r.json()["result"].clone();
+    assert_eq!(d["supportedVersions"][0], "2026-07-28");
+    assert_eq!(d["resultType"], "complete");
+    assert_eq!(d["capabilities"]["resources"]["subscribe"], true);
+    assert!(r.headers.get("mcp-session-id").is_none());
+
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "b__echo", "arguments": {"text": "s"}, "_meta": meta}});
+    for _ in 0..2 {
+        let r = post(&token, Some("tools/call"), Some("b__echo"), call.clone()).await;
+        assert_eq!(answer(&r)["result"]["content"][0]["text"], "b:echo:s");
+    }
+    let seen = b.calls("tools/call").pop().unwrap();
+    assert_eq!(
+        (seen.msg["params"]["name"].as_str(), seen.mcp_name.as_deref()),
+        (Some("echo"), Some("echo")),
+        "rewritten in body and header"
+    );
+    assert_eq!(
+        b.calls("initialize").len(),
+        1,
+        "one upstream session serves the token's stateless requests"
+    );
+    let r = post(
+        &token,
+        Some("tools/list"),
+        None,
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"_meta": meta}}),
+    )
+    .await;
+    assert_eq!(names(&r.json()["result"], "tools", "name").len(), 6);
+
+    for (m, n) in [
+        (Some("tools/call"), Some("a__echo")),
+        (Some("tools/list"), Some("b__echo")),
+        (None, Some("b__echo")),
+        (Some("tools/call"), None),
+    ] {
+        let r = post(&token, m, n, call.clone()).await;
+        assert_eq!(
+            (r.status.as_u16(), rpc_error(&r).0, r.json()["id"].clone()),
+            (400, -32020, json!(2)),
+            "{m:?} {n:?}"
+        );
+    }
+    let r = post(&scoped, Some("tools/call"), Some("b__echo"), call.clone()).await;
+    assert_eq!((r.status.as_u16(), rpc_error(&r).0), (403, -31003));
 }
 
 #[test]
