@@ -550,6 +550,7 @@ impl Aggregator {
     }
 
     /// One HTTP request to upstream `i`.
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         state: &AppState,
