@@ -229,8 +229,12 @@ impl Aggregator {
             if msg.get("method").and_then(Value::as_str) == Some("initialize") {
                 return self.initialize(state, token, msg, request_id).await;
             }
-            if !headers.contains_key("mcp-session-id") && is_stateless(headers, &msg) {
-                return self.stateless(state, token, headers, msg, request_id).await;
+            if !headers.contains_key("mcp-session-id") {
+                // The stateless revision, or a client that never sends
+                // session ids (they exist): both are served on upstream
+                // sessions this instance keeps for the token.
+                let revision = is_stateless(headers, &msg);
+                return self.stateless(state, token, headers, msg, request_id, revision).await;
             }
             Some(msg)
         } else {
@@ -279,11 +283,13 @@ impl Aggregator {
         Ok((sealed.to_owned(), session))
     }
 
-    /// A request of the stateless revision (2026-07-28). `server/discover`
-    /// is answered here; everything else goes through the same routing as a
-    /// session's requests, over upstream sessions this instance opens on the
-    /// token's behalf (keyed by token, renewed when an upstream forgets one):
-    /// the upstreams may speak only the handshake revisions.
+    /// A request without a session: of the stateless revision (2026-07-28)
+    /// when `revision`, else from a client that does not keep sessions.
+    /// `server/discover` is answered here (stateless revision only);
+    /// everything else goes through the same routing as a session's requests,
+    /// over upstream sessions this instance opens on the token's behalf
+    /// (keyed by token, renewed when an upstream forgets one): the upstreams
+    /// may speak only the handshake revisions.
     async fn stateless(
         &self,
         state: &AppState,
@@ -291,8 +297,11 @@ impl Aggregator {
         headers: &HeaderMap,
         msg: Value,
         request_id: &HeaderValue,
+        revision: bool,
     ) -> Result<Response<Body>, GatewayError> {
-        check_routing_headers(headers, &msg)?;
+        if revision {
+            check_routing_headers(headers, &msg)?;
+        }
         let meta = msg.pointer("/params/_meta");
         let field = |k: &str| meta.and_then(|m| m.get(k)).cloned();
         let client = json!({
@@ -312,9 +321,9 @@ impl Aggregator {
             session: &session,
             request_id,
             usable: (0..self.upstreams.len()).filter(|&i| Self::allowed(token, self.name(i))).collect(),
-            stateless: true,
+            stateless: revision,
         };
-        if msg.get("method").and_then(Value::as_str) == Some("server/discover") {
+        if revision && msg.get("method").and_then(Value::as_str) == Some("server/discover") {
             let id = msg.get("id").cloned().ok_or(GatewayError::InvalidRequest)?;
             let mut versions = vec![STATELESS_VERSION];
             versions.extend(SUPPORTED_VERSIONS);
