@@ -328,15 +328,13 @@ impl Aggregator {
             let mut versions = vec![STATELESS_VERSION];
             versions.extend(SUPPORTED_VERSIONS);
             let result = json!({
-                "resultType": "complete",
                 "supportedVersions": versions,
                 "capabilities": merge_capabilities(&self.capabilities(&ctx).await),
                 "serverInfo": {"name": "portcullis", "title": format!("Portcullis workspace {}", self.workspace.slug), "version": env!("CARGO_PKG_VERSION")},
             });
-            return Ok(json_response(
-                StatusCode::OK,
-                &json!({"jsonrpc": "2.0", "id": id, "result": result}),
-            ));
+            let mut answer = json!({"jsonrpc": "2.0", "id": id, "result": result});
+            AnswerRewrite::for_request(&ctx, "server/discover").apply(&mut answer);
+            return Ok(json_response(StatusCode::OK, &answer));
         }
         if msg.get("method").is_none() {
             // No server-to-client requests exist in this revision to answer.
@@ -445,7 +443,7 @@ impl Aggregator {
     ) -> Result<(UpstreamSession, Value), CallError> {
         let mut params = client.clone();
         params["protocolVersion"] = Value::String(version.to_owned());
-        let msg = json!({"jsonrpc": "2.0", "id": "portcullis-initialize", "method": "initialize", "params": params});
+        let msg = json!({"jsonrpc": "2.0", "id": internal_id(), "method": "initialize", "params": params});
         let (headers, answer) = self.exchange(state, i, None, None, &msg, request_id).await?;
         let result = answer
             .get("result")
@@ -689,15 +687,16 @@ impl Aggregator {
 
     async fn message(&self, ctx: &Ctx<'_>, token: &CachedToken, msg: Value) -> Result<Response<Body>, GatewayError> {
         let id = msg.get("id").cloned();
-        let Some(method) = msg.get("method").and_then(Value::as_str) else {
+        let Some(method) = msg.get("method").and_then(Value::as_str).map(str::to_owned) else {
             // A response: the client answering a request an upstream sent.
             return self.client_response(ctx, msg).await;
         };
         let Some(id) = id else {
-            self.client_notification(ctx, method, &msg).await;
+            self.client_notification(ctx, &method, &msg).await;
             return Ok(accepted());
         };
         let params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
+        let method = method.as_str();
         let result = match method {
             "ping" => json!({}),
             "tools/list" => self.list(ctx, ListKind::Tools, &params).await?,
@@ -723,14 +722,18 @@ impl Aggregator {
                 let (i, original) = self.route_name(ctx, token, kind, name).await?;
                 let mut msg = msg;
                 msg["params"]["name"] = Value::String(original);
-                return self.forward(ctx, i, msg).await;
+                return self.forward(ctx, i, msg, AnswerRewrite::for_request(ctx, method)).await;
             }
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
                 let uri = params.get("uri").and_then(Value::as_str).ok_or(GatewayError::InvalidParams)?;
                 let (i, original) = self.resource_owner(ctx, token, uri).await?;
+                let mut rewrite = AnswerRewrite::for_request(ctx, method);
+                if original != uri {
+                    rewrite.uri = Some((original.clone(), uri.to_owned()));
+                }
                 let mut msg = msg;
                 msg["params"]["uri"] = Value::String(original);
-                return self.forward(ctx, i, msg).await;
+                return self.forward(ctx, i, msg, rewrite).await;
             }
             "completion/complete" => {
                 let r = params.get("ref").ok_or(GatewayError::InvalidParams)?;
@@ -748,14 +751,13 @@ impl Aggregator {
                     }
                     _ => return Err(GatewayError::InvalidParams),
                 };
-                return self.forward(ctx, i, msg).await;
+                return self.forward(ctx, i, msg, AnswerRewrite::for_request(ctx, method)).await;
             }
             _ => return Err(GatewayError::MethodNotFound),
         };
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({"jsonrpc": "2.0", "id": id, "result": result}),
-        ))
+        let mut answer = json!({"jsonrpc": "2.0", "id": id, "result": result});
+        AnswerRewrite::for_request(ctx, method).apply(&mut answer);
+        Ok(json_response(StatusCode::OK, &answer))
     }
 
     /// Notifications from the client go to every upstream of the session
@@ -867,7 +869,7 @@ impl Aggregator {
                 Some(c) => json!({"cursor": c}),
                 None => json!({}),
             };
-            let msg = json!({"jsonrpc": "2.0", "id": "portcullis-list", "method": kind.method(), "params": params});
+            let msg = json!({"jsonrpc": "2.0", "id": internal_id(), "method": kind.method(), "params": params});
             let answer = self.call(ctx, i, &msg).await?;
             let Some(result) = answer.get("result") else {
                 let code = answer.pointer("/error/code").and_then(Value::as_i64);
@@ -984,7 +986,7 @@ impl Aggregator {
     /// Sends a routed request and relays the answer as it arrives: JSON as
     /// is, an event stream message by message with server-to-client request
     /// ids prefixed.
-    async fn forward(&self, ctx: &Ctx<'_>, i: usize, msg: Value) -> Result<Response<Body>, GatewayError> {
+    async fn forward(&self, ctx: &Ctx<'_>, i: usize, msg: Value, rewrite: AnswerRewrite) -> Result<Response<Body>, GatewayError> {
         let body = Bytes::from(serde_json::to_vec(&msg).expect("serializable"));
         let routing = ctx.stateless.then_some(&msg);
         let u = self.upstream_session(ctx, i).await.map_err(CallError::into_gateway)?;
@@ -1001,7 +1003,24 @@ impl Aggregator {
         })?;
         let (parts, incoming) = resp.into_parts();
         if !is_event_stream(&parts.headers) {
-            let mut out = Response::new(incoming.boxed());
+            let body = if rewrite.is_noop() {
+                incoming.boxed()
+            } else {
+                // One JSON answer to rewrite: read it whole (bounded).
+                let bytes = Limited::new(incoming, MAX_MESSAGE)
+                    .collect()
+                    .await
+                    .map_err(|_| GatewayError::UpstreamUnavailable { upstream_status: None })?
+                    .to_bytes();
+                match serde_json::from_slice::<Value>(&bytes) {
+                    Ok(mut v) => {
+                        rewrite.apply(&mut v);
+                        full(serde_json::to_vec(&v).expect("serializable"))
+                    }
+                    Err(_) => full(bytes),
+                }
+            };
+            let mut out = Response::new(body);
             *out.status_mut() = parts.status;
             if let Some(ct) = parts.headers.get(CONTENT_TYPE) {
                 out.headers_mut().insert(CONTENT_TYPE, ct.clone());
@@ -1009,7 +1028,7 @@ impl Aggregator {
             return Ok(out);
         }
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        tokio::spawn(relay(incoming, self.name(i).to_owned(), tx));
+        tokio::spawn(relay(incoming, self.name(i).to_owned(), rewrite, tx));
         Ok(self.event_stream(rx))
     }
 
@@ -1032,7 +1051,7 @@ impl Aggregator {
                 .await;
             match resp {
                 Ok(r) if r.status().is_success() && is_event_stream(r.headers()) => {
-                    tokio::spawn(relay(r.into_body(), self.name(i).to_owned(), tx.clone()));
+                    tokio::spawn(relay(r.into_body(), self.name(i).to_owned(), AnswerRewrite::default(), tx.clone()));
                 }
                 // 405: this upstream offers no stream; anything else: it has
                 // nothing to say on one now. Neither ends the client's stream.
@@ -1119,9 +1138,75 @@ async fn read_answer(resp: Response<Incoming>, want: Option<&Value>) -> Result<(
     }
 }
 
+/// A fresh id for a request the gateway itself sends upstream. Unique per
+/// process, so that concurrent internal requests in one upstream session can
+/// never be confused (a fixed id made one of two concurrent lists hang).
+fn internal_id() -> Value {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    Value::String(format!("portcullis-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// What the gateway changes in an upstream's answer on its way to the client.
+#[derive(Clone, Default)]
+struct AnswerRewrite {
+    /// The request was of the stateless revision: results carry `resultType`
+    /// (and cache hints, for cacheable methods) even from older upstreams.
+    stateless: bool,
+    cacheable: bool,
+    /// (URI the upstream knows, URI the client asked for): a resource whose
+    /// URI was rewritten on collision is read back under the client's URI.
+    uri: Option<(String, String)>,
+}
+
+impl AnswerRewrite {
+    fn for_request(ctx: &Ctx<'_>, method: &str) -> Self {
+        AnswerRewrite {
+            stateless: ctx.stateless,
+            cacheable: matches!(
+                method,
+                "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" | "resources/read" | "server/discover"
+            ),
+            uri: None,
+        }
+    }
+
+    fn is_noop(&self) -> bool {
+        !self.stateless && self.uri.is_none()
+    }
+
+    /// Applies to answers (messages with a `result`), nothing else.
+    fn apply(&self, msg: &mut Value) {
+        if msg.get("method").is_some() {
+            return;
+        }
+        let Some(result) = msg.get_mut("result").and_then(Value::as_object_mut) else {
+            return;
+        };
+        if let Some((upstream_uri, client_uri)) = &self.uri
+            && let Some(contents) = result.get_mut("contents").and_then(Value::as_array_mut)
+        {
+            for c in contents {
+                if c.get("uri").and_then(Value::as_str) == Some(upstream_uri) {
+                    c["uri"] = Value::String(client_uri.clone());
+                }
+            }
+        }
+        if self.stateless {
+            result.entry("resultType").or_insert_with(|| json!("complete"));
+            if self.cacheable {
+                // Lists depend on the token's scope and on upstream health:
+                // never fresh, never shared.
+                result.entry("ttlMs").or_insert_with(|| json!(0));
+                result.entry("cacheScope").or_insert_with(|| json!("private"));
+            }
+        }
+    }
+}
+
 /// Copies an upstream event stream to a client, message by message, with the
-/// ids of server-to-client requests prefixed. Ends when either side does.
-async fn relay(mut body: Incoming, server: String, tx: mpsc::Sender<Bytes>) {
+/// ids of server-to-client requests prefixed and answers rewritten. Ends
+/// when either side does.
+async fn relay(mut body: Incoming, server: String, rewrite: AnswerRewrite, tx: mpsc::Sender<Bytes>) {
     let mut parser = sse::Parser::new(MAX_MESSAGE);
     loop {
         let frame = tokio::select! {
@@ -1139,6 +1224,7 @@ async fn relay(mut body: Incoming, server: String, tx: mpsc::Sender<Bytes>) {
                 continue;
             };
             prefix_server_request(&server, &mut msg);
+            rewrite.apply(&mut msg);
             let bytes = serde_json::to_vec(&msg).expect("serializable");
             if tx.send(sse::encode(&bytes)).await.is_err() {
                 return;

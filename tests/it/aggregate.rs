@@ -444,6 +444,7 @@ async fn resources_keep_their_uris_unless_two_servers_collide() {
     ] {
         let r = c.result("resources/read", json!({"uri": uri})).await;
         assert_eq!(r["contents"][0]["text"], want, "{uri}");
+        assert_eq!(r["contents"][0]["uri"], uri, "read back under the URI the client asked for");
         let original = uri.strip_prefix("portcullis://b/").unwrap_or(uri);
         assert_eq!(
             server.calls("resources/read").pop().unwrap().msg["params"]["uri"],
@@ -793,6 +794,7 @@ async fn the_stateless_revision_is_served_without_a_session_and_its_headers_are_
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let d = r.json()["result"].clone();
     assert_eq!(d["supportedVersions"][0], "2026-07-28");
+    assert_eq!(d["cacheScope"], "private");
     assert_eq!(d["resultType"], "complete");
     assert_eq!(d["capabilities"]["resources"]["subscribe"], true);
     assert!(r.headers.get("mcp-session-id").is_none());
