@@ -476,6 +476,34 @@ def client(url: str, token: str, **kw: Any):
     return mcp_client(url, token, cache=None, **kw)
 
 
+# --------------------------------------------------------------------------- harness controls
+# The same scenarios straight against the upstreams (no gateway): a failure further down
+# is the gateway's, not the harness's.
+
+
+async def test_control_sampling_and_elicitation_direct(everything_upstream):
+    rec = Recorder()
+    with anyio.fail_after(OP_TIMEOUT):
+        async with mcp_client(everything_upstream.url, cache=None, mode="legacy", sampling_callback=rec.sample,
+                              elicitation_callback=rec.elicit) as c:
+            r = await c.call_tool("trigger-sampling-request", {"prompt": "portcullis-probe", "maxTokens": 5})
+            assert "sampled by the pytest client" in text_of(r) and "pytest-model" in text_of(r), text_of(r)
+            r = await c.call_tool("trigger-elicitation-request", {})
+            assert "- Name: Ada Lovelace" in text_of(r) and "- Favorite Integer: 7" in text_of(r), text_of(r)
+
+
+def test_control_raw_session_direct(everything_upstream, py_upstream):
+    s = RawSession(everything_upstream.url, None)
+    s.initialize()
+    assert raw_text(s.call("echo", {"message": "m"})) == "Echo: m"
+    assert s.request("ping") == {}
+    s = RawSession(py_upstream.url, PY_UPSTREAM_KEY)
+    s.initialize()
+    assert raw_text(s.call("echo", {"text": "t"})) == "t"
+    r = s.request("resources/read", {"uri": COLLIDING_URI})
+    assert r["contents"][0]["text"] == "py upstream's copy of instructions.md"
+
+
 # --------------------------------------------------------------------------- 1. Python SDK: tools
 
 
