@@ -82,6 +82,11 @@ pub struct ServerSpec {
     /// (0: unlimited). Beyond it such requests get 503; cached tokens are
     /// unaffected. Bounds the store load of a flood of random tokens.
     pub store_miss_reads_per_second: u32,
+    /// Keys that seal the session ids of workspaces with several servers:
+    /// 64 hex characters (32 bytes) each, newest first. The first seals new
+    /// sessions; the others only open sessions sealed before a rotation.
+    /// Required when any workspace has more than one server.
+    pub session_keys: Vec<String>,
 }
 
 impl Default for ServerSpec {
@@ -99,6 +104,7 @@ impl Default for ServerSpec {
             revocation_poll_ms: 250,
             sse_keepalive_ms: 15_000,
             store_miss_reads_per_second: 2000,
+            session_keys: Vec::new(),
         }
     }
 }
@@ -162,6 +168,10 @@ pub struct WorkspaceSpec {
     pub slug: String,
     /// Overrides `limits.requests_per_minute` for this workspace's tokens.
     pub requests_per_minute: Option<u32>,
+    /// With several servers: `"fail_open"` (default) leaves a failing
+    /// server's tools out and keeps serving the others; `"fail_closed"` fails
+    /// the request instead.
+    pub failure_mode: Option<String>,
     #[serde(default)]
     pub servers: Vec<ServerEntrySpec>,
 }
@@ -219,6 +229,8 @@ pub struct ServerConfig {
     pub revocation_poll: Duration,
     pub sse_keepalive: Duration,
     pub store_miss_reads_per_second: u32,
+    /// Decoded `session_keys`, newest first. Secret: never logged.
+    pub session_keys: Vec<[u8; 32]>,
 }
 
 #[derive(Debug, Clone)]
@@ -251,7 +263,23 @@ pub struct Workspace {
     /// Position in the configuration; used to index per-workspace metrics.
     pub index: usize,
     pub requests_per_minute: Option<u32>,
+    pub failure_mode: FailureMode,
     pub servers: Vec<Arc<UpstreamServer>>,
+}
+
+impl Workspace {
+    /// Several servers: Portcullis is the MCP server for this workspace
+    /// (contract §7); one server: a transparent pass-through.
+    pub fn is_aggregate(&self) -> bool {
+        self.servers.len() > 1
+    }
+}
+
+/// What a workspace with several servers does when one of them fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    FailOpen,
+    FailClosed,
 }
 
 #[derive(Debug)]
@@ -334,6 +362,15 @@ impl ConfigSpec {
         let s = &self.server;
         let listen = addr("server.listen", &s.listen)?;
         let admin_listen = addr("server.admin_listen", &s.admin_listen)?;
+        let mut session_keys = Vec::new();
+        for (i, k) in s.session_keys.iter().enumerate() {
+            session_keys.push(decode_key(k).ok_or_else(|| {
+                invalid(
+                    &format!("server.session_keys[{i}]"),
+                    "must be 64 hex characters (32 bytes), e.g. from `openssl rand -hex 32`".into(),
+                )
+            })?);
+        }
         let public_url = if s.public_url.is_empty() {
             format!("http://{listen}")
         } else {
@@ -454,16 +491,26 @@ impl ConfigSpec {
                     format!("workspace `{}` needs at least one [[workspaces.servers]] entry", ws.slug),
                 ));
             }
-            if ws.servers.len() > 1 {
+            if ws.servers.len() > 1 && session_keys.is_empty() {
                 return Err(invalid(
-                    &format!("{key}.servers"),
+                    "server.session_keys",
                     format!(
-                        "workspace `{}` has {} servers; several servers behind one workspace are not supported in this build yet",
+                        "workspace `{}` has {} servers, so its session ids are sealed with a key: set server.session_keys = [\"<64 hex characters>\"] (e.g. from `openssl rand -hex 32`)",
                         ws.slug,
                         ws.servers.len()
                     ),
                 ));
             }
+            let failure_mode = match ws.failure_mode.as_deref() {
+                None | Some("fail_open") => FailureMode::FailOpen,
+                Some("fail_closed") => FailureMode::FailClosed,
+                Some(other) => {
+                    return Err(invalid(
+                        &format!("{key}.failure_mode"),
+                        format!("`{other}` must be \"fail_open\" or \"fail_closed\""),
+                    ));
+                }
+            };
             let mut names = HashSet::new();
             let mut servers = Vec::new();
             for (j, srv) in ws.servers.into_iter().enumerate() {
@@ -524,6 +571,7 @@ impl ConfigSpec {
                 slug: ws.slug,
                 index: i,
                 requests_per_minute: ws.requests_per_minute,
+                failure_mode,
                 servers,
             }));
         }
@@ -543,6 +591,7 @@ impl ConfigSpec {
                 revocation_poll: Duration::from_millis(s.revocation_poll_ms),
                 sse_keepalive: Duration::from_millis(s.sse_keepalive_ms),
                 store_miss_reads_per_second: s.store_miss_reads_per_second,
+                session_keys,
             },
             store,
             limits: LimitsConfig {
@@ -552,6 +601,20 @@ impl ConfigSpec {
             workspaces,
         })
     }
+}
+
+/// A 32-byte key from 64 hex characters.
+fn decode_key(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim().as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        key[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(key)
 }
 
 /// Headers the gateway owns on the upstream request.

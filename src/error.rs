@@ -49,6 +49,16 @@ pub enum GatewayError {
     NotFound,
     /// The client did not send its body in time.
     BodyTimeout,
+    /// Aggregating workspace: a method the gateway does not serve.
+    MethodNotFound,
+    /// Aggregating workspace: unknown tool, prompt or resource, bad cursor.
+    InvalidParams,
+    /// Aggregating workspace: a request other than `initialize` without
+    /// `Mcp-Session-Id`.
+    SessionRequired,
+    /// Aggregating workspace: a session id we did not issue (or sealed under
+    /// a key no longer configured); the client starts a new session.
+    SessionNotFound,
 }
 
 impl GatewayError {
@@ -66,6 +76,12 @@ impl GatewayError {
             GatewayError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, -32600, "Method not allowed"),
             GatewayError::NotFound => (StatusCode::NOT_FOUND, -32600, "Not found"),
             GatewayError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, -32600, "Request timeout"),
+            // 400, not 404: with a session, MCP clients read a bare 404 as
+            // "session expired" and start over.
+            GatewayError::MethodNotFound => (StatusCode::BAD_REQUEST, -32601, "Method not found"),
+            GatewayError::InvalidParams => (StatusCode::BAD_REQUEST, -32602, "Invalid params"),
+            GatewayError::SessionRequired => (StatusCode::BAD_REQUEST, -32600, "Bad Request: Mcp-Session-Id header is required"),
+            GatewayError::SessionNotFound => (StatusCode::NOT_FOUND, -32600, "Session not found"),
         }
     }
 

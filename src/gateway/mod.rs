@@ -19,6 +19,8 @@ mod forward;
 mod keepalive;
 mod request_id;
 
+pub(crate) use keepalive::KeepAlive;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -35,7 +37,9 @@ use crate::app::AppState;
 use crate::auth::{CachedToken, VerifyError};
 use crate::config::Workspace;
 use crate::error::{Body, GatewayError, full};
+use crate::mcp::aggregate::Aggregator;
 use crate::mcp::jsonrpc::{self, BodyError};
+use crate::mcp::session::Sealer;
 use crate::telemetry::AuthFailureReason;
 use crate::token::{TokenKind, now_unix};
 use crate::upstream::Upstream;
@@ -45,7 +49,10 @@ pub use request_id::RequestIds;
 /// A workspace's route: where its requests go.
 struct Route {
     workspace: Arc<Workspace>,
+    /// One server: the pass-through upstream.
     upstream: Upstream,
+    /// Several servers: the gateway is the MCP server.
+    aggregate: Option<Arc<Aggregator>>,
 }
 
 pub struct Gateway {
@@ -65,16 +72,23 @@ struct Outcome {
 
 impl Gateway {
     pub fn new(state: Arc<AppState>) -> Self {
+        // Config validation guarantees keys whenever a workspace aggregates.
+        let sealer = Sealer::new(&state.config.server.session_keys).map(Arc::new);
         let routes = state
             .config
             .workspaces
             .iter()
             .map(|w| {
+                let aggregate = match (&sealer, w.is_aggregate()) {
+                    (Some(s), true) => Some(Aggregator::new(Arc::clone(w), Arc::clone(s), state.config.server.sse_keepalive)),
+                    _ => None,
+                };
                 (
                     w.slug.clone(),
                     Route {
                         workspace: Arc::clone(w),
                         upstream: Upstream::new(Arc::clone(&w.servers[0])),
+                        aggregate,
                     },
                 )
             })
@@ -192,6 +206,7 @@ impl Gateway {
             }
         }
         if let Some(allowed) = &token.allowed_servers
+            && route.aggregate.is_none()
             && !allowed.iter().any(|s| **s == *route.upstream.server.name)
         {
             return Err(fail(GatewayError::Forbidden));
@@ -238,7 +253,13 @@ impl Gateway {
                 }
             }
         }
-        // 6. forward
+        // 6. forward, or answer as the workspace's MCP server
+        if let Some(agg) = &route.aggregate {
+            let resp = agg
+                .handle(&self.state, &token, method, &parts.headers, body.clone(), request_id)
+                .await;
+            return resp.map_err(|e| (e, jsonrpc::request_id(&body).map(|r| r.to_owned())));
+        }
         let resp = forward::forward(
             &self.state,
             &route.workspace,

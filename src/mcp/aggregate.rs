@@ -1,0 +1,1218 @@
+//! A workspace with several servers: Portcullis is the MCP server (contract §7).
+//!
+//! The gateway answers `initialize` itself, initialises every upstream the
+//! token may use (forwarding the client's capabilities, so upstreams may ask
+//! it for sampling, elicitation and roots), and seals the upstream session ids
+//! into its own `Mcp-Session-Id` (see [`super::session`]): no session table,
+//! so any instance serves any session and a restart loses none.
+//!
+//! Names: tools and prompts become `<server>__<name>`; resources keep their
+//! URIs unless two servers list the same one, when the later server's becomes
+//! `portcullis://<server>/<uri>`. Requests the upstreams send to the client
+//! get ids `<server>__<original id as JSON>`, so the client's answer can be
+//! routed back without any state. Client request ids and progress tokens are
+//! passed unchanged: each request goes to exactly one upstream, so they are
+//! already unique on the way back.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures_util::future::join_all;
+use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::{broadcast, mpsc};
+
+use super::session::{Sealer, SessionState, UpstreamSession};
+use super::sse;
+use crate::app::AppState;
+use crate::auth::CachedToken;
+use crate::config::{FailureMode, Workspace};
+use crate::error::{Body, GatewayError, full};
+use crate::telemetry::UpstreamFailure;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// Handshake revisions we negotiate, newest first.
+pub const SUPPORTED_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+/// Pages followed per upstream list before giving up (a looping cursor).
+const MAX_PAGES: usize = 100;
+/// Largest upstream message read whole (lists, handshake answers, one event).
+const MAX_MESSAGE: usize = 16 << 20;
+/// Bound of each in-memory map (renewed sessions, mangled names, resource owners).
+const MAP_CAP: usize = 10_000;
+/// Client parameters larger than this are not kept in the session id.
+const MAX_CLIENT_PARAMS: usize = 2048;
+/// Health: an upstream that is up is probed this often, one that is down
+/// after a backoff doubling from the first value to the second.
+const PROBE_UP: Duration = Duration::from_secs(15);
+const PROBE_DOWN: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(8));
+/// Messages queued towards one client stream.
+const STREAM_QUEUE: usize = 64;
+
+/// Why an exchange with one upstream failed.
+#[derive(Debug)]
+enum CallError {
+    Down(String),
+    Timeout,
+    /// The upstream refused the gateway's configured credentials.
+    Refused(u16),
+    /// It answered 404 to a request in a session: it forgot the session.
+    SessionLost,
+    /// It answered, but not with what MCP requires.
+    Protocol(String),
+}
+
+impl CallError {
+    fn into_gateway(self) -> GatewayError {
+        match self {
+            CallError::Timeout => GatewayError::UpstreamTimeout,
+            CallError::Refused(s) => GatewayError::UpstreamUnavailable { upstream_status: Some(s) },
+            CallError::Down(_) | CallError::SessionLost | CallError::Protocol(_) => {
+                GatewayError::UpstreamUnavailable { upstream_status: None }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Down(d) => write!(f, "unreachable: {d}"),
+            CallError::Timeout => f.write_str("timed out"),
+            CallError::Refused(s) => write!(f, "refused the gateway's credentials ({s})"),
+            CallError::SessionLost => f.write_str("lost its session"),
+            CallError::Protocol(d) => write!(f, "bad answer: {d}"),
+        }
+    }
+}
+
+/// The four lists the gateway merges.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ListKind {
+    Tools,
+    Prompts,
+    Resources,
+    Templates,
+}
+
+impl ListKind {
+    fn method(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools/list",
+            ListKind::Prompts => "prompts/list",
+            ListKind::Resources => "resources/list",
+            ListKind::Templates => "resources/templates/list",
+        }
+    }
+    fn key(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools",
+            ListKind::Prompts => "prompts",
+            ListKind::Resources => "resources",
+            ListKind::Templates => "resourceTemplates",
+        }
+    }
+}
+
+/// One aggregating workspace.
+pub struct Aggregator {
+    workspace: Arc<Workspace>,
+    upstreams: Vec<Upstream>,
+    up: Vec<AtomicBool>,
+    /// Fires when an upstream goes down or comes back: open client streams
+    /// send `list_changed` notifications.
+    changed: broadcast::Sender<()>,
+    sealer: Arc<Sealer>,
+    keepalive: Duration,
+    /// Upstream sessions re-established after the sealed one was lost (or
+    /// first established lazily), keyed by (gateway session id, server).
+    renewed: DashMap<(Box<str>, usize), UpstreamSession>,
+    /// Exposed name (after the prefix) → upstream name, for names that had
+    /// to be shortened; per server.
+    mangled: Vec<DashMap<String, String>>,
+    /// Resource URI → server, from the latest merged resource list.
+    owners: DashMap<String, usize>,
+}
+
+/// What one request knows about its session.
+struct Ctx<'a> {
+    state: &'a AppState,
+    sealed: &'a str,
+    session: &'a SessionState,
+    request_id: &'a HeaderValue,
+    /// Servers of this session the token may use, in configuration order.
+    usable: Vec<usize>,
+}
+
+impl Aggregator {
+    pub fn new(workspace: Arc<Workspace>, sealer: Arc<Sealer>, keepalive: Duration) -> Arc<Self> {
+        let upstreams: Vec<Upstream> = workspace.servers.iter().map(|s| Upstream::new(Arc::clone(s))).collect();
+        let n = upstreams.len();
+        let agg = Arc::new(Aggregator {
+            workspace,
+            upstreams,
+            up: (0..n).map(|_| AtomicBool::new(true)).collect(),
+            changed: broadcast::channel(16).0,
+            sealer,
+            keepalive,
+            renewed: DashMap::new(),
+            mangled: (0..n).map(|_| DashMap::new()).collect(),
+            owners: DashMap::new(),
+        });
+        spawn_health(Arc::downgrade(&agg));
+        agg
+    }
+
+    fn name(&self, i: usize) -> &str {
+        &self.workspace.servers[i].name
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.workspace.servers.iter().position(|s| s.name == name)
+    }
+
+    fn allowed(token: &CachedToken, name: &str) -> bool {
+        token.allowed_servers.as_ref().is_none_or(|a| a.iter().any(|s| **s == *name))
+    }
+
+    fn set_up(&self, i: usize, up: bool) {
+        if self.up[i].swap(up, Ordering::Relaxed) != up {
+            if up {
+                tracing::info!(workspace = %self.workspace.slug, server = %self.name(i), "upstream is back");
+            } else {
+                tracing::warn!(workspace = %self.workspace.slug, server = %self.name(i), "upstream is down; leaving it out until it answers again");
+            }
+            let _ = self.changed.send(());
+        }
+    }
+
+    /// Handles one data-plane request that passed authentication, limits and
+    /// the body checks.
+    pub async fn handle(
+        &self,
+        state: &AppState,
+        token: &CachedToken,
+        method: Method,
+        headers: &HeaderMap,
+        body: Bytes,
+        request_id: &HeaderValue,
+    ) -> Result<Response<Body>, GatewayError> {
+        if !self.workspace.servers.iter().any(|s| Self::allowed(token, &s.name)) {
+            return Err(GatewayError::Forbidden);
+        }
+        if method == Method::POST {
+            let msg: Value = serde_json::from_slice(&body).map_err(|_| GatewayError::ParseError)?;
+            if !msg.is_object() {
+                // Batches (2025-03-26 only) are not fanned out: each message
+                // may belong to another upstream.
+                return Err(GatewayError::InvalidRequest);
+            }
+            if msg.get("method").and_then(Value::as_str) == Some("initialize") {
+                return self.initialize(state, token, msg, request_id).await;
+            }
+        }
+        let (sealed, session) = self.session(headers, token)?;
+        let ctx = Ctx {
+            state,
+            sealed: &sealed,
+            session: &session,
+            request_id,
+            usable: session
+                .upstreams
+                .iter()
+                .filter(|u| Self::allowed(token, &u.server))
+                .filter_map(|u| self.index_of(&u.server))
+                .collect(),
+        };
+        match method {
+            Method::GET => self.open_stream(&ctx).await,
+            Method::DELETE => {
+                join_all(ctx.usable.iter().map(|&i| self.end_session(&ctx, i))).await;
+                let mut resp = Response::new(full(Bytes::new()));
+                *resp.status_mut() = StatusCode::OK;
+                Ok(resp)
+            }
+            _ => {
+                let msg: Value = serde_json::from_slice(&body).map_err(|_| GatewayError::ParseError)?;
+                self.message(&ctx, token, msg).await
+            }
+        }
+    }
+
+    /// Opens and checks the client's session id.
+    fn session(&self, headers: &HeaderMap, token: &CachedToken) -> Result<(String, SessionState), GatewayError> {
+        let value = headers.get("mcp-session-id").ok_or(GatewayError::SessionRequired)?;
+        let sealed = value.to_str().map_err(|_| GatewayError::SessionNotFound)?;
+        let session = self
+            .sealer
+            .open(&self.workspace.slug, sealed)
+            .ok_or(GatewayError::SessionNotFound)?;
+        if *session.token_id != *token.id {
+            // Sessions are bearer-bound: another token's session is refused
+            // like a bad credential, and says nothing about whose it is.
+            tracing::warn!("session id presented with another token");
+            return Err(GatewayError::Unauthorized { header_missing: false });
+        }
+        Ok((sealed.to_owned(), session))
+    }
+
+    // ------------------------------------------------------------------ handshake
+
+    async fn initialize(
+        &self,
+        state: &AppState,
+        token: &CachedToken,
+        msg: Value,
+        request_id: &HeaderValue,
+    ) -> Result<Response<Body>, GatewayError> {
+        let id = msg.get("id").cloned().ok_or(GatewayError::InvalidRequest)?;
+        let params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
+        let requested = params.get("protocolVersion").and_then(Value::as_str).unwrap_or_default();
+        let version = SUPPORTED_VERSIONS
+            .iter()
+            .find(|v| **v == requested)
+            .unwrap_or(&SUPPORTED_VERSIONS[0]);
+        let mut client = json!({
+            "capabilities": params.get("capabilities").cloned().unwrap_or_else(|| json!({})),
+            "clientInfo": params.get("clientInfo").cloned().unwrap_or_else(|| json!({"name": "unknown", "version": "0"})),
+        });
+        if serde_json::to_vec(&client).map_or(0, |v| v.len()) > MAX_CLIENT_PARAMS {
+            client = json!({"capabilities": {}, "clientInfo": {"name": "portcullis", "version": env!("CARGO_PKG_VERSION")}});
+        }
+        let usable: Vec<usize> = (0..self.upstreams.len()).filter(|&i| Self::allowed(token, self.name(i))).collect();
+        let results = join_all(usable.iter().map(|&i| self.init_upstream(state, i, &client, version, request_id))).await;
+        let mut upstreams = Vec::new();
+        let mut caps: Vec<Value> = Vec::new();
+        let mut instructions = Vec::new();
+        for (&i, r) in usable.iter().zip(results) {
+            match r {
+                Ok((u, result)) => {
+                    caps.push(result.get("capabilities").cloned().unwrap_or(Value::Null));
+                    if let Some(text) = result.get("instructions").and_then(Value::as_str) {
+                        instructions.push(format!("[{}] {text}", self.name(i)));
+                    }
+                    upstreams.push(u);
+                }
+                Err(e) => {
+                    tracing::warn!(server = %self.name(i), error = %e, "upstream initialisation failed");
+                    if self.workspace.failure_mode == FailureMode::FailClosed {
+                        return Err(e.into_gateway());
+                    }
+                    upstreams.push(UpstreamSession {
+                        server: self.name(i).to_owned(),
+                        session: None,
+                        version: None,
+                        ready: false,
+                    });
+                }
+            }
+        }
+        let session = SessionState {
+            token_id: token.id.to_string(),
+            version: (*version).to_owned(),
+            client: Some(client),
+            upstreams,
+        };
+        let sealed = self.sealer.seal(&self.workspace.slug, &session);
+        let mut result = json!({
+            "protocolVersion": version,
+            "capabilities": merge_capabilities(&caps),
+            "serverInfo": {"name": "portcullis", "title": format!("Portcullis workspace {}", self.workspace.slug), "version": env!("CARGO_PKG_VERSION")},
+        });
+        if !instructions.is_empty() {
+            result["instructions"] = Value::String(instructions.join("\n\n"));
+        }
+        let mut resp = json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": id, "result": result}));
+        resp.headers_mut().insert(
+            "mcp-session-id",
+            HeaderValue::from_str(&sealed).expect("base64url is a valid header value"),
+        );
+        Ok(resp)
+    }
+
+    /// Initialises one upstream: `initialize`, then `notifications/initialized`.
+    async fn init_upstream(
+        &self,
+        state: &AppState,
+        i: usize,
+        client: &Value,
+        version: &str,
+        request_id: &HeaderValue,
+    ) -> Result<(UpstreamSession, Value), CallError> {
+        let mut params = client.clone();
+        params["protocolVersion"] = Value::String(version.to_owned());
+        let msg = json!({"jsonrpc": "2.0", "id": "portcullis-initialize", "method": "initialize", "params": params});
+        let (headers, answer) = self.exchange(state, i, None, None, &msg, request_id).await?;
+        let result = answer
+            .get("result")
+            .cloned()
+            .ok_or_else(|| CallError::Protocol(format!("initialize failed: {}", answer.get("error").unwrap_or(&Value::Null))))?;
+        let session = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let chosen = result.get("protocolVersion").and_then(Value::as_str).unwrap_or(version).to_owned();
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        self.exchange(state, i, session.as_deref(), Some(&chosen), &note, request_id)
+            .await?;
+        Ok((
+            UpstreamSession {
+                server: self.name(i).to_owned(),
+                session,
+                version: Some(chosen),
+                ready: true,
+            },
+            result,
+        ))
+    }
+
+    /// This session's state for upstream `i`, initialising it first when it
+    /// never was (it was down at `initialize`).
+    async fn upstream_session(&self, ctx: &Ctx<'_>, i: usize) -> Result<UpstreamSession, CallError> {
+        if let Some(u) = self.renewed.get(&(Box::from(ctx.sealed), i)) {
+            return Ok(u.clone());
+        }
+        let sealed = ctx.session.upstreams.iter().find(|u| u.server == self.name(i));
+        match sealed {
+            Some(u) if u.ready => Ok(u.clone()),
+            _ => self.renew(ctx, i).await,
+        }
+    }
+
+    async fn renew(&self, ctx: &Ctx<'_>, i: usize) -> Result<UpstreamSession, CallError> {
+        if !self.up[i].load(Ordering::Relaxed) {
+            return Err(CallError::Down("marked down".into()));
+        }
+        let client = ctx
+            .session
+            .client
+            .clone()
+            .unwrap_or_else(|| json!({"capabilities": {}, "clientInfo": {"name": "portcullis", "version": env!("CARGO_PKG_VERSION")}}));
+        let (u, _) = self
+            .init_upstream(ctx.state, i, &client, &ctx.session.version, ctx.request_id)
+            .await?;
+        tracing::info!(server = %self.name(i), "upstream session (re-)established");
+        if self.renewed.len() >= MAP_CAP {
+            self.renewed.clear();
+        }
+        self.renewed.insert((Box::from(ctx.sealed), i), u.clone());
+        Ok(u)
+    }
+
+    async fn end_session(&self, ctx: &Ctx<'_>, i: usize) {
+        let Ok(u) = self.upstream_session(ctx, i).await else { return };
+        if u.session.is_some() {
+            let _ = self
+                .send(
+                    ctx.state,
+                    i,
+                    Method::DELETE,
+                    u.session.as_deref(),
+                    u.version.as_deref(),
+                    Bytes::new(),
+                    ctx.request_id,
+                )
+                .await;
+        }
+        self.renewed.remove(&(Box::from(ctx.sealed), i));
+    }
+
+    // ------------------------------------------------------------------ transport
+
+    /// One HTTP request to upstream `i`.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        state: &AppState,
+        i: usize,
+        method: Method,
+        session: Option<&str>,
+        version: Option<&str>,
+        body: Bytes,
+        request_id: &HeaderValue,
+    ) -> Result<Response<Incoming>, CallError> {
+        let server = &self.workspace.servers[i];
+        let mut req = Request::new(Full::new(body));
+        let get = method == Method::GET;
+        *req.method_mut() = method;
+        *req.uri_mut() = server.url.clone();
+        let h = req.headers_mut();
+        h.insert(
+            ACCEPT,
+            HeaderValue::from_static(if get {
+                "text/event-stream"
+            } else {
+                "application/json, text/event-stream"
+            }),
+        );
+        if !get {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        if let Some(s) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
+            h.insert("mcp-session-id", s);
+        }
+        if let Some(v) = version.and_then(|v| HeaderValue::from_str(v).ok()) {
+            h.insert("mcp-protocol-version", v);
+        }
+        for (name, v) in &server.headers {
+            h.insert(name.clone(), v.clone());
+        }
+        h.insert("x-request-id", request_id.clone());
+        let started = Instant::now();
+        match self.upstreams[i].send(req).await {
+            Ok(resp) => {
+                state.metrics.upstream_latency(self.workspace.index, i, started.elapsed());
+                self.set_up(i, true);
+                if matches!(resp.status().as_u16(), 401 | 407) {
+                    state.metrics.upstream_failure(self.workspace.index, UpstreamFailure::Unavailable);
+                    tracing::error!(server = %server.name, status = resp.status().as_u16(), "upstream refused the gateway's credentials; check the server's configured headers");
+                    return Err(CallError::Refused(resp.status().as_u16()));
+                }
+                if resp.status() == StatusCode::NOT_FOUND && session.is_some() {
+                    return Err(CallError::SessionLost);
+                }
+                Ok(resp)
+            }
+            Err(UpstreamError::Timeout) => {
+                state.metrics.upstream_failure(self.workspace.index, UpstreamFailure::Timeout);
+                Err(CallError::Timeout)
+            }
+            Err(UpstreamError::Unavailable(d)) => {
+                state.metrics.upstream_failure(self.workspace.index, UpstreamFailure::Unavailable);
+                self.set_up(i, false);
+                Err(CallError::Down(d))
+            }
+        }
+    }
+
+    /// Sends one message and reads the one answer to it (JSON or the matching
+    /// message of an event stream). A notification's answer is `Null`.
+    async fn exchange(
+        &self,
+        state: &AppState,
+        i: usize,
+        session: Option<&str>,
+        version: Option<&str>,
+        msg: &Value,
+        request_id: &HeaderValue,
+    ) -> Result<(HeaderMap, Value), CallError> {
+        let body = Bytes::from(serde_json::to_vec(msg).expect("serializable"));
+        let resp = self.send(state, i, Method::POST, session, version, body, request_id).await?;
+        let timeout = self.workspace.servers[i].timeout;
+        let want = msg.get("id");
+        match tokio::time::timeout(timeout, read_answer(resp, want)).await {
+            Err(_) => {
+                state.metrics.upstream_failure(self.workspace.index, UpstreamFailure::Timeout);
+                Err(CallError::Timeout)
+            }
+            Ok(r) => r,
+        }
+    }
+
+    /// [`Self::exchange`] inside the session, re-initialising the upstream
+    /// once if it forgot the session.
+    async fn call(&self, ctx: &Ctx<'_>, i: usize, msg: &Value) -> Result<Value, CallError> {
+        let u = self.upstream_session(ctx, i).await?;
+        match self
+            .exchange(ctx.state, i, u.session.as_deref(), u.version.as_deref(), msg, ctx.request_id)
+            .await
+        {
+            Err(CallError::SessionLost) => {
+                let u = self.renew(ctx, i).await?;
+                let (_, v) = self
+                    .exchange(ctx.state, i, u.session.as_deref(), u.version.as_deref(), msg, ctx.request_id)
+                    .await?;
+                Ok(v)
+            }
+            r => r.map(|(_, v)| v),
+        }
+    }
+
+    // ------------------------------------------------------------------ messages
+
+    async fn message(&self, ctx: &Ctx<'_>, token: &CachedToken, msg: Value) -> Result<Response<Body>, GatewayError> {
+        let id = msg.get("id").cloned();
+        let Some(method) = msg.get("method").and_then(Value::as_str) else {
+            // A response: the client answering a request an upstream sent.
+            return self.client_response(ctx, msg).await;
+        };
+        let Some(id) = id else {
+            self.client_notification(ctx, method, &msg).await;
+            return Ok(accepted());
+        };
+        let params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
+        let result = match method {
+            "ping" => json!({}),
+            "tools/list" => self.list(ctx, ListKind::Tools, &params).await?,
+            "prompts/list" => self.list(ctx, ListKind::Prompts, &params).await?,
+            "resources/list" => self.list(ctx, ListKind::Resources, &params).await?,
+            "resources/templates/list" => self.list(ctx, ListKind::Templates, &params).await?,
+            "logging/setLevel" => {
+                let results = join_all(ctx.usable.iter().map(|&i| self.call(ctx, i, &msg))).await;
+                for (&i, r) in ctx.usable.iter().zip(results) {
+                    if let Err(e) = r {
+                        tracing::warn!(server = %self.name(i), error = %e, "logging/setLevel failed");
+                    }
+                }
+                json!({})
+            }
+            "tools/call" | "prompts/get" => {
+                let kind = if method == "tools/call" {
+                    ListKind::Tools
+                } else {
+                    ListKind::Prompts
+                };
+                let name = params.get("name").and_then(Value::as_str).ok_or(GatewayError::InvalidParams)?;
+                let (i, original) = self.route_name(ctx, token, kind, name).await?;
+                let mut msg = msg;
+                msg["params"]["name"] = Value::String(original);
+                return self.forward(ctx, i, msg).await;
+            }
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                let uri = params.get("uri").and_then(Value::as_str).ok_or(GatewayError::InvalidParams)?;
+                let (i, original) = self.resource_owner(ctx, token, uri).await?;
+                let mut msg = msg;
+                msg["params"]["uri"] = Value::String(original);
+                return self.forward(ctx, i, msg).await;
+            }
+            "completion/complete" => {
+                let r = params.get("ref").ok_or(GatewayError::InvalidParams)?;
+                let mut msg = msg.clone();
+                let i = match r.get("type").and_then(Value::as_str) {
+                    Some("ref/prompt") => {
+                        let name = r.get("name").and_then(Value::as_str).ok_or(GatewayError::InvalidParams)?;
+                        let (i, original) = self.route_name(ctx, token, ListKind::Prompts, name).await?;
+                        msg["params"]["ref"]["name"] = Value::String(original);
+                        i
+                    }
+                    Some("ref/resource") => {
+                        let uri = r.get("uri").and_then(Value::as_str).ok_or(GatewayError::InvalidParams)?;
+                        self.template_owner(ctx, uri).await?
+                    }
+                    _ => return Err(GatewayError::InvalidParams),
+                };
+                return self.forward(ctx, i, msg).await;
+            }
+            _ => return Err(GatewayError::MethodNotFound),
+        };
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        ))
+    }
+
+    /// Notifications from the client go to every upstream of the session
+    /// (`notifications/initialized` was already sent at `initialize`).
+    /// Cancellation needs no routing: the cancelled id was sent to exactly
+    /// one upstream, and the others ignore ids they do not know.
+    async fn client_notification(&self, ctx: &Ctx<'_>, method: &str, msg: &Value) {
+        if method == "notifications/initialized" {
+            return;
+        }
+        join_all(ctx.usable.iter().map(|&i| async move {
+            if let Err(e) = self.call(ctx, i, msg).await {
+                tracing::debug!(server = %self.name(i), error = %e, method, "notification not delivered");
+            }
+        }))
+        .await;
+    }
+
+    /// The client's answer to a server-to-client request: back to the
+    /// upstream named in its id, with the upstream's own id.
+    async fn client_response(&self, ctx: &Ctx<'_>, mut msg: Value) -> Result<Response<Body>, GatewayError> {
+        let (i, original) = msg
+            .get("id")
+            .and_then(|id| self.unprefix_id(id))
+            .filter(|(i, _)| ctx.usable.contains(i))
+            .ok_or(GatewayError::InvalidParams)?;
+        msg["id"] = original;
+        self.call(ctx, i, &msg).await.map_err(CallError::into_gateway)?;
+        Ok(accepted())
+    }
+
+    fn unprefix_id(&self, id: &Value) -> Option<(usize, Value)> {
+        let (server, rest) = id.as_str()?.split_once("__")?;
+        Some((self.index_of(server)?, serde_json::from_str(rest).ok()?))
+    }
+
+    // ------------------------------------------------------------------ lists
+
+    async fn list(&self, ctx: &Ctx<'_>, kind: ListKind, params: &Value) -> Result<Value, GatewayError> {
+        if params.get("cursor").is_some_and(|c| !c.is_null()) {
+            // Every page of every upstream is merged into one answer, so no
+            // cursor is ever issued: one sent back is not ours.
+            return Err(GatewayError::InvalidParams);
+        }
+        let results = join_all(ctx.usable.iter().map(|&i| self.list_one(ctx, i, kind))).await;
+        let mut items = Vec::new();
+        let mut seen_uris = HashSet::new();
+        let mut owners = HashMap::new();
+        for (&i, r) in ctx.usable.iter().zip(results) {
+            let list = match r {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(server = %self.name(i), error = %e, method = kind.method(), "upstream left out of the list");
+                    if self.workspace.failure_mode == FailureMode::FailClosed {
+                        return Err(e.into_gateway());
+                    }
+                    continue;
+                }
+            };
+            for mut item in list {
+                match kind {
+                    ListKind::Tools | ListKind::Prompts => {
+                        let Some(name) = item.get("name").and_then(Value::as_str) else {
+                            continue;
+                        };
+                        let exposed = expose(self.name(i), name);
+                        if exposed.len() != self.name(i).len() + 2 + name.len() {
+                            self.remember_mangled(i, &exposed, name);
+                        }
+                        item["name"] = Value::String(exposed);
+                    }
+                    ListKind::Resources => {
+                        let Some(uri) = item.get("uri").and_then(Value::as_str).map(str::to_owned) else {
+                            continue;
+                        };
+                        if seen_uris.insert(uri.clone()) {
+                            owners.insert(uri, i);
+                        } else {
+                            item["uri"] = Value::String(format!("portcullis://{}/{uri}", self.name(i)));
+                        }
+                    }
+                    ListKind::Templates => {}
+                }
+                items.push(item);
+            }
+        }
+        if kind == ListKind::Resources {
+            if self.owners.len() + owners.len() > MAP_CAP {
+                self.owners.clear();
+            }
+            for (uri, i) in owners {
+                self.owners.insert(uri, i);
+            }
+        }
+        Ok(json!({ kind.key(): items }))
+    }
+
+    /// Every page of one upstream's list. A server without that kind of list
+    /// (-32601) contributes nothing; one marked down is skipped without
+    /// waiting for a connect timeout (the health probe brings it back).
+    async fn list_one(&self, ctx: &Ctx<'_>, i: usize, kind: ListKind) -> Result<Vec<Value>, CallError> {
+        if !self.up[i].load(Ordering::Relaxed) {
+            return Err(CallError::Down("marked down".into()));
+        }
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let params = match &cursor {
+                Some(c) => json!({"cursor": c}),
+                None => json!({}),
+            };
+            let msg = json!({"jsonrpc": "2.0", "id": "portcullis-list", "method": kind.method(), "params": params});
+            let answer = self.call(ctx, i, &msg).await?;
+            let Some(result) = answer.get("result") else {
+                let code = answer.pointer("/error/code").and_then(Value::as_i64);
+                if code == Some(-32601) {
+                    // The upstream does not serve this kind at all.
+                    return Ok(items);
+                }
+                return Err(CallError::Protocol(format!(
+                    "{} failed: {}",
+                    kind.method(),
+                    answer.get("error").unwrap_or(&Value::Null)
+                )));
+            };
+            if let Some(arr) = result.get(kind.key()).and_then(Value::as_array) {
+                items.extend(arr.iter().cloned());
+            }
+            match result.get("nextCursor").and_then(Value::as_str) {
+                Some(c) if !c.is_empty() => cursor = Some(c.to_owned()),
+                _ => return Ok(items),
+            }
+        }
+        Err(CallError::Protocol(format!("{} paginated past {MAX_PAGES} pages", kind.method())))
+    }
+
+    fn remember_mangled(&self, i: usize, exposed: &str, original: &str) {
+        let map = &self.mangled[i];
+        if map.len() >= MAP_CAP {
+            map.clear();
+        }
+        let rest = &exposed[self.name(i).len() + 2..];
+        map.insert(rest.to_owned(), original.to_owned());
+    }
+
+    /// `<server>__<name>` → (server, upstream name). A shortened name unknown
+    /// to this instance (listed on another) is learnt by listing that server.
+    async fn route_name(&self, ctx: &Ctx<'_>, token: &CachedToken, kind: ListKind, exposed: &str) -> Result<(usize, String), GatewayError> {
+        let (server, rest) = exposed.split_once("__").ok_or(GatewayError::InvalidParams)?;
+        let i = self.index_of(server).ok_or(GatewayError::InvalidParams)?;
+        if !Self::allowed(token, server) {
+            return Err(GatewayError::Forbidden);
+        }
+        if !ctx.usable.contains(&i) {
+            return Err(GatewayError::InvalidParams);
+        }
+        let lookup = |s: &Self| -> Option<String> {
+            if let Some(o) = s.mangled[i].get(rest) {
+                return Some(o.clone());
+            }
+            (expose(server, rest) == exposed).then(|| rest.to_owned())
+        };
+        if let Some(o) = lookup(self) {
+            return Ok((i, o));
+        }
+        self.list_one(ctx, i, kind)
+            .await
+            .map_err(CallError::into_gateway)?
+            .iter()
+            .for_each(|item| {
+                if let Some(name) = item.get("name").and_then(Value::as_str) {
+                    let e = expose(server, name);
+                    if e.len() != server.len() + 2 + name.len() {
+                        self.remember_mangled(i, &e, name);
+                    }
+                }
+            });
+        lookup(self).map(|o| (i, o)).ok_or(GatewayError::InvalidParams)
+    }
+
+    /// Which server a resource URI belongs to, and the URI it knows it by.
+    async fn resource_owner(&self, ctx: &Ctx<'_>, token: &CachedToken, uri: &str) -> Result<(usize, String), GatewayError> {
+        if let Some((server, original)) = uri.strip_prefix("portcullis://").and_then(|r| r.split_once('/')) {
+            let i = self.index_of(server).ok_or(GatewayError::InvalidParams)?;
+            if !Self::allowed(token, server) {
+                return Err(GatewayError::Forbidden);
+            }
+            return Ok((i, original.to_owned()));
+        }
+        let known = |s: &Self| s.owners.get(uri).map(|i| *i).filter(|i| ctx.usable.contains(i));
+        if let Some(i) = known(self) {
+            return Ok((i, uri.to_owned()));
+        }
+        self.list(ctx, ListKind::Resources, &json!({})).await?;
+        if let Some(i) = known(self) {
+            return Ok((i, uri.to_owned()));
+        }
+        // Not listed: a URI built from a template.
+        Ok((self.template_owner(ctx, uri).await?, uri.to_owned()))
+    }
+
+    /// The server whose resource template matches `uri` best (longest
+    /// literal prefix); the first usable server when none does.
+    async fn template_owner(&self, ctx: &Ctx<'_>, uri: &str) -> Result<usize, GatewayError> {
+        let results = join_all(ctx.usable.iter().map(|&i| self.list_one(ctx, i, ListKind::Templates))).await;
+        let mut best: Option<(usize, usize)> = None;
+        for (&i, r) in ctx.usable.iter().zip(results) {
+            for t in r.unwrap_or_default() {
+                let Some(template) = t.get("uriTemplate").and_then(Value::as_str) else {
+                    continue;
+                };
+                let literal = template.split('{').next().unwrap_or_default();
+                let exact = template == uri;
+                if (exact || uri.starts_with(literal)) && best.is_none_or(|(_, len)| literal.len() > len || exact) {
+                    best = Some((i, if exact { usize::MAX } else { literal.len() }));
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+            .or_else(|| ctx.usable.first().copied())
+            .ok_or(GatewayError::InvalidParams)
+    }
+
+    // ------------------------------------------------------------------ streaming
+
+    /// Sends a routed request and relays the answer as it arrives: JSON as
+    /// is, an event stream message by message with server-to-client request
+    /// ids prefixed.
+    async fn forward(&self, ctx: &Ctx<'_>, i: usize, msg: Value) -> Result<Response<Body>, GatewayError> {
+        let body = Bytes::from(serde_json::to_vec(&msg).expect("serializable"));
+        let u = self.upstream_session(ctx, i).await.map_err(CallError::into_gateway)?;
+        let resp = match self
+            .send(
+                ctx.state,
+                i,
+                Method::POST,
+                u.session.as_deref(),
+                u.version.as_deref(),
+                body.clone(),
+                ctx.request_id,
+            )
+            .await
+        {
+            Err(CallError::SessionLost) => {
+                let u = self.renew(ctx, i).await.map_err(CallError::into_gateway)?;
+                self.send(
+                    ctx.state,
+                    i,
+                    Method::POST,
+                    u.session.as_deref(),
+                    u.version.as_deref(),
+                    body,
+                    ctx.request_id,
+                )
+                .await
+            }
+            r => r,
+        }
+        .map_err(|e| {
+            tracing::warn!(server = %self.name(i), error = %e, "routed request failed");
+            e.into_gateway()
+        })?;
+        let (parts, incoming) = resp.into_parts();
+        if !is_event_stream(&parts.headers) {
+            let mut out = Response::new(incoming.boxed());
+            *out.status_mut() = parts.status;
+            if let Some(ct) = parts.headers.get(CONTENT_TYPE) {
+                out.headers_mut().insert(CONTENT_TYPE, ct.clone());
+            }
+            return Ok(out);
+        }
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        tokio::spawn(relay(incoming, self.name(i).to_owned(), tx));
+        Ok(self.event_stream(rx))
+    }
+
+    /// The client's GET stream: every upstream's GET stream merged, plus
+    /// `list_changed` notifications when an upstream goes down or comes back.
+    async fn open_stream(&self, ctx: &Ctx<'_>) -> Result<Response<Body>, GatewayError> {
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        for &i in &ctx.usable {
+            let Ok(u) = self.upstream_session(ctx, i).await else { continue };
+            let resp = self
+                .send(
+                    ctx.state,
+                    i,
+                    Method::GET,
+                    u.session.as_deref(),
+                    u.version.as_deref(),
+                    Bytes::new(),
+                    ctx.request_id,
+                )
+                .await;
+            match resp {
+                Ok(r) if r.status().is_success() && is_event_stream(r.headers()) => {
+                    tokio::spawn(relay(r.into_body(), self.name(i).to_owned(), tx.clone()));
+                }
+                // 405: this upstream offers no stream; anything else: it has
+                // nothing to say on one now. Neither ends the client's stream.
+                Ok(_) => {}
+                Err(e) => tracing::debug!(server = %self.name(i), error = %e, "no upstream event stream"),
+            }
+        }
+        let mut changes = self.changed.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    r = changes.recv() => {
+                        if matches!(r, Err(broadcast::error::RecvError::Closed)) {
+                            return;
+                        }
+                        for m in ["notifications/tools/list_changed", "notifications/prompts/list_changed", "notifications/resources/list_changed"] {
+                            let msg = serde_json::to_vec(&json!({"jsonrpc": "2.0", "method": m})).expect("serializable");
+                            if tx.send(sse::encode(&msg)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(self.event_stream(rx))
+    }
+
+    fn event_stream(&self, rx: mpsc::Receiver<Bytes>) -> Response<Body> {
+        let body = ChannelBody(rx);
+        let body: Body = if self.keepalive.is_zero() {
+            body.map_err(|never| match never {}).boxed()
+        } else {
+            crate::gateway::KeepAlive::new(body, self.keepalive)
+                .map_err(|never| match never {})
+                .boxed()
+        };
+        let mut resp = Response::new(body);
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        resp
+    }
+}
+
+/// Reads the answer to a message: JSON, or an event stream up to the response
+/// with the wanted id. Non-2xx answers that carry a JSON-RPC error are
+/// returned as that error.
+async fn read_answer(resp: Response<Incoming>, want: Option<&Value>) -> Result<(HeaderMap, Value), CallError> {
+    let (parts, body) = resp.into_parts();
+    if parts.status == StatusCode::ACCEPTED || want.is_none() {
+        return if parts.status.is_success() {
+            Ok((parts.headers, Value::Null))
+        } else {
+            Err(CallError::Protocol(format!("status {}", parts.status)))
+        };
+    }
+    if is_event_stream(&parts.headers) && parts.status.is_success() {
+        let mut body = body;
+        let mut parser = sse::Parser::new(MAX_MESSAGE);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| CallError::Down(e.to_string()))?;
+            let Some(data) = frame.data_ref() else { continue };
+            for event in parser.feed(data).map_err(|_| CallError::Protocol("event too large".into()))? {
+                let Ok(v) = serde_json::from_str::<Value>(&event.data) else {
+                    continue;
+                };
+                if v.get("method").is_none() && v.get("id") == want {
+                    return Ok((parts.headers, v));
+                }
+            }
+        }
+        return Err(CallError::Protocol("event stream ended without an answer".into()));
+    }
+    let bytes = Limited::new(body, MAX_MESSAGE)
+        .collect()
+        .await
+        .map_err(|e| CallError::Down(e.to_string()))?
+        .to_bytes();
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v) if v.get("result").is_some() || v.get("error").is_some() => Ok((parts.headers, v)),
+        _ => Err(CallError::Protocol(format!("status {} without a JSON-RPC answer", parts.status))),
+    }
+}
+
+/// Copies an upstream event stream to a client, message by message, with the
+/// ids of server-to-client requests prefixed. Ends when either side does.
+async fn relay(mut body: Incoming, server: String, tx: mpsc::Sender<Bytes>) {
+    let mut parser = sse::Parser::new(MAX_MESSAGE);
+    loop {
+        let frame = tokio::select! {
+            _ = tx.closed() => return,
+            f = body.frame() => f,
+        };
+        let Some(Ok(frame)) = frame else { return };
+        let Some(data) = frame.data_ref() else { continue };
+        let Ok(events) = parser.feed(data) else {
+            tracing::warn!(server, "upstream event larger than the bound; stream cut");
+            return;
+        };
+        for event in events {
+            let Ok(mut msg) = serde_json::from_str::<Value>(&event.data) else {
+                continue;
+            };
+            prefix_server_request(&server, &mut msg);
+            let bytes = serde_json::to_vec(&msg).expect("serializable");
+            if tx.send(sse::encode(&bytes)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Server-to-client requests (and the upstream's cancellations of them) get
+/// ids the client can answer and the gateway can route: `<server>__<id>`.
+fn prefix_server_request(server: &str, msg: &mut Value) {
+    let Some(method) = msg.get("method").and_then(Value::as_str) else {
+        return;
+    };
+    if method == "notifications/cancelled" {
+        if let Some(id) = msg.pointer_mut("/params/requestId") {
+            *id = Value::String(format!("{server}__{id}"));
+        }
+        return;
+    }
+    if let Some(id) = msg.get_mut("id") {
+        *id = Value::String(format!("{server}__{id}"));
+    }
+}
+
+fn is_event_stream(h: &HeaderMap) -> bool {
+    h.get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut resp = Response::new(full(serde_json::to_vec(v).expect("serializable")));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn accepted() -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::new()));
+    *resp.status_mut() = StatusCode::ACCEPTED;
+    resp
+}
+
+/// The union of the upstreams' capabilities. `listChanged` is always
+/// announced: the gateway itself sends it when an upstream comes or goes.
+fn merge_capabilities(caps: &[Value]) -> Value {
+    let has = |k: &str| caps.iter().any(|c| c.get(k).is_some());
+    let mut out = json!({"tools": {"listChanged": true}});
+    if has("prompts") {
+        out["prompts"] = json!({"listChanged": true});
+    }
+    if has("resources") {
+        let subscribe = caps.iter().any(|c| c.pointer("/resources/subscribe") == Some(&Value::Bool(true)));
+        out["resources"] = json!({"listChanged": true, "subscribe": subscribe});
+    }
+    if has("logging") {
+        out["logging"] = json!({});
+    }
+    if has("completions") {
+        out["completions"] = json!({});
+    }
+    out
+}
+
+/// The name a client sees: `<server>__<name>` when that matches
+/// `^[A-Za-z0-9_-]{1,64}$`; otherwise the name with other characters replaced
+/// by `_`, cut to fit, and `_` plus 6 base62 characters of its SHA-256, so
+/// that different long names stay different.
+pub fn expose(server: &str, name: &str) -> String {
+    let valid = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+    let direct = format!("{server}__{name}");
+    if direct.len() <= 64 && !name.is_empty() && name.bytes().all(valid) {
+        return direct;
+    }
+    let mut out = format!("{server}__");
+    for b in name.bytes() {
+        if out.len() >= 64 - 7 {
+            break;
+        }
+        out.push(if valid(b) { b as char } else { '_' });
+    }
+    out.push('_');
+    let digest = Sha256::digest(name.as_bytes());
+    let mut n = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    for _ in 0..6 {
+        out.push(ALPHABET[(n % 62) as usize] as char);
+        n /= 62;
+    }
+    out
+}
+
+/// Probes upstreams: every [`PROBE_UP`] while up, with a doubling backoff
+/// while down. Any HTTP answer to a sessionless `ping` counts as up.
+fn spawn_health(agg: Weak<Aggregator>) {
+    tokio::spawn(async move {
+        let n = match agg.upgrade() {
+            Some(a) => a.upstreams.len(),
+            None => return,
+        };
+        let mut next = vec![Instant::now() + PROBE_UP; n];
+        let mut backoff = vec![PROBE_DOWN.0; n];
+        let ping = Bytes::from_static(br#"{"jsonrpc":"2.0","id":"portcullis-health","method":"ping"}"#);
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let Some(a) = agg.upgrade() else { return };
+            let now = Instant::now();
+            for i in 0..n {
+                let up = a.up[i].load(Ordering::Relaxed);
+                if !up && next[i] > now + backoff[i] {
+                    // Just went down: first retry after the shortest backoff.
+                    next[i] = now + backoff[i];
+                }
+                if now < next[i] {
+                    continue;
+                }
+                let server = &a.workspace.servers[i];
+                let mut req = Request::new(Full::new(ping.clone()));
+                *req.method_mut() = Method::POST;
+                *req.uri_mut() = server.url.clone();
+                req.headers_mut()
+                    .insert(ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
+                req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                for (name, v) in &server.headers {
+                    req.headers_mut().insert(name.clone(), v.clone());
+                }
+                let alive = a.upstreams[i].send(req).await.is_ok();
+                a.set_up(i, alive);
+                if alive {
+                    backoff[i] = PROBE_DOWN.0;
+                    next[i] = Instant::now() + PROBE_UP;
+                } else {
+                    next[i] = Instant::now() + backoff[i];
+                    backoff[i] = (backoff[i] * 2).min(PROBE_DOWN.1);
+                }
+            }
+        }
+    });
+}
+
+/// A response body fed by a channel; the sender sees `closed()` when the
+/// client goes away, which ends the relays feeding it.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_prefixed_and_always_fit_the_pattern() {
+        assert_eq!(expose("py", "echo"), "py__echo");
+        let long = "a".repeat(80);
+        let odd = "get.file/contents v2";
+        for name in [long.as_str(), odd, "ünïcode", ""] {
+            let e = expose("everything", name);
+            assert!(
+                e.len() <= 64 && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+                "{e}"
+            );
+            assert!(e.starts_with("everything__"), "{e}");
+        }
+        assert_ne!(
+            expose("s", &"a".repeat(80)),
+            expose("s", &"a".repeat(81)),
+            "long names stay distinct"
+        );
+        assert_eq!(expose("s", odd), expose("s", odd), "deterministic");
+    }
+
+    #[test]
+    fn server_requests_get_routable_ids() {
+        let mut m = json!({"jsonrpc":"2.0","id":0,"method":"sampling/createMessage","params":{}});
+        prefix_server_request("everything", &mut m);
+        assert_eq!(m["id"], "everything__0");
+        let mut m = json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"x"}});
+        prefix_server_request("py", &mut m);
+        assert_eq!(m["params"]["requestId"], r#"py__"x""#);
+        let mut m = json!({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1}});
+        prefix_server_request("py", &mut m);
+        assert_eq!(m["params"]["progressToken"], 1, "progress tokens are the client's own");
+        let mut m = json!({"jsonrpc":"2.0","id":3,"result":{}});
+        prefix_server_request("py", &mut m);
+        assert_eq!(m["id"], 3, "answers to the client's requests keep its id");
+    }
+
+    #[test]
+    fn capabilities_are_merged() {
+        let c = merge_capabilities(&[
+            json!({"tools":{},"logging":{}}),
+            json!({"resources":{"subscribe":true},"prompts":{}}),
+        ]);
+        assert_eq!(c["tools"]["listChanged"], true);
+        assert_eq!(c["resources"]["subscribe"], true);
+        assert!(c.get("prompts").is_some() && c.get("logging").is_some() && c.get("completions").is_none());
+    }
+}
