@@ -270,6 +270,8 @@ def multi_setup(
     db.parent.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
     env.update({"PORTCULLIS_IT_PY_KEY": PY_UPSTREAM_KEY, "RUST_BACKTRACE": "1", "NO_COLOR": "1"})
+    if os.environ.get("PORTCULLIS_IT_LOG"):  # e.g. PORTCULLIS_IT_LOG=debug to debug a failure
+        env["PORTCULLIS_LOG"] = os.environ["PORTCULLIS_IT_LOG"]
     return MultiSetup(
         workdir=workdir, db=db, env=env,
         config_kwargs=dict(db=db, py_url=py_upstream.url, fragile_py_url=fragile_py_upstream.url,
@@ -490,6 +492,22 @@ async def test_control_sampling_and_elicitation_direct(everything_upstream):
             assert "sampled by the pytest client" in text_of(r) and "pytest-model" in text_of(r), text_of(r)
             r = await c.call_tool("trigger-elicitation-request", {})
             assert "- Name: Ada Lovelace" in text_of(r) and "- Favorite Integer: 7" in text_of(r), text_of(r)
+
+
+async def test_control_concurrent_sampling_and_elicitation_direct(everything_upstream):
+    rec = Recorder()
+    results: dict[str, str] = {}
+    with anyio.fail_after(OP_TIMEOUT):
+        async with mcp_client(everything_upstream.url, cache=None, mode="legacy", sampling_callback=rec.sample,
+                              elicitation_callback=rec.elicit) as c:
+            async def call(name: str, args: dict) -> None:
+                results[name] = text_of(await c.call_tool(name, args))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, "trigger-sampling-request", {"prompt": "one"})
+                tg.start_soon(call, "trigger-elicitation-request", {})
+    assert "sampled by the pytest client" in results["trigger-sampling-request"], results
+    assert "- Name: Ada Lovelace" in results["trigger-elicitation-request"], results
 
 
 def test_control_raw_session_direct(everything_upstream, py_upstream):
@@ -783,6 +801,30 @@ async def test_concurrent_sampling_and_elicitation(team_gw):
     assert "- Name: Ada Lovelace" in results["everything__trigger-elicitation-request"], results
 
 
+def test_concurrent_requests_in_one_session(team_gw):
+    """Clients send requests concurrently within one session (the Python SDK, for one,
+    lists tools before calling one it has not seen). Each must be answered: the gateway's
+    own requests to an upstream need ids that are unique within that upstream session."""
+    import concurrent.futures
+
+    tok = team_gw.token("team")
+    for attempt in range(3):
+        s = RawSession(team_gw.ws_url("team"), tok["token"])
+        s.initialize()
+        with concurrent.futures.ThreadPoolExecutor(6) as ex:
+            lists = [ex.submit(s.tool_names) for _ in range(3)]
+            prompts = [ex.submit(s.request, "prompts/list", {}) for _ in range(2)]
+            call = ex.submit(s.call, "everything__echo", {"message": f"c{attempt}"})
+            try:
+                names = [f.result(timeout=8) for f in lists]
+                [f.result(timeout=8) for f in prompts]
+                echoed = call.result(timeout=8)
+            except concurrent.futures.TimeoutError:
+                pytest.fail(f"attempt {attempt}: a concurrent request in one session got no answer within 8 s")
+        assert all("everything__echo" in n and "py__echo" in n for n in names), names
+        assert raw_text(echoed) == f"Echo: c{attempt}"
+
+
 # --------------------------------------------------------------------------- 6. scoped token
 
 
@@ -912,7 +954,9 @@ async def test_sdk_session_survives_restart(team_gw):
     with anyio.fail_after(OP_TIMEOUT + 15):
         async with client(team_gw.ws_url("team"), tok["token"]) as c:
             assert text_of(await c.call_tool("py__echo", {"text": "one"})) == "one"
-            await anyio.to_thread.run_sync(team_gw.restart)
+            # blocking on purpose: not from a worker thread, whose exit would SIGKILL the new
+            # gateway (the harness sets PR_SET_PDEATHSIG, which follows the spawning thread)
+            team_gw.restart()
             assert text_of(await c.call_tool("py__echo", {"text": "two"})) == "two"
             assert text_of(await c.call_tool("everything__echo", {"message": "three"})) == "Echo: three"
 
