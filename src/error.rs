@@ -59,6 +59,9 @@ pub enum GatewayError {
     /// Aggregating workspace: a session id we did not issue (or sealed under
     /// a key no longer configured); the client starts a new session.
     SessionNotFound,
+    /// Stateless revision (2026-07-28): `Mcp-Method` / `Mcp-Name` missing or
+    /// not what the body says.
+    HeaderMismatch,
 }
 
 impl GatewayError {
@@ -82,6 +85,7 @@ impl GatewayError {
             GatewayError::InvalidParams => (StatusCode::BAD_REQUEST, -32602, "Invalid params"),
             GatewayError::SessionRequired => (StatusCode::BAD_REQUEST, -32600, "Bad Request: Mcp-Session-Id header is required"),
             GatewayError::SessionNotFound => (StatusCode::NOT_FOUND, -32600, "Session not found"),
+            GatewayError::HeaderMismatch => (StatusCode::BAD_REQUEST, -32020, "Header mismatch"),
         }
     }
 

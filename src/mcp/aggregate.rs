@@ -45,6 +45,8 @@ use crate::upstream::{Upstream, UpstreamError};
 
 /// Handshake revisions we negotiate, newest first.
 pub const SUPPORTED_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+/// The stateless revision: no handshake, no session, `_meta` on every request.
+pub const STATELESS_VERSION: &str = "2026-07-28";
 /// Pages followed per upstream list before giving up (a looping cursor).
 const MAX_PAGES: usize = 100;
 /// Largest upstream message read whole (lists, handshake answers, one event).
@@ -143,6 +145,9 @@ pub struct Aggregator {
     mangled: Vec<DashMap<String, String>>,
     /// Resource URI → server, from the latest merged resource list.
     owners: DashMap<String, usize>,
+    /// What each upstream announced at its first handshake here (for
+    /// `server/discover`, which has no handshake of its own).
+    capabilities: Vec<std::sync::OnceLock<Value>>,
 }
 
 /// What one request knows about its session.
@@ -153,6 +158,8 @@ struct Ctx<'a> {
     request_id: &'a HeaderValue,
     /// Servers of this session the token may use, in configuration order.
     usable: Vec<usize>,
+    /// A request of the stateless revision: routing headers go upstream too.
+    stateless: bool,
 }
 
 impl Aggregator {
@@ -169,6 +176,7 @@ impl Aggregator {
             renewed: DashMap::new(),
             mangled: (0..n).map(|_| DashMap::new()).collect(),
             owners: DashMap::new(),
+            capabilities: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
         });
         spawn_health(Arc::downgrade(&agg));
         agg
@@ -221,6 +229,9 @@ impl Aggregator {
             if msg.get("method").and_then(Value::as_str) == Some("initialize") {
                 return self.initialize(state, token, msg, request_id).await;
             }
+            if !headers.contains_key("mcp-session-id") && is_stateless(headers, &msg) {
+                return self.stateless(state, token, headers, msg, request_id).await;
+            }
         }
         let (sealed, session) = self.session(headers, token)?;
         let ctx = Ctx {
@@ -234,6 +245,7 @@ impl Aggregator {
                 .filter(|u| Self::allowed(token, &u.server))
                 .filter_map(|u| self.index_of(&u.server))
                 .collect(),
+            stateless: false,
         };
         match method {
             Method::GET => self.open_stream(&ctx).await,
@@ -265,6 +277,78 @@ impl Aggregator {
             return Err(GatewayError::Unauthorized { header_missing: false });
         }
         Ok((sealed.to_owned(), session))
+    }
+
+    /// A request of the stateless revision (2026-07-28). `server/discover`
+    /// is answered here; everything else goes through the same routing as a
+    /// session's requests, over upstream sessions this instance opens on the
+    /// token's behalf (keyed by token, renewed when an upstream forgets one):
+    /// the upstreams may speak only the handshake revisions.
+    async fn stateless(
+        &self,
+        state: &AppState,
+        token: &CachedToken,
+        headers: &HeaderMap,
+        msg: Value,
+        request_id: &HeaderValue,
+    ) -> Result<Response<Body>, GatewayError> {
+        check_routing_headers(headers, &msg)?;
+        let meta = msg.pointer("/params/_meta");
+        let field = |k: &str| meta.and_then(|m| m.get(k)).cloned();
+        let client = json!({
+            "capabilities": field("io.modelcontextprotocol/clientCapabilities").unwrap_or_else(|| json!({})),
+            "clientInfo": field("io.modelcontextprotocol/clientInfo").unwrap_or_else(|| json!({"name": "unknown", "version": "0"})),
+        });
+        let session = SessionState {
+            token_id: token.id.to_string(),
+            version: SUPPORTED_VERSIONS[0].to_owned(),
+            client: Some(client),
+            upstreams: Vec::new(),
+        };
+        let key = format!("stateless/{}", token.id);
+        let ctx = Ctx {
+            state,
+            sealed: &key,
+            session: &session,
+            request_id,
+            usable: (0..self.upstreams.len()).filter(|&i| Self::allowed(token, self.name(i))).collect(),
+            stateless: true,
+        };
+        if msg.get("method").and_then(Value::as_str) == Some("server/discover") {
+            let id = msg.get("id").cloned().ok_or(GatewayError::InvalidRequest)?;
+            let mut versions = vec![STATELESS_VERSION];
+            versions.extend(SUPPORTED_VERSIONS);
+            let result = json!({
+                "resultType": "complete",
+                "supportedVersions": versions,
+                "capabilities": merge_capabilities(&self.capabilities(&ctx).await),
+                "serverInfo": {"name": "portcullis", "title": format!("Portcullis workspace {}", self.workspace.slug), "version": env!("CARGO_PKG_VERSION")},
+            });
+            return Ok(json_response(
+                StatusCode::OK,
+                &json!({"jsonrpc": "2.0", "id": id, "result": result}),
+            ));
+        }
+        if msg.get("method").is_none() {
+            // No server-to-client requests exist in this revision to answer.
+            return Err(GatewayError::InvalidRequest);
+        }
+        self.message(&ctx, token, msg).await
+    }
+
+    /// The capabilities the usable upstreams announced, from their last
+    /// handshake on this instance (one is made when none was).
+    async fn capabilities(&self, ctx: &Ctx<'_>) -> Vec<Value> {
+        let mut out = Vec::new();
+        for &i in &ctx.usable {
+            if self.capabilities[i].get().is_none() {
+                let _ = self.upstream_session(ctx, i).await;
+            }
+            if let Some(c) = self.capabilities[i].get() {
+                out.push(c.clone());
+            }
+        }
+        out
     }
 
     // ------------------------------------------------------------------ handshake
@@ -359,6 +443,7 @@ impl Aggregator {
             .cloned()
             .ok_or_else(|| CallError::Protocol(format!("initialize failed: {}", answer.get("error").unwrap_or(&Value::Null))))?;
         let session = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let _ = self.capabilities[i].set(result.get("capabilities").cloned().unwrap_or_else(|| json!({})));
         let chosen = result.get("protocolVersion").and_then(Value::as_str).unwrap_or(version).to_owned();
         let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
         self.exchange(state, i, session.as_deref(), Some(&chosen), &note, request_id)
@@ -427,6 +512,43 @@ impl Aggregator {
 
     // ------------------------------------------------------------------ transport
 
+    /// A routed POST in a session; with `routing`, the stateless revision's
+    /// `Mcp-Method` / `Mcp-Name` headers are set from the rewritten message.
+    async fn send_routed(
+        &self,
+        state: &AppState,
+        i: usize,
+        u: &UpstreamSession,
+        body: Bytes,
+        request_id: &HeaderValue,
+        routing: Option<&Value>,
+    ) -> Result<Response<Incoming>, CallError> {
+        let mut extra = Vec::new();
+        if let Some(msg) = routing {
+            if let Some(m) = msg
+                .get("method")
+                .and_then(Value::as_str)
+                .and_then(|m| HeaderValue::from_str(m).ok())
+            {
+                extra.push(("mcp-method", m));
+            }
+            if let Some(n) = routed_name(msg).and_then(|n| HeaderValue::from_str(n).ok()) {
+                extra.push(("mcp-name", n));
+            }
+        }
+        self.send_with(
+            state,
+            i,
+            Method::POST,
+            u.session.as_deref(),
+            u.version.as_deref(),
+            body,
+            request_id,
+            &extra,
+        )
+        .await
+    }
+
     /// One HTTP request to upstream `i`.
     #[allow(clippy::too_many_arguments)]
     async fn send(
@@ -438,6 +560,21 @@ impl Aggregator {
         version: Option<&str>,
         body: Bytes,
         request_id: &HeaderValue,
+    ) -> Result<Response<Incoming>, CallError> {
+        self.send_with(state, i, method, session, version, body, request_id, &[]).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send_with(
+        &self,
+        state: &AppState,
+        i: usize,
+        method: Method,
+        session: Option<&str>,
+        version: Option<&str>,
+        body: Bytes,
+        request_id: &HeaderValue,
+        extra: &[(&'static str, HeaderValue)],
     ) -> Result<Response<Incoming>, CallError> {
         let server = &self.workspace.servers[i];
         let mut req = Request::new(Full::new(body));
@@ -466,6 +603,9 @@ impl Aggregator {
             h.insert(name.clone(), v.clone());
         }
         h.insert("x-request-id", request_id.clone());
+        for (name, v) in extra {
+            h.insert(*name, v.clone());
+        }
         let started = Instant::now();
         match self.upstreams[i].send(req).await {
             Ok(resp) => {
@@ -837,31 +977,12 @@ impl Aggregator {
     /// ids prefixed.
     async fn forward(&self, ctx: &Ctx<'_>, i: usize, msg: Value) -> Result<Response<Body>, GatewayError> {
         let body = Bytes::from(serde_json::to_vec(&msg).expect("serializable"));
+        let routing = ctx.stateless.then_some(&msg);
         let u = self.upstream_session(ctx, i).await.map_err(CallError::into_gateway)?;
-        let resp = match self
-            .send(
-                ctx.state,
-                i,
-                Method::POST,
-                u.session.as_deref(),
-                u.version.as_deref(),
-                body.clone(),
-                ctx.request_id,
-            )
-            .await
-        {
+        let resp = match self.send_routed(ctx.state, i, &u, body.clone(), ctx.request_id, routing).await {
             Err(CallError::SessionLost) => {
                 let u = self.renew(ctx, i).await.map_err(CallError::into_gateway)?;
-                self.send(
-                    ctx.state,
-                    i,
-                    Method::POST,
-                    u.session.as_deref(),
-                    u.version.as_deref(),
-                    body,
-                    ctx.request_id,
-                )
-                .await
+                self.send_routed(ctx.state, i, &u, body, ctx.request_id, routing).await
             }
             r => r,
         }
@@ -1032,6 +1153,42 @@ fn prefix_server_request(server: &str, msg: &mut Value) {
     if let Some(id) = msg.get_mut("id") {
         *id = Value::String(format!("{server}__{id}"));
     }
+}
+
+/// Does this sessionless request speak the stateless revision? Its header,
+/// or the version its `_meta` names.
+fn is_stateless(headers: &HeaderMap, msg: &Value) -> bool {
+    headers.get("mcp-protocol-version").is_some_and(|v| v == STATELESS_VERSION)
+        || msg
+            .pointer("/params/_meta/io.modelcontextprotocol~1protocolVersion")
+            .and_then(Value::as_str)
+            == Some(STATELESS_VERSION)
+}
+
+/// The name a routed request is addressed to: a tool or prompt name, or a URI.
+fn routed_name(msg: &Value) -> Option<&str> {
+    match msg.get("method").and_then(Value::as_str)? {
+        "tools/call" | "prompts/get" => msg.pointer("/params/name")?.as_str(),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => msg.pointer("/params/uri")?.as_str(),
+        _ => None,
+    }
+}
+
+/// The stateless revision mirrors the method and the name in headers, for
+/// routing without parsing; they must agree with the body (-32020 otherwise).
+fn check_routing_headers(headers: &HeaderMap, msg: &Value) -> Result<(), GatewayError> {
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    if let Some(method) = msg.get("method").and_then(Value::as_str)
+        && header("mcp-method") != Some(method)
+    {
+        return Err(GatewayError::HeaderMismatch);
+    }
+    if let Some(name) = routed_name(msg)
+        && header("mcp-name") != Some(name)
+    {
+        return Err(GatewayError::HeaderMismatch);
+    }
+    Ok(())
 }
 
 fn is_event_stream(h: &HeaderMap) -> bool {

@@ -185,6 +185,8 @@ pub struct Setup {
     pub limits_rpm: u32,
     /// Builds the store instead of the configured one (fault injection).
     pub store: Option<StoreFactory>,
+    /// TOML appended as is (e.g. a workspace with several servers).
+    pub raw: String,
 }
 
 pub type StoreFactory = Box<dyn FnOnce(&Config) -> Arc<dyn portcullis::store::TokenStore>>;
@@ -197,6 +199,7 @@ impl Setup {
             server_extra: String::new(),
             limits_rpm: 120,
             store: None,
+            raw: String::new(),
         }
     }
     /// Another workspace; `server_extra` adds keys to its server table.
@@ -207,6 +210,12 @@ impl Setup {
     pub fn server(mut self, extra: &str) -> Self {
         self.server_extra.push_str(extra);
         self.server_extra.push('\n');
+        self
+    }
+    /// TOML appended after the generated workspaces.
+    pub fn raw(mut self, toml: &str) -> Self {
+        self.raw.push_str(toml);
+        self.raw.push('\n');
         self
     }
     /// Extra keys on the `demo` workspace table (e.g. requests_per_minute).
@@ -229,6 +238,7 @@ impl Setup {
                 "[[workspaces]]\nslug = \"{slug}\"\n{ws_extra}\n[[workspaces.servers]]\nname = \"main\"\nurl = \"{url}\"\nheaders = {{ Authorization = \"Bearer {DEMO_KEY}\", X-Upstream-Extra = \"configured\" }}\n{server_extra}\n"
             ));
         }
+        text.push_str(&self.raw);
         let running = match self.store {
             None => start_running(&text).await,
             Some(make) => {

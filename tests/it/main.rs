@@ -2,6 +2,7 @@
 //! real loopback sockets.
 
 mod admin_api;
+mod aggregate;
 mod cli;
 mod cluster;
 mod data_plane;
