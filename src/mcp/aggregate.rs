@@ -219,7 +219,7 @@ impl Aggregator {
         if !self.workspace.servers.iter().any(|s| Self::allowed(token, &s.name)) {
             return Err(GatewayError::Forbidden);
         }
-        if method == Method::POST {
+        let msg = if method == Method::POST {
             let msg: Value = serde_json::from_slice(&body).map_err(|_| GatewayError::ParseError)?;
             if !msg.is_object() {
                 // Batches (2025-03-26 only) are not fanned out: each message
@@ -232,7 +232,10 @@ impl Aggregator {
             if !headers.contains_key("mcp-session-id") && is_stateless(headers, &msg) {
                 return self.stateless(state, token, headers, msg, request_id).await;
             }
-        }
+            Some(msg)
+        } else {
+            None
+        };
         let (sealed, session) = self.session(headers, token)?;
         let ctx = Ctx {
             state,
@@ -247,17 +250,14 @@ impl Aggregator {
                 .collect(),
             stateless: false,
         };
-        match method {
-            Method::GET => self.open_stream(&ctx).await,
-            Method::DELETE => {
+        match msg {
+            Some(msg) => self.message(&ctx, token, msg).await,
+            None if method == Method::GET => self.open_stream(&ctx).await,
+            None => {
                 join_all(ctx.usable.iter().map(|&i| self.end_session(&ctx, i))).await;
                 let mut resp = Response::new(full(Bytes::new()));
                 *resp.status_mut() = StatusCode::OK;
                 Ok(resp)
-            }
-            _ => {
-                let msg: Value = serde_json::from_slice(&body).map_err(|_| GatewayError::ParseError)?;
-                self.message(&ctx, token, msg).await
             }
         }
     }

@@ -617,6 +617,7 @@ async fn a_flood_of_random_tokens_cannot_flood_the_store() {
     let (t, _) = gw.create_token("demo", json!({})).await;
     assert_eq!(gw.post("demo", Some(&t), echo_call(0, "x")).await.status, 200);
     let reads_before = metric(&gw, "portcullis_store_reads_total").await;
+    let started = std::time::Instant::now();
     let mut statuses = Vec::new();
     for i in 0..30 {
         // Well-formed (valid checksum), never issued, all different.
@@ -626,10 +627,17 @@ async fn a_flood_of_random_tokens_cannot_flood_the_store() {
         assert_eq!(gw.post("demo", Some(&t), echo_call(i, "x")).await.status, 200);
     }
     let reads = metric(&gw, "portcullis_store_reads_total").await - reads_before;
-    assert!(reads <= 6, "{reads} store reads for 30 random tokens");
+    // The budget is a burst of 5 refilled at 5/s: what the loop's duration
+    // (long on a loaded machine) allows, and far below one read per token.
+    let allowed = 5 + (5.0 * started.elapsed().as_secs_f64()).ceil() as u64;
+    assert!(
+        reads <= allowed && reads < 30,
+        "{reads} store reads for 30 random tokens (budget allowed {allowed})"
+    );
     assert!(statuses.iter().all(|s| *s == 401 || *s == 503), "{statuses:?}");
-    assert!(statuses.iter().filter(|s| **s == 503).count() >= 24, "{statuses:?}");
-    assert!(metric(&gw, "portcullis_store_miss_budget_exhausted_total").await >= 24);
+    let refused = statuses.iter().filter(|s| **s == 503).count() as u64;
+    assert!(refused >= 30 - allowed.min(30), "{statuses:?}");
+    assert!(metric(&gw, "portcullis_store_miss_budget_exhausted_total").await >= refused);
 }
 
 async fn metric(gw: &Gateway, name: &str) -> u64 {
