@@ -51,6 +51,49 @@ async def progress(ctx: Context, steps: int = 5, interval_ms: int = 500) -> str:
     return f"done after {steps} steps"
 
 
+# Prompts, resources and a completion, for the multi-server workspace tests
+# (test_multi_server.py). The tool set above is unchanged: other tests pin it.
+
+PY_RESOURCE_URI = "py-upstream://info"
+# Deliberately the same URI as one of server-everything's static resources, so that a
+# workspace made of both has a resource URI collision for the gateway to resolve.
+COLLIDING_RESOURCE_URI = "demo://resource/static/document/instructions.md"
+
+
+@server.prompt()
+def greet(name: str) -> str:
+    """A greeting prompt with one argument."""
+    return f"Hello from the py upstream, {name}!"
+
+
+@server.resource(PY_RESOURCE_URI, name="py-info", mime_type="text/plain")
+def py_info() -> str:
+    """A static text resource."""
+    return "py upstream resource content"
+
+
+@server.resource(COLLIDING_RESOURCE_URI, name="py-colliding", mime_type="text/plain")
+def py_colliding() -> str:
+    """Same URI as a server-everything resource; different content."""
+    return "py upstream's copy of instructions.md"
+
+
+@server.resource("py-upstream://items/{item_id}", name="py-item", mime_type="text/plain")
+def py_item(item_id: str) -> str:
+    """A resource template."""
+    return f"py item {item_id}"
+
+
+@server.completion()
+async def complete(ref, argument, context):
+    from mcp_types import Completion, PromptReference
+
+    if isinstance(ref, PromptReference) and ref.name == "greet" and argument.name == "name":
+        values = [v for v in ("Ada", "Alan", "Grace") if v.startswith(argument.value)]
+        return Completion(values=values, total=len(values), has_more=False)
+    return None
+
+
 class RecordHeaders:
     """ASGI middleware: record every HTTP request's headers, optionally enforce Authorization."""
 
