@@ -38,7 +38,7 @@ use super::session::{Sealer, SessionState, UpstreamSession};
 use super::sse;
 use crate::app::AppState;
 use crate::auth::CachedToken;
-use crate::config::{FailureMode, Workspace};
+use crate::config::{FailureMode, UpstreamServer, Workspace};
 use crate::error::{Body, GatewayError, full};
 use crate::telemetry::UpstreamFailure;
 use crate::upstream::{Upstream, UpstreamError};
@@ -583,36 +583,7 @@ impl Aggregator {
         request_id: &HeaderValue,
         extra: &[(&'static str, HeaderValue)],
     ) -> Result<Response<Incoming>, CallError> {
-        let server = &self.workspace.servers[i];
-        let mut req = Request::new(Full::new(body));
-        let get = method == Method::GET;
-        *req.method_mut() = method;
-        *req.uri_mut() = server.url.clone();
-        let h = req.headers_mut();
-        h.insert(
-            ACCEPT,
-            HeaderValue::from_static(if get {
-                "text/event-stream"
-            } else {
-                "application/json, text/event-stream"
-            }),
-        );
-        if !get {
-            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        }
-        if let Some(s) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
-            h.insert("mcp-session-id", s);
-        }
-        if let Some(v) = version.and_then(|v| HeaderValue::from_str(v).ok()) {
-            h.insert("mcp-protocol-version", v);
-        }
-        for (name, v) in &server.headers {
-            h.insert(name.clone(), v.clone());
-        }
-        h.insert("x-request-id", request_id.clone());
-        for (name, v) in extra {
-            h.insert(*name, v.clone());
-        }
+        let req = upstream_request(&self.workspace.servers[i], method, session, version, body, request_id, extra);
         let started = Instant::now();
         match self.upstreams[i].send(req).await {
             Ok(resp) => {
@@ -620,7 +591,7 @@ impl Aggregator {
                 self.set_up(i, true);
                 if matches!(resp.status().as_u16(), 401 | 407) {
                     state.metrics.upstream_failure(self.workspace.index, UpstreamFailure::Unavailable);
-                    tracing::error!(server = %server.name, status = resp.status().as_u16(), "upstream refused the gateway's credentials; check the server's configured headers");
+                    tracing::error!(server = %self.name(i), status = resp.status().as_u16(), "upstream refused the gateway's credentials; check the server's configured headers");
                     return Err(CallError::Refused(resp.status().as_u16()));
                 }
                 if resp.status() == StatusCode::NOT_FOUND && session.is_some() {
@@ -989,10 +960,10 @@ impl Aggregator {
     async fn forward(&self, ctx: &Ctx<'_>, i: usize, msg: Value, rewrite: AnswerRewrite) -> Result<Response<Body>, GatewayError> {
         let body = Bytes::from(serde_json::to_vec(&msg).expect("serializable"));
         let routing = ctx.stateless.then_some(&msg);
-        let u = self.upstream_session(ctx, i).await.map_err(CallError::into_gateway)?;
+        let mut u = self.upstream_session(ctx, i).await.map_err(CallError::into_gateway)?;
         let resp = match self.send_routed(ctx.state, i, &u, body.clone(), ctx.request_id, routing).await {
             Err(CallError::SessionLost) => {
-                let u = self.renew(ctx, i).await.map_err(CallError::into_gateway)?;
+                u = self.renew(ctx, i).await.map_err(CallError::into_gateway)?;
                 self.send_routed(ctx.state, i, &u, body, ctx.request_id, routing).await
             }
             r => r,
@@ -1028,7 +999,14 @@ impl Aggregator {
             return Ok(out);
         }
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        tokio::spawn(relay(incoming, self.name(i).to_owned(), rewrite, tx));
+        let resume = msg.get("id").map(|id| Resume {
+            upstream: self.upstreams[i].clone(),
+            session: u.session.clone(),
+            version: u.version.clone(),
+            request_id: ctx.request_id.clone(),
+            answer_id: id.clone(),
+        });
+        tokio::spawn(relay(incoming, self.name(i).to_owned(), rewrite, resume, tx));
         Ok(self.event_stream(rx))
     }
 
@@ -1051,7 +1029,13 @@ impl Aggregator {
                 .await;
             match resp {
                 Ok(r) if r.status().is_success() && is_event_stream(r.headers()) => {
-                    tokio::spawn(relay(r.into_body(), self.name(i).to_owned(), AnswerRewrite::default(), tx.clone()));
+                    tokio::spawn(relay(
+                        r.into_body(),
+                        self.name(i).to_owned(),
+                        AnswerRewrite::default(),
+                        None,
+                        tx.clone(),
+                    ));
                 }
                 // 405: this upstream offers no stream; anything else: it has
                 // nothing to say on one now. Neither ends the client's stream.
@@ -1138,6 +1122,67 @@ async fn read_answer(resp: Response<Incoming>, want: Option<&Value>) -> Result<(
     }
 }
 
+/// An HTTP request to an upstream in a session: MCP headers, the server's
+/// configured headers (its credentials), the request id.
+fn upstream_request(
+    server: &UpstreamServer,
+    method: Method,
+    session: Option<&str>,
+    version: Option<&str>,
+    body: Bytes,
+    request_id: &HeaderValue,
+    extra: &[(&'static str, HeaderValue)],
+) -> Request<Full<Bytes>> {
+    let mut req = Request::new(Full::new(body));
+    let get = method == Method::GET;
+    *req.method_mut() = method;
+    *req.uri_mut() = server.url.clone();
+    let h = req.headers_mut();
+    h.insert(
+        ACCEPT,
+        HeaderValue::from_static(if get {
+            "text/event-stream"
+        } else {
+            "application/json, text/event-stream"
+        }),
+    );
+    if !get {
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    if let Some(s) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
+        h.insert("mcp-session-id", s);
+    }
+    if let Some(v) = version.and_then(|v| HeaderValue::from_str(v).ok()) {
+        h.insert("mcp-protocol-version", v);
+    }
+    for (name, v) in &server.headers {
+        h.insert(name.clone(), v.clone());
+    }
+    h.insert("x-request-id", request_id.clone());
+    for (name, v) in extra {
+        h.insert(*name, v.clone());
+    }
+    req
+}
+
+/// How to pick up a routed request's stream again when the upstream closes
+/// it before answering (SEP-1699 polling: the server ends the stream and the
+/// client resumes with `GET` + `Last-Event-ID`). The gateway does it itself,
+/// so the client sees one uninterrupted stream.
+struct Resume {
+    upstream: Upstream,
+    session: Option<String>,
+    version: Option<String>,
+    request_id: HeaderValue,
+    /// The id of the request whose answer ends the stream.
+    answer_id: Value,
+}
+
+/// Upper bounds on resuming one stream: attempts, and the wait between them
+/// (the upstream's `retry:` within this cap, else 1 s).
+const MAX_RESUMES: u32 = 100;
+const MAX_RESUME_WAIT: Duration = Duration::from_secs(10);
+
 /// A fresh id for a request the gateway itself sends upstream. Unique per
 /// process, so that concurrent internal requests in one upstream session can
 /// never be confused (a fixed id made one of two concurrent lists hang).
@@ -1205,28 +1250,80 @@ impl AnswerRewrite {
 
 /// Copies an upstream event stream to a client, message by message, with the
 /// ids of server-to-client requests prefixed and answers rewritten. Ends
-/// when either side does.
-async fn relay(mut body: Incoming, server: String, rewrite: AnswerRewrite, tx: mpsc::Sender<Bytes>) {
+/// when the client goes, or when the upstream stream ends — unless `resume`
+/// is set and the answer has not come yet: then the stream is picked up
+/// again from the last event id.
+async fn relay(mut body: Incoming, server: String, rewrite: AnswerRewrite, resume: Option<Resume>, tx: mpsc::Sender<Bytes>) {
     let mut parser = sse::Parser::new(MAX_MESSAGE);
+    let mut last_id: Option<String> = None;
+    let mut resumes = 0;
     loop {
         let frame = tokio::select! {
             _ = tx.closed() => return,
             f = body.frame() => f,
         };
-        let Some(Ok(frame)) = frame else { return };
+        let Some(Ok(frame)) = frame else {
+            // The upstream ended (or broke) the stream.
+            let Some(r) = &resume else { return };
+            let Some(event_id) = &last_id else { return };
+            resumes += 1;
+            if resumes > MAX_RESUMES {
+                tracing::warn!(server, "upstream stream closed too often before answering; giving up");
+                return;
+            }
+            let wait = parser
+                .retry_ms
+                .map_or(Duration::from_secs(1), Duration::from_millis)
+                .min(MAX_RESUME_WAIT);
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let Ok(last) = HeaderValue::from_str(event_id) else { return };
+            let req = upstream_request(
+                &r.upstream.server,
+                Method::GET,
+                r.session.as_deref(),
+                r.version.as_deref(),
+                Bytes::new(),
+                &r.request_id,
+                &[("last-event-id", last)],
+            );
+            match r.upstream.send(req).await {
+                Ok(resp) if resp.status().is_success() && is_event_stream(resp.headers()) => {
+                    body = resp.into_body();
+                    parser = sse::Parser::new(MAX_MESSAGE);
+                    continue;
+                }
+                Ok(resp) => tracing::warn!(server, status = resp.status().as_u16(), "upstream refused to resume its stream"),
+                Err(e) => tracing::warn!(server, error = %e, "could not resume the upstream stream"),
+            }
+            return;
+        };
         let Some(data) = frame.data_ref() else { continue };
         let Ok(events) = parser.feed(data) else {
             tracing::warn!(server, "upstream event larger than the bound; stream cut");
             return;
         };
         for event in events {
+            if event.id.is_some() {
+                last_id = event.id;
+            }
             let Ok(mut msg) = serde_json::from_str::<Value>(&event.data) else {
-                continue;
+                continue; // e.g. a priming event with empty data
             };
+            let answered = resume
+                .as_ref()
+                .is_some_and(|r| msg.get("method").is_none() && msg.get("id") == Some(&r.answer_id));
             prefix_server_request(&server, &mut msg);
             rewrite.apply(&mut msg);
             let bytes = serde_json::to_vec(&msg).expect("serializable");
             if tx.send(sse::encode(&bytes)).await.is_err() {
+                return;
+            }
+            if answered {
+                // The stream's purpose is served; do not wait for the upstream
+                // to close it.
                 return;
             }
         }

@@ -6,12 +6,13 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-/// One event's `data` (lines joined with `\n`). Event ids and types are not
-/// kept: the aggregating gateway does not offer stream resumption (documented
-/// in docs/behaviour.md) and MCP uses only the default `message` type.
+/// One event: its `data` (lines joined with `\n`) and its `id`, which the
+/// gateway needs to resume an upstream stream that closed early. Event types
+/// are not kept: MCP uses only the default `message` type.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Event {
     pub data: String,
+    pub id: Option<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -25,6 +26,9 @@ pub struct Parser {
     buf: BytesMut,
     data: String,
     has_data: bool,
+    id: Option<String>,
+    /// The last `retry:` the stream asked for, in milliseconds.
+    pub retry_ms: Option<u64>,
     max_event: usize,
 }
 
@@ -34,6 +38,8 @@ impl Parser {
             buf: BytesMut::new(),
             data: String::new(),
             has_data: false,
+            id: None,
+            retry_ms: None,
             max_event,
         }
     }
@@ -66,9 +72,10 @@ impl Parser {
 
     fn line(&mut self, line: &[u8], out: &mut Vec<Event>) {
         if line.is_empty() {
-            if self.has_data {
+            if self.has_data || self.id.is_some() {
                 out.push(Event {
                     data: std::mem::take(&mut self.data),
+                    id: self.id.take(),
                 });
                 self.has_data = false;
             }
@@ -84,12 +91,17 @@ impl Parser {
             }
             None => (line, &b""[..]),
         };
-        if field == b"data" {
-            if self.has_data {
-                self.data.push('\n');
+        match field {
+            b"data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(&String::from_utf8_lossy(value));
+                self.has_data = true;
             }
-            self.data.push_str(&String::from_utf8_lossy(value));
-            self.has_data = true;
+            b"id" => self.id = Some(String::from_utf8_lossy(value).into_owned()),
+            b"retry" => self.retry_ms = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok()),
+            _ => {}
         }
     }
 }
@@ -125,6 +137,26 @@ mod tests {
         assert_eq!(datas(p.feed(b": keep-alive\n\ndata:x\r\ndata: y\r").unwrap()), Vec::<String>::new());
         assert_eq!(datas(p.feed(b"\n\r\n").unwrap()), vec!["x\ny"]);
         assert_eq!(datas(p.feed(b"retry: 5\n\ndata\n\n").unwrap()), vec![""]);
+    }
+
+    #[test]
+    fn ids_and_retry_are_kept_for_resumption() {
+        let mut p = Parser::new(1 << 20);
+        let events = p.feed(b"id: ev-1\nretry: 500\ndata:\n\nid: ev-2\ndata: {}\n\n").unwrap();
+        assert_eq!(
+            events,
+            vec![
+                Event {
+                    data: String::new(),
+                    id: Some("ev-1".into())
+                },
+                Event {
+                    data: "{}".into(),
+                    id: Some("ev-2".into())
+                }
+            ]
+        );
+        assert_eq!(p.retry_ms, Some(500));
     }
 
     #[test]

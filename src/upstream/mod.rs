@@ -23,7 +23,8 @@ pub enum UpstreamError {
     Timeout,
 }
 
-/// One upstream server and its connection pool.
+/// One upstream server and its connection pool (cloning shares the pool).
+#[derive(Clone)]
 pub struct Upstream {
     pub server: Arc<UpstreamServer>,
     client: Client<HttpConnector, Full<Bytes>>,

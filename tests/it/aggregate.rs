@@ -44,6 +44,9 @@ struct UpState {
     pending: Option<oneshot::Sender<Value>>,
     /// Open GET streams, to push notifications on.
     streams: Vec<mpsc::Sender<Bytes>>,
+    /// The `poll` tool's answer, delivered on a resumed GET (SEP-1699).
+    polled: Option<Value>,
+    resumed_from: Vec<String>,
     next: u64,
 }
 
@@ -151,6 +154,18 @@ async fn upstream_handle(label: &str, st: &Arc<Mutex<UpState>>, req: Request<Inc
         if !known {
             return up_json(StatusCode::NOT_FOUND, json!({}), None);
         }
+        if let Some(last) = h("last-event-id") {
+            let answer = {
+                let mut s = st.lock().unwrap();
+                s.resumed_from.push(last);
+                s.polled.take()
+            };
+            let (tx, rx) = mpsc::channel(8);
+            if let Some(a) = answer {
+                tx.send(Bytes::from(format!("id: ev-2\ndata: {a}\n\n"))).await.unwrap();
+            }
+            return up_stream(rx);
+        }
         let (tx, rx) = mpsc::channel(8);
         st.lock().unwrap().streams.push(tx);
         return up_stream(rx);
@@ -216,6 +231,15 @@ async fn upstream_handle(label: &str, st: &Arc<Mutex<UpState>>, req: Request<Inc
         },
         "tools/call" => {
             let name = msg["params"]["name"].as_str().unwrap_or_default().to_owned();
+            if name == "poll" {
+                // Prime the stream, then close it before answering: the
+                // answer waits for a GET with Last-Event-ID.
+                let r = json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "polled"}]}});
+                st.lock().unwrap().polled = Some(r);
+                let (tx, rx) = mpsc::channel(8);
+                tx.send(Bytes::from_static(b"id: ev-1\nretry: 50\ndata:\n\n")).await.unwrap();
+                return up_stream(rx);
+            }
             if name == "ask" {
                 let (tx, rx) = mpsc::channel(8);
                 let (answer_tx, answer_rx) = oneshot::channel();
@@ -654,6 +678,23 @@ async fn server_requests_are_relayed_and_the_answer_routed_back() {
     let r = c.post(json!({"jsonrpc": "2.0", "id": "zz__1", "result": {}})).await;
     assert_eq!(r.status, 400);
     let _ = a;
+}
+
+#[tokio::test]
+async fn a_call_stream_the_upstream_closes_early_is_resumed_from_its_last_event_id() {
+    let (a, b) = (McpUpstream::start("a").await, McpUpstream::start("b").await);
+    let gw = team(&[("a", &a.url), ("b", &b.url)], "", "").await;
+    let mut c = client(&gw, json!({})).await;
+    c.initialize().await;
+    let r = c.request(11, "tools/call", json!({"name": "a__poll", "arguments": {}})).await;
+    assert_eq!(r.status, 200);
+    let v = answer(&r);
+    assert_eq!(
+        (v["id"].clone(), v["result"]["content"][0]["text"].clone()),
+        (json!(11), json!("polled"))
+    );
+    assert_eq!(a.state.lock().unwrap().resumed_from, vec!["ev-1".to_owned()]);
+    let _ = b;
 }
 
 #[tokio::test]
