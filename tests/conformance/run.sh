@@ -6,11 +6,16 @@
 #
 # Upstreams: reference-server.mjs (this directory: implements the fixtures the suite's
 # scenarios call) on workspace "conf", and @modelcontextprotocol/server-everything on workspace
-# "everything". See docs/conformance.md for the results and what each failure means.
+# "everything" (single-server workspaces: pass-through). A third target, workspace "multi", is an
+# aggregating workspace made of both (servers "conf" and "everything"): there the gateway itself is
+# the MCP server, and tools/prompts are exposed as <server>__<name>. It has no "direct"
+# counterpart; summarize.mjs compares it with the reference server direct. See
+# docs/conformance.md for the results and what each failure means.
 #
-# Usage: tests/conformance/run.sh [--upstream reference|everything|all] [--scenario NAME]
+# Usage: tests/conformance/run.sh [--upstream reference|everything|multi|all] [--scenario NAME]
 #                                 [--out DIR] [--keep] [--default-origins] [--rpm N] [--serve]
-#   --upstream   which upstream(s) to test (default: all)
+#   --upstream   which target(s) to test (default: all three; multi also runs the reference
+#                server directly, as the baseline it is compared with)
 #   --scenario   run one scenario instead of the whole suite (--suite all)
 #   --out DIR    where results go (default: tests/conformance/results/<UTC timestamp>)
 #   --keep       keep the work directory (configs, logs, SQLite file) for inspection
@@ -51,9 +56,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$UPSTREAMS" in
-  all) UPSTREAMS="reference everything" ;;
-  reference|everything) ;;
-  *) echo "run.sh: --upstream must be reference, everything or all" >&2; exit 2 ;;
+  all) UPSTREAMS="reference everything multi" ;;
+  reference|everything|multi) ;;
+  *) echo "run.sh: --upstream must be reference, everything, multi or all" >&2; exit 2 ;;
 esac
 
 T0=$(date +%s)
@@ -135,7 +140,9 @@ PIDS+=($!); wait_port "$EV_PORT" everything "$!"
 PIDS+=($!); wait_port "$REF_PORT" reference "$!"
 log "upstreams: reference :$REF_PORT, server-everything :$EV_PORT"
 
-# Gateway.
+# Gateway. An aggregating workspace needs server.session_keys (it seals its session ids with
+# them): a fresh random key per run.
+SESSION_KEY=$("$NODE" -p 'require("crypto").randomBytes(32).toString("hex")')
 mkdir -p "$WORK/data"
 cat >"$WORK/portcullis.toml" <<EOF
 [server]
@@ -146,6 +153,7 @@ public_url = "http://127.0.0.1:$NGX_PORT"
 # it and expects 2xx; any other Origin gets 403. The default, [], refuses every browser origin.
 shutdown_grace_ms = 2000
 allowed_origins = [$([ "$ORIGINS" = 1 ] && echo "\"http://127.0.0.1:$NGX_PORT\"")]
+session_keys = ["$SESSION_KEY"]
 
 [store]
 backend = "sqlite"
@@ -161,6 +169,20 @@ timeout_ms = 30000
 
 [[workspaces]]
 slug = "everything"
+
+[[workspaces.servers]]
+name = "everything"
+url = "http://127.0.0.1:$EV_PORT/mcp"
+timeout_ms = 30000
+
+# Aggregating workspace: the same two upstream processes, behind one endpoint.
+[[workspaces]]
+slug = "multi"
+
+[[workspaces.servers]]
+name = "conf"
+url = "http://127.0.0.1:$REF_PORT/mcp"
+timeout_ms = 30000
 
 [[workspaces.servers]]
 name = "everything"
@@ -183,6 +205,7 @@ ws_token() {
 }
 TOKEN_CONF=$(ws_token conf)
 TOKEN_EVERYTHING=$(ws_token everything)
+TOKEN_MULTI=$(ws_token multi)
 log "gateway: data :$GW_PORT, admin :$ADMIN_PORT"
 
 # nginx in front: the suite cannot send Authorization, so this hop adds it. No buffering in
@@ -222,6 +245,7 @@ http {
     listen 127.0.0.1:$NGX_PORT;
 $(nginx_location conf "$TOKEN_CONF")
 $(nginx_location everything "$TOKEN_EVERYTHING")
+$(nginx_location multi "$TOKEN_MULTI")
     location / { return 404; }
   }
 }
@@ -238,7 +262,9 @@ reference upstream   http://127.0.0.1:$REF_PORT/mcp
 everything upstream  http://127.0.0.1:$EV_PORT/mcp
 gateway (needs auth) http://127.0.0.1:$GW_PORT/ws/conf   Authorization: Bearer $TOKEN_CONF
                      http://127.0.0.1:$GW_PORT/ws/everything   Authorization: Bearer $TOKEN_EVERYTHING
+                     http://127.0.0.1:$GW_PORT/ws/multi   Authorization: Bearer $TOKEN_MULTI   (aggregating)
 through nginx        http://127.0.0.1:$NGX_PORT/ws/conf   http://127.0.0.1:$NGX_PORT/ws/everything
+                     http://127.0.0.1:$NGX_PORT/ws/multi
 admin                http://127.0.0.1:$ADMIN_PORT   (PORTCULLIS_ADMIN_TOKEN=$ADMIN_TOKEN)
 work directory       $WORK
 EOF
@@ -263,13 +289,18 @@ run_suite() { # label url
   LABELS+=("$1=$dir")
 }
 for u in $UPSTREAMS; do
-  if [ "$u" = reference ]; then
-    run_suite reference/direct "http://127.0.0.1:$REF_PORT/mcp"
-    run_suite reference/gateway "http://127.0.0.1:$NGX_PORT/ws/conf"
-  else
-    run_suite everything/direct "http://127.0.0.1:$EV_PORT/mcp"
-    run_suite everything/gateway "http://127.0.0.1:$NGX_PORT/ws/everything"
-  fi
+  case "$u" in
+    reference)
+      run_suite reference/direct "http://127.0.0.1:$REF_PORT/mcp"
+      run_suite reference/gateway "http://127.0.0.1:$NGX_PORT/ws/conf" ;;
+    everything)
+      run_suite everything/direct "http://127.0.0.1:$EV_PORT/mcp"
+      run_suite everything/gateway "http://127.0.0.1:$NGX_PORT/ws/everything" ;;
+    multi)
+      # Baseline: the reference server directly (run once even when reference is also tested).
+      case " ${LABELS[*]} " in *" reference/direct="*) ;; *) run_suite reference/direct "http://127.0.0.1:$REF_PORT/mcp" ;; esac
+      run_suite multi/aggregate "http://127.0.0.1:$NGX_PORT/ws/multi" ;;
+  esac
 done
 cp "$WORK/gateway.log" "$OUT/gateway.log"; cp "$WORK/nginx/access.log" "$OUT/nginx-access.log" 2>/dev/null || true
 
