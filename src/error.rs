@@ -59,6 +59,13 @@ pub enum GatewayError {
     /// Aggregating workspace: a session id we did not issue (or sealed under
     /// a key no longer configured); the client starts a new session.
     SessionNotFound,
+    /// Aggregating workspace: a tool, prompt or resource no server of the
+    /// session has. The name (the client's own input, cut to 128 bytes) goes
+    /// into `data`, as the MCP spec's "Unknown tool" example does.
+    UnknownName {
+        kind: &'static str,
+        name: String,
+    },
     /// Stateless revision (2026-07-28): `Mcp-Method` / `Mcp-Name` missing or
     /// not what the body says.
     HeaderMismatch,
@@ -82,7 +89,7 @@ impl GatewayError {
             // 400, not 404: with a session, MCP clients read a bare 404 as
             // "session expired" and start over.
             GatewayError::MethodNotFound => (StatusCode::BAD_REQUEST, -32601, "Method not found"),
-            GatewayError::InvalidParams => (StatusCode::BAD_REQUEST, -32602, "Invalid params"),
+            GatewayError::InvalidParams | GatewayError::UnknownName { .. } => (StatusCode::BAD_REQUEST, -32602, "Invalid params"),
             GatewayError::SessionRequired => (StatusCode::BAD_REQUEST, -32600, "Bad Request: Mcp-Session-Id header is required"),
             GatewayError::SessionNotFound => (StatusCode::NOT_FOUND, -32600, "Session not found"),
             GatewayError::HeaderMismatch => (StatusCode::BAD_REQUEST, -32020, "Header mismatch"),
@@ -102,6 +109,13 @@ impl GatewayError {
                 Some(serde_json::json!({ "retryAfter": retry_after_secs }))
             }
             GatewayError::UpstreamUnavailable { upstream_status: Some(s) } => Some(serde_json::json!({ "upstreamStatus": s })),
+            GatewayError::UnknownName { kind, name } => {
+                let mut end = name.len().min(128);
+                while !name.is_char_boundary(end) {
+                    end -= 1;
+                }
+                Some(serde_json::json!({ "detail": format!("Unknown {kind}: {}", &name[..end]) }))
+            }
             _ => None,
         };
         let mut resp = Response::new(full(jsonrpc::error_body(id, code, message, data.as_ref())));

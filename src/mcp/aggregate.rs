@@ -877,13 +877,17 @@ impl Aggregator {
     /// `<server>__<name>` → (server, upstream name). A shortened name unknown
     /// to this instance (listed on another) is learnt by listing that server.
     async fn route_name(&self, ctx: &Ctx<'_>, token: &CachedToken, kind: ListKind, exposed: &str) -> Result<(usize, String), GatewayError> {
-        let (server, rest) = exposed.split_once("__").ok_or(GatewayError::InvalidParams)?;
-        let i = self.index_of(server).ok_or(GatewayError::InvalidParams)?;
+        let unknown = || GatewayError::UnknownName {
+            kind: if kind == ListKind::Tools { "tool" } else { "prompt" },
+            name: exposed.to_owned(),
+        };
+        let (server, rest) = exposed.split_once("__").ok_or_else(unknown)?;
+        let i = self.index_of(server).ok_or_else(unknown)?;
         if !Self::allowed(token, server) {
             return Err(GatewayError::Forbidden);
         }
         if !ctx.usable.contains(&i) {
-            return Err(GatewayError::InvalidParams);
+            return Err(unknown());
         }
         let lookup = |s: &Self| -> Option<String> {
             if let Some(o) = s.mangled[i].get(rest) {
@@ -906,7 +910,7 @@ impl Aggregator {
                     }
                 }
             });
-        lookup(self).map(|o| (i, o)).ok_or(GatewayError::InvalidParams)
+        lookup(self).map(|o| (i, o)).ok_or_else(unknown)
     }
 
     /// Which server a resource URI belongs to, and the URI it knows it by.

@@ -441,6 +441,8 @@ async fn one_server_per_prefix_every_page_merged_and_calls_routed_with_the_upstr
         assert_eq!(rpc_error(&r).0, code, "{method} {params}");
         assert_eq!(r.json()["id"], 9);
     }
+    let r = c.request(9, "tools/call", json!({"name": "c__echo"})).await;
+    assert_eq!(r.json()["error"]["data"]["detail"], "Unknown tool: c__echo");
     assert_eq!(c.result("ping", json!({})).await, json!({}));
 }
 
