@@ -113,20 +113,29 @@ part_tokens() {
     # Warm up connections, buffers and pools with one token at the same concurrency.
     TOKEN=$first wrk -t2 -c32 -d3s -s "$LUA/legit.lua" "$URL" >/dev/null
     sleep 1
-    local before after entries keys out
+    local before after entries keys out reqs non2xx errs
     before=$(rss_kb "$GW")
-    out=$(TOKENS_FILE="$db.tokens" WRK_THREADS=2 wrk -t2 -c32 -d600s -s "$LUA/tokens.lua" "$URL")
+    # wrk runs until interrupted; stop it once every token is in the index.
+    TOKENS_FILE="$db.tokens" WRK_THREADS=2 wrk -t2 -c32 -d600s -s "$LUA/tokens.lua" "$URL" >"$WORK/tokens-wrk.txt" 2>&1 &
+    local wrk_pid=$! t0=$SECONDS
+    while [ "$(metric portcullis_index_entries)" -lt "$TOKENS" ] && [ $((SECONDS - t0)) -lt 600 ]; do
+        sleep 0.2
+    done
+    local secs=$((SECONDS - t0))
+    kill -INT "$wrk_pid"
+    wait "$wrk_pid" || true
+    out=$(cat "$WORK/tokens-wrk.txt")
+    keys=$(metric portcullis_limiter_keys)
     sleep 1
     after=$(rss_kb "$GW")
     entries=$(metric portcullis_index_entries)
-    keys=$(metric portcullis_limiter_keys)
     read -r _ reqs non2xx errs <<<"$(grep '^RESULT' <<<"$out")"
     stop_gateway
     echo "### Memory per active token"
     echo
-    echo "| tokens used | requests | non-2xx | socket errors | RSS before | RSS after | index entries | limiter keys | bytes/token |"
-    echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    echo "| $TOKENS | $reqs | $non2xx | $errs | $((before / 1024)) MiB | $((after / 1024)) MiB | $entries | $keys | $(((after - before) * 1024 / TOKENS)) |"
+    echo "| tokens used | requests | non-2xx | socket errors | seconds | RSS before | RSS after | index entries | limiter keys | bytes/token |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| $TOKENS | $reqs | $non2xx | $errs | $secs | $((before / 1024)) MiB | $((after / 1024)) MiB | $entries | $keys | $(((after - before) * 1024 / TOKENS)) |"
     echo
 }
 
