@@ -52,6 +52,6 @@ read -r _ rps _ _ errs non2xx <<<"$(grep '^RESULT' <<<"$out")"
 reqs=$(grep -oE '^ +[0-9]+ requests in' <<<"$out" | awk '{print $1}')
 kill "$GW"
 wait "$GW" 2>/dev/null || true
-callgrind_annotate --inclusive=yes "$WORK/callgrind.out" 2>/dev/null | head -80 >"$WORK/callgrind.txt" || true
-ir=$(callgrind_annotate "$WORK/callgrind.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+callgrind_annotate --inclusive=yes "$WORK/callgrind.out" >"$WORK/callgrind.txt" 2>/dev/null || true
+ir=$(callgrind_annotate "$WORK/callgrind.out" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n {gsub(",", "", $1); print $1; n = 1}')
 echo "requests: $reqs (errors $errs, non-2xx $non2xx); instructions: $ir; per request: $((ir / reqs))"
