@@ -27,6 +27,10 @@ const PASS_THROUGH: [HeaderName; 7] = [
     HeaderName::from_static("mcp-name"),
 ];
 
+fn is_pass_through(name: &HeaderName) -> bool {
+    PASS_THROUGH.contains(name) || name.as_str().starts_with("mcp-param-")
+}
+
 /// Response headers that describe one hop, not the message (RFC 9110 §7.6.1),
 /// and one the gateway sets itself.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -50,13 +54,12 @@ pub(super) async fn forward(
     *req.method_mut() = method;
     *req.uri_mut() = server.url.clone();
     let headers = req.headers_mut();
-    for name in &PASS_THROUGH {
-        for v in client_headers.get_all(name) {
-            headers.append(name.clone(), v.clone());
-        }
-    }
+    headers.reserve(client_headers.len().min(16) + server.headers.len() + 1);
+    // One pass over the client's headers (a handful) with string compares,
+    // instead of a hashed lookup per pass-through name. Values of one name
+    // keep their order; the order between names carries no meaning.
     for (name, v) in client_headers {
-        if name.as_str().starts_with("mcp-param-") {
+        if is_pass_through(name) {
             headers.append(name.clone(), v.clone());
         }
     }
@@ -109,11 +112,16 @@ pub(super) async fn forward(
     };
     let mut out = Response::new(body);
     *out.status_mut() = parts.status;
-    let out_headers = out.headers_mut();
-    for (name, v) in &parts.headers {
-        if !is_hop_by_hop(name) {
-            out_headers.append(name.clone(), v.clone());
+    if parts.headers.keys().any(is_hop_by_hop) {
+        let out_headers = out.headers_mut();
+        for (name, v) in &parts.headers {
+            if !is_hop_by_hop(name) {
+                out_headers.append(name.clone(), v.clone());
+            }
         }
+    } else {
+        // The usual case: nothing to strip, so hand the map over as it is.
+        *out.headers_mut() = parts.headers;
     }
     Ok(out)
 }

@@ -31,7 +31,21 @@ impl RequestIds {
             }
         }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{:016x}{:016x}", self.prefix, n)).expect("hex is a valid header value")
+        // Hex digits written into a stack buffer: one allocation (the
+        // header value's own) instead of a formatted String plus a copy.
+        let mut buf = [0u8; 32];
+        hex(self.prefix, &mut buf[..16]);
+        hex(n, &mut buf[16..]);
+        HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+    }
+}
+
+/// `v` as 16 lowercase hex digits into `out`.
+fn hex(mut v: u64, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
     }
 }
 
@@ -53,6 +67,9 @@ mod tests {
         let b = ids.take_or_generate(&h);
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
+        let n = u64::from_str_radix(&a.to_str().unwrap()[16..], 16).unwrap();
+        assert_eq!(b.to_str().unwrap()[16..], format!("{:016x}", n + 1));
+        assert_eq!(a.to_str().unwrap()[..16], format!("{:016x}", ids.prefix));
         h.insert("x-request-id", HeaderValue::from_static("abc-123"));
         assert_eq!(ids.take_or_generate(&h), "abc-123");
         h.insert("x-request-id", HeaderValue::from_static("has space"));

@@ -66,18 +66,25 @@ impl<C: Clock + Clone> Limiter<C> {
     /// Counts one request of `key` against `per_minute`.
     pub fn check(&self, key: u64, per_minute: u32) -> Result<(), RateLimited> {
         let per_minute = per_minute.max(1);
-        let limiter = match self.by_limit.get(&per_minute) {
-            Some(l) => Arc::clone(l.value()),
-            None => Arc::clone(
-                self.by_limit
-                    .entry(per_minute)
-                    .or_insert_with(|| {
-                        let quota = Quota::per_minute(NonZeroU32::new(per_minute).expect("max(1)"));
-                        Arc::new(RateLimiter::new(quota, DashMapStateStore::default(), self.clock.clone()))
-                    })
-                    .value(),
-            ),
-        };
+        // Hot path: the limiter for this limit exists; check under the one
+        // read guard instead of cloning the Arc out (two atomic RMWs on a
+        // cache line every request shares).
+        if let Some(l) = self.by_limit.get(&per_minute) {
+            return self.verdict(l.value(), key, per_minute);
+        }
+        let limiter = Arc::clone(
+            self.by_limit
+                .entry(per_minute)
+                .or_insert_with(|| {
+                    let quota = Quota::per_minute(NonZeroU32::new(per_minute).expect("max(1)"));
+                    Arc::new(RateLimiter::new(quota, DashMapStateStore::default(), self.clock.clone()))
+                })
+                .value(),
+        );
+        self.verdict(&limiter, key, per_minute)
+    }
+
+    fn verdict(&self, limiter: &Keyed<C>, key: u64, per_minute: u32) -> Result<(), RateLimited> {
         limiter.check_key(&key).map_err(|not_until| {
             let wait: Duration = not_until.wait_time_from(self.clock.now());
             RateLimited {

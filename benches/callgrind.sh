@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# benches/callgrind.sh: instructions per proxied request of the release
+# gateway, counted by valgrind's callgrind (stable on a noisy machine, unlike
+# wall-clock time). Used for before/after comparisons of hot-path changes.
+#
+# Starts the demo upstream natively and the gateway under
+# `valgrind --tool=callgrind --instr-atstart=no`, warms up, switches
+# collection on for a fixed wrk run (tools/call `echo` with a real token,
+# limiter on), switches it off, and prints instructions per request and the
+# top functions (inclusive) into $WORK/callgrind.txt.
+#
+# Usage: benches/callgrind.sh [--help]
+# Environment: DURATION=10s  CONNS=4  WORK=target/bench-callgrind
+# Needs valgrind (installed with apt-get when missing), wrk, python3.
+
+set -euo pipefail
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
+    sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'
+    exit 0
+fi
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-4}
+WORK=${WORK:-$ROOT/target/bench-callgrind}
+trap cleanup EXIT
+rm -rf "$WORK" && mkdir -p "$WORK"
+need valgrind valgrind
+need wrk wrk
+need python3 python3
+build_release
+UP_PORT=$(free_port) PC_PORT=$(free_port) PC_ADMIN=$(free_port)
+
+"$BIN" demo-upstream --listen "127.0.0.1:$UP_PORT" 2>"$WORK/upstream.log" &
+PIDS+=($!)
+wait_port "127.0.0.1:$UP_PORT" || die "demo upstream did not start"
+gateway_config "$WORK/gw.toml" "$PC_PORT" "$PC_ADMIN" "$WORK/gw.db" "http://127.0.0.1:$UP_PORT/mcp"
+admin=$("$BIN" admin token create --name cg --config "$WORK/gw.toml" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+PORTCULLIS_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out" \
+    "$BIN" serve --config "$WORK/gw.toml" 2>"$WORK/gateway.log" &
+GW=$!
+PIDS+=("$GW")
+wait_port "127.0.0.1:$PC_PORT" 120 || die "gateway did not start under valgrind"
+tok=$(PORTCULLIS_ADMIN_URL="http://127.0.0.1:$PC_ADMIN" PORTCULLIS_ADMIN_TOKEN=$admin \
+    "$BIN" workspace token create bench --name cg --requests-per-minute 4000000000 --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+export TOKEN=$tok
+wrk -t1 -c"$CONNS" -d3s -s "$ROOT/benches/lua/legit.lua" "http://127.0.0.1:$PC_PORT/ws/bench" >/dev/null
+callgrind_control -i on "$GW" >/dev/null
+out=$(wrk -t1 -c"$CONNS" -d"$DURATION" -s "$ROOT/benches/lua/legit.lua" "http://127.0.0.1:$PC_PORT/ws/bench")
+callgrind_control -i off "$GW" >/dev/null
+read -r _ rps _ _ errs non2xx <<<"$(grep '^RESULT' <<<"$out")"
+reqs=$(grep -oE '^ +[0-9]+ requests in' <<<"$out" | awk '{print $1}')
+kill "$GW"
+wait "$GW" 2>/dev/null || true
+callgrind_annotate --inclusive=yes "$WORK/callgrind.out" >"$WORK/callgrind.txt" 2>/dev/null || true
+ir=$(callgrind_annotate "$WORK/callgrind.out" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n {gsub(",", "", $1); print $1; n = 1}')
+echo "requests: $reqs (errors $errs, non-2xx $non2xx); instructions: $ir; per request: $((ir / reqs))"

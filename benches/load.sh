@@ -1,0 +1,280 @@
+#!/usr/bin/env bash
+# benches/load.sh: throughput and latency of one MCP `tools/call` (the demo
+# upstream's `echo`, which answers at once) on one machine, in one run:
+#
+#   direct      the demo upstream itself (`portcullis demo-upstream`)
+#   nginx       nginx-light as a plain reverse proxy: keep-alive to the
+#               upstream, proxy_buffering off, worker_processes = THREADS
+#   mcp-proxy   mcp-proxy 0.6.0 from crates.io, bearer-token auth on, one HTTP
+#               backend (installed into target/bench-tools; skipped with a
+#               message if it cannot be built or started)
+#   portcullis  `cargo build --release`, SQLite store, a workspace token made
+#               through the admin API (CLI) with a per-token limit far above
+#               the load, so authentication and the limiter run on every request
+#
+# Every client first sends `initialize` (and `notifications/initialized`),
+# then wrk posts the JSON-RPC `tools/call` with Content-Type, Accept,
+# MCP-Protocol-Version and Mcp-Session-Id, as a real client does. Targets are
+# interleaved (A B C D A B C D ...) for ROUNDS rounds at each concurrency; the
+# table reports, per target, the medians over rounds of requests/s, p50 and
+# p99, and the ratios Portcullis/nginx and Portcullis/mcp-proxy.
+# Per-request logging is off everywhere (nginx access_log off,
+# PORTCULLIS_LOG=warn, mcp-proxy log_level=warn).
+#
+# Usage: benches/load.sh [--help]
+# Environment:
+#   ROUNDS=5            rounds per concurrency
+#   DURATION=10s        wrk duration per measurement
+#   CONNS="1 32"        concurrencies
+#   TARGETS="direct nginx mcp-proxy portcullis"
+#   THREADS=$(nproc)    Portcullis runtime threads = nginx workers = mcp-proxy's
+#   JSON=path           also write the summary (and every sample) as JSON
+#   WORK=target/bench-load   scratch directory (configs, logs, store)
+#   PERF=1              record `perf record -g` of the gateway during the last
+#                       portcullis c=32 run into $WORK/perf.data
+# Needs: curl, wrk, nginx (nginx-light), python3 (for the table); installs
+# wrk and nginx-light with apt-get and mcp-proxy with cargo install when missing.
+# Output: the Markdown table on stdout; progress on stderr.
+
+set -euo pipefail
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
+    sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'
+    exit 0
+fi
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-1 32}
+TARGETS=${TARGETS:-direct nginx mcp-proxy portcullis}
+THREADS=${THREADS:-$(nproc)}
+WORK=${WORK:-$ROOT/target/bench-load}
+TOOLS=$ROOT/target/bench-tools
+MCP_PROXY_VERSION=0.6.0
+
+trap cleanup EXIT
+rm -rf "$WORK" && mkdir -p "$WORK"
+need curl curl
+need wrk wrk
+need nginx nginx-light
+need python3 python3
+build_release
+UP_PORT=$(free_port) NGINX_PORT=$(free_port) MCPP_PORT=$(free_port) PC_PORT=$(free_port) PC_ADMIN=$(free_port)
+
+# --- upstream -------------------------------------------------------------
+"$BIN" demo-upstream --listen "127.0.0.1:$UP_PORT" 2>"$WORK/upstream.log" &
+PIDS+=($!)
+wait_port "127.0.0.1:$UP_PORT" || die "demo upstream did not start"
+UP_URL="http://127.0.0.1:$UP_PORT/mcp"
+
+declare -A URL HDRS TOOL
+URL[direct]=$UP_URL
+TOOL[direct]=echo
+
+# --- nginx ----------------------------------------------------------------
+mkdir -p "$WORK/nginx/logs"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes $THREADS;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx/body;
+    proxy_temp_path $WORK/nginx/proxy;
+    fastcgi_temp_path $WORK/nginx/fastcgi;
+    uwsgi_temp_path $WORK/nginx/uwsgi;
+    scgi_temp_path $WORK/nginx/scgi;
+    upstream mcp { server 127.0.0.1:$UP_PORT; keepalive 256; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        keepalive_requests 100000;
+        location = /mcp {
+            proxy_pass http://mcp;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }
+    }
+}
+EOF
+URL[nginx]="http://127.0.0.1:$NGINX_PORT/mcp"
+TOOL[nginx]=echo
+
+# --- mcp-proxy ------------------------------------------------------------
+MCPP_BIN=$TOOLS/bin/mcp-proxy
+MCPP_TOKEN=bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+if [[ " $TARGETS " == *" mcp-proxy "* ]] && [ ! -x "$MCPP_BIN" ]; then
+    log "cargo install mcp-proxy --version $MCP_PROXY_VERSION --locked (once; several minutes)"
+    mkdir -p "$TOOLS"
+    cargo install mcp-proxy --version "$MCP_PROXY_VERSION" --locked --root "$TOOLS" >"$TOOLS/install.log" 2>&1 ||
+        log "mcp-proxy could not be built (see $TOOLS/install.log); it will be skipped"
+fi
+cat >"$WORK/mcp-proxy.toml" <<EOF
+[proxy]
+name = "bench"
+[proxy.listen]
+host = "127.0.0.1"
+port = $MCPP_PORT
+[auth]
+type = "bearer"
+tokens = ["$MCPP_TOKEN"]
+[[backends]]
+name = "demo"
+transport = "http"
+url = "$UP_URL"
+[observability]
+log_level = "warn"
+EOF
+URL[mcp-proxy]="http://127.0.0.1:$MCPP_PORT/"
+HDRS[mcp-proxy]="Bearer $MCPP_TOKEN"
+TOOL[mcp-proxy]=demo/echo
+
+# --- portcullis -----------------------------------------------------------
+gateway_config "$WORK/portcullis.toml" $PC_PORT $PC_ADMIN "$WORK/portcullis.db" "$UP_URL"
+URL[portcullis]="http://127.0.0.1:$PC_PORT/ws/bench"
+TOOL[portcullis]=echo
+
+start_target() {
+    case $1 in
+    direct) ;;
+    nginx)
+        nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' 2>>"$WORK/nginx/logs/stderr.log" &
+        PIDS+=($!)
+        TPID=$!
+        wait_port "127.0.0.1:$NGINX_PORT" || die "nginx did not start"
+        ;;
+    mcp-proxy)
+        [ -x "$MCPP_BIN" ] || return 1
+        TOKIO_WORKER_THREADS=$THREADS "$MCPP_BIN" --config "$WORK/mcp-proxy.toml" >"$WORK/mcp-proxy.log" 2>&1 &
+        PIDS+=($!)
+        TPID=$!
+        wait_port "127.0.0.1:$MCPP_PORT" 60 || {
+            log "mcp-proxy did not start (see $WORK/mcp-proxy.log); skipping it"
+            return 1
+        }
+        ;;
+    portcullis)
+        local admin
+        admin=$("$BIN" admin token create --name bench-admin --config "$WORK/portcullis.toml" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+        PORTCULLIS_LOG=${PORTCULLIS_LOG:-warn} TOKIO_WORKER_THREADS=$THREADS "$BIN" serve --config "$WORK/portcullis.toml" 2>"$WORK/portcullis.log" &
+        PIDS+=($!)
+        TPID=$!
+        wait_port "127.0.0.1:$PC_PORT" || die "portcullis did not start"
+        local tok
+        tok=$(PORTCULLIS_ADMIN_URL="http://127.0.0.1:$PC_ADMIN" PORTCULLIS_ADMIN_TOKEN=$admin \
+            "$BIN" workspace token create bench --name load --requests-per-minute 4000000000 --json |
+            python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+        HDRS[portcullis]="Bearer $tok"
+        ;;
+    esac
+    return 0
+}
+
+# Writes the wrk script for target $1 to $WORK/$1.lua.
+wrk_script() {
+    local t=$1 auth=() sid
+    [ -n "${HDRS[$t]:-}" ] && auth=(-H "Authorization: ${HDRS[$t]}")
+    sid=$(mcp_initialize "${URL[$t]}" "${auth[@]}")
+    local check
+    check=$(curl -s "${URL[$t]}" "${auth[@]}" ${sid:+-H "Mcp-Session-Id: $sid"} \
+        -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+        -H 'MCP-Protocol-Version: 2025-06-18' \
+        -d "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"${TOOL[$t]}\",\"arguments\":{\"text\":\"hello\"}}}")
+    if [[ "$check" != *'"text":"hello"'* ]]; then
+        log "$t: unexpected answer to tools/call: $check"
+        return 1
+    fi
+    cat >"$WORK/$t.lua" <<EOF
+wrk.method = "POST"
+wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"${TOOL[$t]}","arguments":{"text":"hello"}}}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Accept"] = "application/json, text/event-stream"
+wrk.headers["MCP-Protocol-Version"] = "2025-06-18"
+EOF
+    [ -n "$sid" ] && echo "wrk.headers[\"Mcp-Session-Id\"] = \"$sid\"" >>"$WORK/$t.lua"
+    [ -n "${HDRS[$t]:-}" ] && echo "wrk.headers[\"Authorization\"] = \"${HDRS[$t]}\"" >>"$WORK/$t.lua"
+    cat >>"$WORK/$t.lua" <<'EOF'
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %.1f %.1f %.1f %d %d\n",
+    summary.requests / (summary.duration / 1e6),
+    latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
+EOF
+}
+
+ACTIVE=()
+declare -A TPIDS
+for t in $TARGETS; do
+    TPID=""
+    if start_target "$t" && wrk_script "$t"; then
+        ACTIVE+=("$t")
+        TPIDS[$t]=${TPID:-}
+    else
+        log "skipping $t"
+    fi
+done
+[ "${#ACTIVE[@]}" -gt 0 ] || die "no target could be started"
+log "targets: ${ACTIVE[*]}; rounds: $ROUNDS x $DURATION at c = $CONNS"
+
+SAMPLES=$WORK/samples.tsv
+: >"$SAMPLES"
+for c in $CONNS; do
+    th=$((c < 2 ? 1 : 2))
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for t in "${ACTIVE[@]}"; do
+            perf_pid=""
+            if [ "${PERF:-}" = 1 ] && [ "$t" = portcullis ] && [ "$r" = "$ROUNDS" ] && [ "$c" = "${CONNS##* }" ]; then
+                perf record -g -o "$WORK/perf.data" -p "${TPIDS[$t]}" 2>"$WORK/perf.log" &
+                perf_pid=$!
+            fi
+            out=$(wrk -t"$th" -c"$c" -d"$DURATION" -s "$WORK/$t.lua" "${URL[$t]}" 2>&1) || true
+            [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
+            line=$(grep '^RESULT' <<<"$out" || true)
+            [ -n "$line" ] || { log "$t c=$c: wrk failed: $out"; continue; }
+            read -r _ rps p50 p99 errs non2xx <<<"$line"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$c" "$r" "$rps" "$p50" "$p99" "$errs" "$non2xx" >>"$SAMPLES"
+            log "round $r c=$c $t: $rps req/s p50 ${p50}us p99 ${p99}us errors $errs non-2xx $non2xx"
+        done
+    done
+done
+
+python3 - "$SAMPLES" "${JSON:-}" <<'EOF'
+import json, statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+data = {}
+for t, c, r, rps, p50, p99, errs, non2xx in rows:
+    d = data.setdefault((t, int(c)), {"rps": [], "p50": [], "p99": [], "errors": 0, "non2xx": 0})
+    d["rps"].append(float(rps)); d["p50"].append(float(p50) / 1000); d["p99"].append(float(p99) / 1000)
+    d["errors"] += int(errs); d["non2xx"] += int(non2xx)
+order = ["direct", "nginx", "mcp-proxy", "portcullis"]
+summary = []
+for c in sorted({c for _, c in data}):
+    print(f"\n### Concurrency {c}\n")
+    print("| target | req/s | p50 ms | p99 ms | errors | non-2xx |")
+    print("|---|---:|---:|---:|---:|---:|")
+    med = {}
+    for t in order:
+        d = data.get((t, c))
+        if not d:
+            continue
+        m = {k: statistics.median(d[k]) for k in ("rps", "p50", "p99")}
+        med[t] = m
+        summary.append({"target": t, "concurrency": c, "rounds": len(d["rps"]), **m,
+                        "errors": d["errors"], "non2xx": d["non2xx"], "samples_rps": d["rps"]})
+        print(f"| {t} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {d['errors']} | {d['non2xx']} |")
+    pc = med.get("portcullis")
+    if pc:
+        print()
+        for peer in ("nginx", "mcp-proxy"):
+            if peer in med:
+                p = med[peer]
+                print(f"- Portcullis/{peer}: throughput {pc['rps'] / p['rps']:.2f}x, "
+                      f"p99 {pc['p99']:.3f} ms vs {p['p99']:.3f} ms ({pc['p99'] / p['p99']:.2f}x)")
+if sys.argv[2]:
+    json.dump(summary, open(sys.argv[2], "w"), indent=2)
+EOF
