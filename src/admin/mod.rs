@@ -94,8 +94,12 @@ async fn verify_any(state: &AppState, headers: &HeaderMap) -> Result<Arc<CachedT
 
 /// `GET /v1/tokens/self` on either listener: lets any token check itself.
 pub async fn token_self_response(state: &AppState, headers: &HeaderMap) -> http::Response<crate::error::Body> {
-    let (status, body) = match verify_any(state, headers).await {
-        Ok(t) => (StatusCode::OK, self_body(&t)),
+    let checked = match verify_any(state, headers).await {
+        Ok(t) => self_body(state, &t).await,
+        Err(e) => Err(e),
+    };
+    let (status, body) = match checked {
+        Ok(body) => (StatusCode::OK, body),
         Err(e) => (e.status, json!({"error": {"code": e.code, "message": e.message}})),
     };
     let mut resp = http::Response::new(full(serde_json::to_vec(&body).expect("json")));
@@ -111,21 +115,30 @@ pub async fn token_self_response(state: &AppState, headers: &HeaderMap) -> http:
     resp
 }
 
-fn self_body(t: &CachedToken) -> serde_json::Value {
-    json!({
+/// The token's own view of itself. The index keeps no names (memory per
+/// token), so the name is read from the store: this endpoint is rare.
+async fn self_body(state: &AppState, t: &CachedToken) -> Result<serde_json::Value, ApiError> {
+    let name = match state.store.get(&t.id).await {
+        Ok(Some(r)) => r.name,
+        // Revoked and deleted cannot be: verification just passed; a record
+        // gone in between is not worth a special answer.
+        Ok(None) => String::new(),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(json!({
         "valid": true,
         "id": &*t.id,
-        "name": &*t.name,
+        "name": name,
         "kind": t.kind,
         "workspace": t.workspace.as_deref(),
         "expires_at": t.expires_at.map(token::format_rfc3339),
-    })
+    }))
 }
 
 async fn token_self(State(state): State<SharedState>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
     state.metrics.admin_request();
     let t = verify_any(&state, &headers).await?;
-    Ok(Json(self_body(&t)))
+    Ok(Json(self_body(&state, &t).await?))
 }
 
 async fn readyz(State(state): State<SharedState>) -> Response {

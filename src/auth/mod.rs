@@ -18,7 +18,7 @@ mod negative;
 pub mod sync;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -32,11 +32,13 @@ use crate::token::{self, TokenHash, TokenKind, TokenRecord};
 pub use negative::NegativeCache;
 
 /// What the index keeps per token: enough to authorise a request without the
-/// store. Strings are boxed slices to keep an entry small.
+/// store, and nothing more (every byte here is paid per active token: the
+/// name, only shown by `/v1/tokens/self`, is read from the store there).
+/// Strings are boxed slices and times are `u32` seconds to keep an entry
+/// small.
 #[derive(Debug)]
 pub struct CachedToken {
     pub id: Box<str>,
-    pub name: Box<str>,
     pub kind: TokenKind,
     pub workspace: Option<Box<str>>,
     pub expires_at: Option<i64>,
@@ -45,11 +47,34 @@ pub struct CachedToken {
     pub allowed_servers: Option<Box<[Box<str>]>>,
     pub limiter_key: u64,
     /// Last successful use (Unix seconds), kept in memory and flushed in batches.
-    last_used: AtomicI64,
+    last_used: UnixSecs,
     /// The value of `last_used` last written to the store.
-    flushed_last_used: AtomicI64,
+    flushed_last_used: UnixSecs,
     /// Last lookup of any outcome; idle entries are swept.
-    last_seen: AtomicI64,
+    last_seen: UnixSecs,
+}
+
+/// Unix seconds in an `AtomicU32` (half an `AtomicI64`; good until 2106).
+/// Times before 1970 read as 0, which no comparison here depends on.
+#[derive(Debug)]
+struct UnixSecs(AtomicU32);
+
+impl UnixSecs {
+    fn new(t: i64) -> Self {
+        UnixSecs(AtomicU32::new(Self::clamp(t)))
+    }
+    fn clamp(t: i64) -> u32 {
+        u32::try_from(t.max(0)).unwrap_or(u32::MAX)
+    }
+    fn load(&self, o: Ordering) -> i64 {
+        i64::from(self.0.load(o))
+    }
+    fn store(&self, t: i64, o: Ordering) {
+        self.0.store(Self::clamp(t), o);
+    }
+    fn fetch_max(&self, t: i64, o: Ordering) {
+        self.0.fetch_max(Self::clamp(t), o);
+    }
 }
 
 impl CachedToken {
@@ -57,7 +82,6 @@ impl CachedToken {
         let last_used = r.last_used_at.unwrap_or(0);
         CachedToken {
             id: r.id.as_str().into(),
-            name: r.name.as_str().into(),
             kind: r.kind,
             workspace: r.workspace.as_deref().map(Into::into),
             expires_at: r.expires_at,
@@ -65,9 +89,9 @@ impl CachedToken {
             requests_per_minute: r.requests_per_minute,
             allowed_servers: r.allowed_servers.as_ref().map(|v| v.iter().map(|s| s.as_str().into()).collect()),
             limiter_key: token::limiter_key(hash),
-            last_used: AtomicI64::new(last_used),
-            flushed_last_used: AtomicI64::new(last_used),
-            last_seen: AtomicI64::new(now),
+            last_used: UnixSecs::new(last_used),
+            flushed_last_used: UnixSecs::new(last_used),
+            last_seen: UnixSecs::new(now),
         }
     }
 
@@ -75,7 +99,6 @@ impl CachedToken {
     fn revoked_copy(&self) -> Self {
         CachedToken {
             id: self.id.clone(),
-            name: self.name.clone(),
             kind: self.kind,
             workspace: self.workspace.clone(),
             expires_at: self.expires_at,
@@ -83,9 +106,9 @@ impl CachedToken {
             requests_per_minute: self.requests_per_minute,
             allowed_servers: self.allowed_servers.clone(),
             limiter_key: self.limiter_key,
-            last_used: AtomicI64::new(self.last_used.load(Ordering::Relaxed)),
-            flushed_last_used: AtomicI64::new(self.flushed_last_used.load(Ordering::Relaxed)),
-            last_seen: AtomicI64::new(self.last_seen.load(Ordering::Relaxed)),
+            last_used: UnixSecs::new(self.last_used.load(Ordering::Relaxed)),
+            flushed_last_used: UnixSecs::new(self.flushed_last_used.load(Ordering::Relaxed)),
+            last_seen: UnixSecs::new(self.last_seen.load(Ordering::Relaxed)),
         }
     }
 

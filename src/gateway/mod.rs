@@ -65,7 +65,8 @@ pub struct Gateway {
 #[derive(Default)]
 struct Outcome {
     workspace: Option<usize>,
-    token_id: Option<Box<str>>,
+    /// The token (an `Arc` clone: no allocation per request).
+    token: Option<Arc<CachedToken>>,
     /// The cluster limiter was unreachable and this instance decided alone.
     limit_fallback: bool,
 }
@@ -134,8 +135,8 @@ impl Gateway {
             if let Some(i) = outcome.workspace {
                 span.record("workspace", this.state.config.workspaces[i].slug.as_str());
             }
-            if let Some(id) = &outcome.token_id {
-                span.record("token_id", &**id);
+            if let Some(t) = &outcome.token {
+                span.record("token_id", &*t.id);
             }
             span.record("status", status);
             span.record("latency_ms", start.elapsed().as_secs_f64() * 1000.0);
@@ -187,7 +188,7 @@ impl Gateway {
         let fail = |e: GatewayError| (e, None);
         // 1. authenticate
         let token = self.authenticate(req.headers()).await.map_err(fail)?;
-        outcome.token_id = Some(token.id.clone());
+        outcome.token = Some(Arc::clone(&token));
         // 2. workspace: an unknown slug is indistinguishable from a wrong token.
         let route = match self.routes.get(slug) {
             Some(r) if token.workspace.as_deref() == Some(slug) => r,

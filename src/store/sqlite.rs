@@ -65,6 +65,11 @@ impl SqliteStore {
         let writer = open_connection(path)?;
         migrate(&writer)?;
         let reader = open_connection(path)?;
+        // The reader serves index misses only: the in-memory index is the
+        // cache that matters, and the OS page cache already holds the file.
+        // SQLite's default 2 MiB page cache would duplicate it; 512 KiB keeps
+        // the B-tree's upper levels.
+        reader.pragma_update(None, "cache_size", -512).map_err(unavailable)?;
         Ok(SqliteStore {
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),

@@ -264,6 +264,7 @@ async fn tokens_self_on_both_listeners() {
         .await;
         assert_eq!(r.status, 200);
         let v = r.json();
+        assert_eq!(v["name"], "test", "the name comes from the store, not the index");
         assert_eq!(
             (v["valid"].as_bool(), v["id"].as_str(), v["kind"].as_str(), v["workspace"].as_str()),
             (Some(true), Some(id.as_str()), Some("workspace"), Some("demo"))
