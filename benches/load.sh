@@ -27,6 +27,10 @@
 #   DURATION=10s        wrk duration per measurement
 #   CONNS="1 32"        concurrencies
 #   TARGETS="direct nginx mcp-proxy portcullis"
+#   BASE_BIN=path       also measure this Portcullis binary as target
+#                       `portcullis-base` (same config, its own ports and
+#                       store), interleaved with the others: before/after
+#                       comparisons within one run
 #   THREADS=$(nproc)    Portcullis runtime threads = nginx workers = mcp-proxy's
 #   JSON=path           also write the summary (and every sample) as JSON
 #   WORK=target/bench-load   scratch directory (configs, logs, store)
@@ -47,7 +51,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-1 32}
-TARGETS=${TARGETS:-direct nginx mcp-proxy portcullis}
+TARGETS=${TARGETS:-direct nginx mcp-proxy portcullis${BASE_BIN:+ portcullis-base}}
 THREADS=${THREADS:-$(nproc)}
 WORK=${WORK:-$ROOT/target/bench-load}
 TOOLS=$ROOT/target/bench-tools
@@ -61,6 +65,7 @@ need nginx nginx-light
 need python3 python3
 build_release
 UP_PORT=$(free_port) NGINX_PORT=$(free_port) MCPP_PORT=$(free_port) PC_PORT=$(free_port) PC_ADMIN=$(free_port)
+PB_PORT=$(free_port) PB_ADMIN=$(free_port)
 
 # --- upstream -------------------------------------------------------------
 "$BIN" demo-upstream --listen "127.0.0.1:$UP_PORT" 2>"$WORK/upstream.log" &
@@ -136,6 +141,25 @@ TOOL[mcp-proxy]=demo/echo
 gateway_config "$WORK/portcullis.toml" $PC_PORT $PC_ADMIN "$WORK/portcullis.db" "$UP_URL"
 URL[portcullis]="http://127.0.0.1:$PC_PORT/ws/bench"
 TOOL[portcullis]=echo
+if [ -n "${BASE_BIN:-}" ]; then
+    gateway_config "$WORK/portcullis-base.toml" $PB_PORT $PB_ADMIN "$WORK/portcullis-base.db" "$UP_URL"
+    URL[portcullis-base]="http://127.0.0.1:$PB_PORT/ws/bench"
+    TOOL[portcullis-base]=echo
+fi
+
+# start_portcullis TARGET BINARY DATA_PORT ADMIN_PORT
+start_portcullis() {
+    local t=$1 bin=$2 port=$3 admin_port=$4 admin tok
+    admin=$("$bin" admin token create --name bench-admin --config "$WORK/$t.toml" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+    PORTCULLIS_LOG=${PORTCULLIS_LOG:-warn} TOKIO_WORKER_THREADS=$THREADS "$bin" serve --config "$WORK/$t.toml" 2>"$WORK/$t.log" &
+    PIDS+=($!)
+    TPID=$!
+    wait_port "127.0.0.1:$port" || die "$t did not start"
+    tok=$(PORTCULLIS_ADMIN_URL="http://127.0.0.1:$admin_port" PORTCULLIS_ADMIN_TOKEN=$admin \
+        "$bin" workspace token create bench --name load --requests-per-minute 4000000000 --json |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+    HDRS[$t]="Bearer $tok"
+}
 
 start_target() {
     case $1 in
@@ -156,19 +180,8 @@ start_target() {
             return 1
         }
         ;;
-    portcullis)
-        local admin
-        admin=$("$BIN" admin token create --name bench-admin --config "$WORK/portcullis.toml" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-        PORTCULLIS_LOG=${PORTCULLIS_LOG:-warn} TOKIO_WORKER_THREADS=$THREADS "$BIN" serve --config "$WORK/portcullis.toml" 2>"$WORK/portcullis.log" &
-        PIDS+=($!)
-        TPID=$!
-        wait_port "127.0.0.1:$PC_PORT" || die "portcullis did not start"
-        local tok
-        tok=$(PORTCULLIS_ADMIN_URL="http://127.0.0.1:$PC_ADMIN" PORTCULLIS_ADMIN_TOKEN=$admin \
-            "$BIN" workspace token create bench --name load --requests-per-minute 4000000000 --json |
-            python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-        HDRS[portcullis]="Bearer $tok"
-        ;;
+    portcullis) start_portcullis portcullis "$BIN" "$PC_PORT" "$PC_ADMIN" ;;
+    portcullis-base) start_portcullis portcullis-base "$BASE_BIN" "$PB_PORT" "$PB_ADMIN" ;;
     esac
     return 0
 }
@@ -251,7 +264,7 @@ for t, c, r, rps, p50, p99, errs, non2xx in rows:
     d = data.setdefault((t, int(c)), {"rps": [], "p50": [], "p99": [], "errors": 0, "non2xx": 0})
     d["rps"].append(float(rps)); d["p50"].append(float(p50) / 1000); d["p99"].append(float(p99) / 1000)
     d["errors"] += int(errs); d["non2xx"] += int(non2xx)
-order = ["direct", "nginx", "mcp-proxy", "portcullis"]
+order = ["direct", "nginx", "mcp-proxy", "portcullis", "portcullis-base"]
 summary = []
 for c in sorted({c for _, c in data}):
     print(f"\n### Concurrency {c}\n")
@@ -267,14 +280,13 @@ for c in sorted({c for _, c in data}):
         summary.append({"target": t, "concurrency": c, "rounds": len(d["rps"]), **m,
                         "errors": d["errors"], "non2xx": d["non2xx"], "samples_rps": d["rps"]})
         print(f"| {t} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {d['errors']} | {d['non2xx']} |")
-    pc = med.get("portcullis")
-    if pc:
-        print()
-        for peer in ("nginx", "mcp-proxy"):
-            if peer in med:
-                p = med[peer]
-                print(f"- Portcullis/{peer}: throughput {pc['rps'] / p['rps']:.2f}x, "
-                      f"p99 {pc['p99']:.3f} ms vs {p['p99']:.3f} ms ({pc['p99'] / p['p99']:.2f}x)")
+    print()
+    for mine, peer in (("portcullis", "nginx"), ("portcullis", "mcp-proxy"),
+                       ("portcullis-base", "nginx"), ("portcullis", "portcullis-base")):
+        if mine in med and peer in med:
+            pc, p = med[mine], med[peer]
+            print(f"- {mine}/{peer}: throughput {pc['rps'] / p['rps']:.2f}x, "
+                  f"p99 {pc['p99']:.3f} ms vs {p['p99']:.3f} ms ({pc['p99'] / p['p99']:.2f}x)")
 if sys.argv[2]:
     json.dump(summary, open(sys.argv[2], "w"), indent=2)
 EOF

@@ -16,7 +16,7 @@ use crate::config::{Config, LimitScope, StoreConfig};
 use crate::gateway::Gateway;
 use crate::limit::cluster::ClusterLimiter;
 use crate::limit::{Limiter, Limits};
-use crate::server::{self, ConnOptions};
+use crate::server::{self, ConnOptions, PerCore};
 use crate::store::redis::RedisStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{StoreError, TokenStore};
@@ -36,6 +36,8 @@ pub struct AppState {
 pub enum StartError {
     #[error("cannot open the token store: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot start the data-plane threads: {0}")]
+    DataPlane(std::io::Error),
     #[error("cannot listen on {addr} ({what}): {source}; is another process using it? change `{key}` in the config")]
     Bind {
         addr: SocketAddr,
@@ -91,6 +93,9 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub state: Arc<AppState>,
     shutdown: CancellationToken,
+    /// The data plane's accept loops, on their own threads.
+    data: PerCore,
+    /// The admin listener and the background loops, on the caller's runtime.
     tasks: JoinSet<()>,
 }
 
@@ -102,10 +107,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
 /// Starts the gateway on a store built by the caller (tests inject faults).
 pub async fn start_with_store(config: Config, store: Arc<dyn TokenStore>) -> Result<Running, StartError> {
-    let data_listener = bind(config.server.listen, "data plane", "server.listen").await?;
+    let (listen, threads) = (config.server.listen, config.server.data_plane_threads);
+    let data_listeners = server::bind_many(listen, threads).map_err(|source| StartError::Bind {
+        addr: listen,
+        what: "data plane",
+        key: "server.listen",
+        source,
+    })?;
     let admin_listener = bind(config.server.admin_listen, "admin API", "server.admin_listen").await?;
     let state = AppState::new(config, store).await?;
-    let data_addr = data_listener.local_addr().expect("bound");
+    let data_addr = data_listeners[0].local_addr().expect("bound");
     let admin_addr = admin_listener.local_addr().expect("bound");
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -116,20 +127,33 @@ pub async fn start_with_store(config: Config, store: Arc<dyn TokenStore>) -> Res
         shutdown_grace: server_cfg.shutdown_grace,
     };
 
+    // One `Gateway` for all data-plane threads: its token index, limiter,
+    // aggregators (whose caches and health view must not be split, or a
+    // session would be re-initialised upstream once per thread) are shared.
+    // What must not be shared is the upstream connection pools; each thread
+    // picks its own (`upstream::use_pool_on_this_thread`, slot 0 stays with
+    // this runtime, where the aggregators' health probes run).
     let gateway = Arc::new(Gateway::new(Arc::clone(&state)));
-    let data_service = service_fn(move |req| Arc::clone(&gateway).handle(req));
-    tasks.spawn(server::serve("data", data_listener, data_service, opts.clone(), shutdown.clone()));
+    let make_data_service = move |thread: usize| {
+        crate::upstream::use_pool_on_this_thread(thread + 1);
+        let gateway = Arc::clone(&gateway);
+        service_fn(move |req| Arc::clone(&gateway).handle(req))
+    };
+    let data = server::serve_per_core("data", data_listeners, make_data_service, opts.clone(), shutdown.clone())
+        .await
+        .map_err(StartError::DataPlane)?;
 
     let admin_service = TowerToHyperService::new(crate::admin::router(Arc::clone(&state)));
     tasks.spawn(server::serve("admin", admin_listener, admin_service, opts, shutdown.clone()));
 
     spawn_maintenance(&mut tasks, Arc::clone(&state), shutdown.clone());
-    tracing::info!(data = %data_addr, admin = %admin_addr, workspaces = state.config.workspaces.len(), "portcullis is listening");
+    tracing::info!(data = %data_addr, admin = %admin_addr, data_plane_threads = threads, workspaces = state.config.workspaces.len(), "portcullis is listening");
     Ok(Running {
         data_addr,
         admin_addr,
         state,
         shutdown,
+        data,
         tasks,
     })
 }
@@ -143,10 +167,14 @@ impl Running {
     /// Waits until shutdown has completed, then writes pending `last_used_at`.
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
+        self.data.drained().await;
         match self.state.verifier.flush_last_used().await {
             Ok(n) => tracing::info!(tokens = n, "flushed last_used_at"),
             Err(e) => tracing::error!(error = %e, "could not flush last_used_at on shutdown"),
         }
+        // Only now: the flush may use a store connection whose task lives on
+        // a data-plane runtime (see `server::serve_per_core`).
+        self.data.join().await;
     }
 }
 

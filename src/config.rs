@@ -87,6 +87,9 @@ pub struct ServerSpec {
     /// sessions; the others only open sessions sealed before a rotation.
     /// Required when any workspace has more than one server.
     pub session_keys: Vec<String>,
+    /// Data-plane threads, each with its own single-threaded runtime,
+    /// listening socket and upstream connection pool (0: one per CPU core).
+    pub data_plane_threads: usize,
 }
 
 impl Default for ServerSpec {
@@ -105,6 +108,7 @@ impl Default for ServerSpec {
             sse_keepalive_ms: 15_000,
             store_miss_reads_per_second: 2000,
             session_keys: Vec::new(),
+            data_plane_threads: 0,
         }
     }
 }
@@ -231,6 +235,8 @@ pub struct ServerConfig {
     pub store_miss_reads_per_second: u32,
     /// Decoded `session_keys`, newest first. Secret: never logged.
     pub session_keys: Vec<[u8; 32]>,
+    /// Resolved `data_plane_threads`: at least 1.
+    pub data_plane_threads: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -399,6 +405,18 @@ impl ConfigSpec {
                 "must be at most 60000 (last_used_at may lag by at most 60 s)".into(),
             ));
         }
+        // Each thread holds a listening socket, a runtime and an upstream
+        // pool; far more threads than cores only adds context switches.
+        if s.data_plane_threads > 1024 {
+            return Err(invalid(
+                "server.data_plane_threads",
+                "must be at most 1024 (0: one per CPU core)".into(),
+            ));
+        }
+        let data_plane_threads = match s.data_plane_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         for o in &s.allowed_origins {
             if o.ends_with('/') || !(o.starts_with("http://") || o.starts_with("https://")) {
                 return Err(invalid(
@@ -592,6 +610,7 @@ impl ConfigSpec {
                 sse_keepalive: Duration::from_millis(s.sse_keepalive_ms),
                 store_miss_reads_per_second: s.store_miss_reads_per_second,
                 session_keys,
+                data_plane_threads,
             },
             store,
             limits: LimitsConfig {
@@ -796,6 +815,17 @@ timeout_ms = 1000
             let err = load(&GOOD.replace(from, to)).unwrap_err().to_string();
             assert!(err.contains(needle), "{from} -> {to}: {err}");
         }
+    }
+
+    #[test]
+    fn data_plane_threads_default_to_the_core_count() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(load(GOOD).unwrap().server.data_plane_threads, cores);
+        let with = |n: &str| GOOD.replace("admin_listen =", &format!("data_plane_threads = {n}\nadmin_listen ="));
+        assert_eq!(load(&with("3")).unwrap().server.data_plane_threads, 3);
+        assert_eq!(load(&with("0")).unwrap().server.data_plane_threads, cores);
+        let err = load(&with("5000")).unwrap_err().to_string();
+        assert!(err.contains("server.data_plane_threads"), "{err}");
     }
 
     #[test]

@@ -75,20 +75,28 @@ impl Gateway {
     pub fn new(state: Arc<AppState>) -> Self {
         // Config validation guarantees keys whenever a workspace aggregates.
         let sealer = Sealer::new(&state.config.server.session_keys).map(Arc::new);
+        // A connection pool per data-plane thread, and one for the rest
+        // (aggregators' health probes): see `upstream`.
+        let pools = state.config.server.data_plane_threads + 1;
         let routes = state
             .config
             .workspaces
             .iter()
             .map(|w| {
                 let aggregate = match (&sealer, w.is_aggregate()) {
-                    (Some(s), true) => Some(Aggregator::new(Arc::clone(w), Arc::clone(s), state.config.server.sse_keepalive)),
+                    (Some(s), true) => Some(Aggregator::new(
+                        Arc::clone(w),
+                        Arc::clone(s),
+                        state.config.server.sse_keepalive,
+                        pools,
+                    )),
                     _ => None,
                 };
                 (
                     w.slug.clone(),
                     Route {
                         workspace: Arc::clone(w),
-                        upstream: Upstream::new(Arc::clone(&w.servers[0])),
+                        upstream: Upstream::new(Arc::clone(&w.servers[0]), pools),
                         aggregate,
                     },
                 )

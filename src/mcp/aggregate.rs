@@ -163,8 +163,9 @@ struct Ctx<'a> {
 }
 
 impl Aggregator {
-    pub fn new(workspace: Arc<Workspace>, sealer: Arc<Sealer>, keepalive: Duration) -> Arc<Self> {
-        let upstreams: Vec<Upstream> = workspace.servers.iter().map(|s| Upstream::new(Arc::clone(s))).collect();
+    /// `pools`: connection pools per upstream (see [`Upstream::new`]).
+    pub fn new(workspace: Arc<Workspace>, sealer: Arc<Sealer>, keepalive: Duration, pools: usize) -> Arc<Self> {
+        let upstreams: Vec<Upstream> = workspace.servers.iter().map(|s| Upstream::new(Arc::clone(s), pools)).collect();
         let n = upstreams.len();
         let agg = Arc::new(Aggregator {
             workspace,
