@@ -29,7 +29,7 @@ use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc};
@@ -41,7 +41,7 @@ use crate::auth::CachedToken;
 use crate::config::{FailureMode, UpstreamServer, Workspace};
 use crate::error::{Body, GatewayError, full};
 use crate::telemetry::UpstreamFailure;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{Body as UpstreamBody, Upstream, UpstreamError};
 
 /// Handshake revisions we negotiate, newest first.
 pub const SUPPORTED_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
@@ -530,7 +530,7 @@ impl Aggregator {
         body: Bytes,
         request_id: &HeaderValue,
         routing: Option<&Value>,
-    ) -> Result<Response<Incoming>, CallError> {
+    ) -> Result<Response<UpstreamBody>, CallError> {
         let mut extra = Vec::new();
         if let Some(msg) = routing {
             if let Some(m) = msg
@@ -568,7 +568,7 @@ impl Aggregator {
         version: Option<&str>,
         body: Bytes,
         request_id: &HeaderValue,
-    ) -> Result<Response<Incoming>, CallError> {
+    ) -> Result<Response<UpstreamBody>, CallError> {
         self.send_with(state, i, method, session, version, body, request_id, &[]).await
     }
 
@@ -583,7 +583,7 @@ impl Aggregator {
         body: Bytes,
         request_id: &HeaderValue,
         extra: &[(&'static str, HeaderValue)],
-    ) -> Result<Response<Incoming>, CallError> {
+    ) -> Result<Response<UpstreamBody>, CallError> {
         let req = upstream_request(&self.workspace.servers[i], method, session, version, body, request_id, extra);
         let started = Instant::now();
         match self.upstreams[i].send(req).await {
@@ -1090,7 +1090,7 @@ impl Aggregator {
 /// Reads the answer to a message: JSON, or an event stream up to the response
 /// with the wanted id. Non-2xx answers that carry a JSON-RPC error are
 /// returned as that error.
-async fn read_answer(resp: Response<Incoming>, want: Option<&Value>) -> Result<(HeaderMap, Value), CallError> {
+async fn read_answer(resp: Response<UpstreamBody>, want: Option<&Value>) -> Result<(HeaderMap, Value), CallError> {
     let (parts, body) = resp.into_parts();
     if parts.status == StatusCode::ACCEPTED || want.is_none() {
         return if parts.status.is_success() {
@@ -1258,7 +1258,7 @@ impl AnswerRewrite {
 /// when the client goes, or when the upstream stream ends — unless `resume`
 /// is set and the answer has not come yet: then the stream is picked up
 /// again from the last event id.
-async fn relay(mut body: Incoming, server: String, rewrite: AnswerRewrite, resume: Option<Resume>, tx: mpsc::Sender<Bytes>) {
+async fn relay(mut body: UpstreamBody, server: String, rewrite: AnswerRewrite, resume: Option<Resume>, tx: mpsc::Sender<Bytes>) {
     let mut parser = sse::Parser::new(MAX_MESSAGE);
     let mut last_id: Option<String> = None;
     let mut resumes = 0;

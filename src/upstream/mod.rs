@@ -1,24 +1,37 @@
-//! Pooled HTTP/1.1 clients for upstream servers, with connect and response
-//! timeouts. Knows nothing of tokens or MCP: it sends a request and returns
-//! the response head with a streaming body.
+//! Pooled HTTP/1.1 connections to upstream servers, with connect and
+//! response timeouts. Knows nothing of tokens or MCP: it sends a request and
+//! returns the response head with a streaming body.
 //!
 //! Each upstream has one pool per data-plane thread (and one for everything
-//! else): hyper-util drives a pooled connection from a task on the runtime
-//! that opened it, so a pool shared by the data plane's single-threaded
-//! runtimes would hand a request on one thread a connection polled by
-//! another, and every response would cross threads.
+//! else): a connection is driven by a task on the runtime that opened it, so
+//! a pool shared by the data plane's single-threaded runtimes would hand a
+//! request on one thread a connection polled by another, and every response
+//! would cross threads.
+//!
+//! The pool is ours rather than hyper-util's legacy client: that client, per
+//! request, hashes a pool key under a lock, formats the `Host` header anew
+//! and spawns a task that waits for the connection to become idle again. Here
+//! the `Host` value and the origin-form URI are computed once per upstream,
+//! the pool is a LIFO stack behind an uncontended lock, and a connection goes
+//! back to it from the response body itself, the moment its last frame is
+//! read (see [`Body`]).
 
 use std::cell::Cell;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::header::HOST;
+use http::{HeaderValue, Request, Response, Uri};
+use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpSocket;
 
 use crate::config::UpstreamServer;
 
@@ -44,56 +57,259 @@ pub fn use_pool_on_this_thread(slot: usize) {
     POOL.with(|p| p.set(slot));
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// Idle connections are closed after this long unused, before typical
+/// upstream idle timeouts would close them under a request.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per pool; more are closed when they come back.
+const MAX_IDLE: usize = 512;
+
+type Sender = SendRequest<Full<Bytes>>;
 
 /// One upstream server and its connection pools (cloning shares them).
 #[derive(Clone)]
 pub struct Upstream {
     pub server: Arc<UpstreamServer>,
-    /// Created on first use, by the thread that uses it.
-    clients: Arc<[OnceLock<HttpClient>]>,
+    target: Arc<Target>,
+}
+
+/// What every request to one upstream shares, computed once.
+struct Target {
+    /// `host:port` to resolve and connect to.
+    authority: String,
+    /// The request target in origin form (`/mcp?x=y`), as HTTP/1.1 sends it.
+    path: Uri,
+    /// The upstream's own authority, as a client connecting to it sends.
+    host: HeaderValue,
+    pools: Box<[Pool]>,
 }
 
 impl Upstream {
     /// `pools`: how many pool slots (at least 1) — one per data-plane thread
     /// plus one for the rest.
     pub fn new(server: Arc<UpstreamServer>, pools: usize) -> Self {
+        // Config validation guarantees an http URL with a host.
+        let url = &server.url;
+        let host = url.host().unwrap_or("localhost");
+        let authority = match url.port_u16() {
+            Some(p) => format!("{host}:{p}"),
+            None => format!("{host}:80"),
+        };
+        let host_header = match url.port_u16() {
+            Some(p) if p != 80 => format!("{host}:{p}"),
+            _ => host.to_owned(),
+        };
+        let path = url.path_and_query().map_or("/", |p| p.as_str());
+        let target = Target {
+            authority,
+            path: Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/")),
+            host: HeaderValue::try_from(host_header).unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+            pools: (0..pools.max(1)).map(|_| Pool::default()).collect(),
+        };
         Upstream {
             server,
-            clients: (0..pools.max(1)).map(|_| OnceLock::new()).collect(),
+            target: Arc::new(target),
         }
     }
 
-    fn client(&self) -> &HttpClient {
-        let slot = POOL.with(Cell::get);
-        let slot = if slot < self.clients.len() { slot } else { 0 };
-        self.clients[slot].get_or_init(|| build_client(&self.server))
+    /// Sends `req` (its URI is replaced by the upstream's); the timeout
+    /// covers connecting and the response head, not the body, which may be
+    /// a long-lived event stream.
+    pub async fn send(&self, mut req: Request<Full<Bytes>>) -> Result<Response<Body>, UpstreamError> {
+        *req.uri_mut() = self.target.path.clone();
+        req.headers_mut().entry(HOST).or_insert_with(|| self.target.host.clone());
+        match tokio::time::timeout(self.server.timeout, self.send_now(req)).await {
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(r) => r,
+        }
     }
 
-    /// Sends `req`; the timeout covers connecting and the response head, not
-    /// the body, which may be a long-lived event stream.
-    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.server.timeout, self.client().request(req)).await {
-            Err(_) => Err(UpstreamError::Timeout),
-            Ok(Err(e)) => Err(UpstreamError::Unavailable(error_chain(&e))),
-            Ok(Ok(resp)) => Ok(resp),
+    async fn send_now(&self, mut req: Request<Full<Bytes>>) -> Result<Response<Body>, UpstreamError> {
+        let slot = POOL.with(Cell::get);
+        let slot = if slot < self.target.pools.len() { slot } else { 0 };
+        let pool = &self.target.pools[slot];
+        loop {
+            let (mut sender, reused) = match pool.checkout() {
+                Some(s) => (s, true),
+                None => (self.connect().await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let (parts, incoming) = resp.into_parts();
+                    let mut body = Body {
+                        incoming,
+                        conn: Some(Return {
+                            sender,
+                            target: Arc::clone(&self.target),
+                            slot,
+                        }),
+                    };
+                    if body.incoming.is_end_stream() {
+                        body.release();
+                    }
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    // A pooled connection the upstream had closed, noticed
+                    // before anything was sent: try again on a new one.
+                    Some(r) if reused => req = r,
+                    _ => return Err(UpstreamError::Unavailable(error_chain(e.error()))),
+                },
+            }
+        }
+    }
+
+    /// Opens a connection and starts the task that drives it.
+    async fn connect(&self) -> Result<Sender, UpstreamError> {
+        let connect = async {
+            let mut last = None;
+            for addr in tokio::net::lookup_host(self.target.authority.as_str()).await? {
+                let socket = if addr.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
+                socket.set_keepalive(true)?;
+                match socket.connect(addr).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| std::io::Error::other("the name resolved to no address")))
+        };
+        let stream = match tokio::time::timeout(self.server.connect_timeout, connect).await {
+            Err(_) => {
+                return Err(UpstreamError::Unavailable(format!(
+                    "connect to {} timed out",
+                    self.target.authority
+                )));
+            }
+            Ok(Err(e)) => return Err(UpstreamError::Unavailable(format!("connect to {}: {e}", self.target.authority))),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Unavailable(error_chain(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// Idle connections of one upstream for one thread: a stack, so the most
+/// recently used (warmest) connection is taken first and the rest age out.
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<VecDeque<(Sender, Instant)>>,
+}
+
+impl Pool {
+    fn checkout(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((sender, since)) = idle.pop_back() {
+            if sender.is_ready() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(sender);
+            }
+            // Closed by the upstream, or unused too long: dropping it
+            // closes it. Everything below it is older still.
+            if !sender.is_closed() {
+                idle.clear();
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Close the oldest when full or stale, so a burst's extra
+        // connections do not stay open forever.
+        while idle
+            .front()
+            .is_some_and(|(_, since)| idle.len() >= MAX_IDLE || since.elapsed() >= IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        idle.push_back((sender, Instant::now()));
+    }
+}
+
+/// Where a connection goes back when its response is read.
+struct Return {
+    sender: Sender,
+    target: Arc<Target>,
+    slot: usize,
+}
+
+/// An upstream response body, streamed frame by frame as it arrives. When
+/// its last frame has been read the connection returns to its pool; dropped
+/// before that, the connection is closed (hyper cannot reuse a connection
+/// with an unread body).
+pub struct Body {
+    incoming: Incoming,
+    conn: Option<Return>,
+}
+
+impl Body {
+    fn release(&mut self) {
+        let Some(Return { mut sender, target, slot }) = self.conn.take() else {
+            return;
+        };
+        if sender.is_ready() {
+            target.pools[slot].checkin(sender);
+        } else if !sender.is_closed()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            // The connection task has not yet turned to the next request
+            // (another thread drives it): hand it back once it has.
+            rt.spawn(async move {
+                if sender.ready().await.is_ok() {
+                    target.pools[slot].checkin(sender);
+                }
+            });
         }
     }
 }
 
-fn build_client(server: &UpstreamServer) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(server.connect_timeout));
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        // Idle keep-alive connections are reused across requests; closed
-        // after 90 s idle, before typical upstream idle timeouts.
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(512)
-        .build(connector)
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = Pin::new(&mut this.incoming).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => this.release(),
+            // hyper's server stops polling once `is_end_stream` says so.
+            Poll::Ready(Some(Ok(_))) if this.incoming.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.conn = None,
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        // Read to the end without a last poll (an empty body, or a reader
+        // that trusted `is_end_stream`): still reusable.
+        if self.incoming.is_end_stream() {
+            self.release();
+        }
+    }
 }
 
 /// The error and its sources on one line, for logs.
@@ -106,4 +322,122 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = src.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pool against a real HTTP/1.1 server on a loopback socket that
+    //! counts the connections it accepts.
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// Serves `/big` as a 1 MiB body and anything else as a short one;
+    /// `keep_alive: false` closes each connection after its response.
+    async fn server(keep_alive: bool) -> (Uri, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let host = req.headers().get(HOST).cloned();
+                    let body = if req.uri().path() == "/big" {
+                        Bytes::from(vec![b'x'; 1 << 20])
+                    } else {
+                        Bytes::from(format!("{} {}", req.uri(), host.unwrap().to_str().unwrap()))
+                    };
+                    Ok::<_, Infallible>(Response::new(Full::new(body)))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .keep_alive(keep_alive)
+                        .serve_connection(TokioIo::new(stream), svc),
+                );
+            }
+        });
+        (format!("http://{addr}/mcp?x=1").parse().unwrap(), accepted)
+    }
+
+    fn upstream(url: Uri) -> Upstream {
+        let server = UpstreamServer {
+            name: "s".into(),
+            url,
+            headers: vec![],
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
+        };
+        Upstream::new(Arc::new(server), 1)
+    }
+
+    fn get(uri: &str) -> Request<Full<Bytes>> {
+        Request::builder().uri(uri).body(Full::default()).unwrap()
+    }
+
+    async fn text(resp: Response<Body>) -> String {
+        String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn reuses_one_connection_and_sends_origin_form_with_host() {
+        let (url, accepted) = server(true).await;
+        let authority = url.authority().unwrap().to_string();
+        let up = upstream(url);
+        for _ in 0..5 {
+            // The caller's URI is replaced by the upstream's, in origin form.
+            let resp = up.send(get("http://elsewhere/ignored")).await.unwrap();
+            assert_eq!(text(resp).await, format!("/mcp?x=1 {authority}"));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_unread_closes_its_connection() {
+        let (url, accepted) = server(true).await;
+        let big = upstream(format!("http://{}/big", url.authority().unwrap()).parse().unwrap());
+        let resp = big.send(get("/")).await.unwrap();
+        drop(resp);
+        // The connection with an unread body is not handed out again.
+        let resp = big.send(get("/")).await.unwrap();
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes().len(), 1 << 20);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // Read to the end, it is.
+        let resp = big.send(get("/")).await.unwrap();
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes().len(), 1 << 20);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_replaced() {
+        let (url, accepted) = server(false).await;
+        let up = upstream(url);
+        for i in 1..=3 {
+            let resp = up.send(get("/")).await.unwrap();
+            assert!(text(resp).await.starts_with("/mcp?x=1"));
+            // Give the closing connection time to be noticed, as between
+            // real requests; a close racing a send is retried anyway.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(accepted.load(Ordering::SeqCst), i);
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_unavailable() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let up = upstream(format!("http://{addr}/mcp").parse().unwrap());
+        match up.send(get("/")).await {
+            Err(UpstreamError::Unavailable(msg)) => assert!(msg.contains(&addr.to_string()), "{msg}"),
+            other => panic!("expected Unavailable, got {:?}", other.map(|r| r.status())),
+        }
+    }
 }
