@@ -16,19 +16,15 @@ use crate::upstream::{Upstream, UpstreamError};
 /// Request headers a client may pass to the upstream (contract §3). Everything
 /// else is dropped: above all `Authorization` (the MCP spec forbids passing a
 /// client's token through), and `Host` (the client uses the upstream's own
-/// authority, which hyper sets from the URI) and `Origin` (checked, not sent).
-const PASS_THROUGH: [HeaderName; 7] = [
-    header::ACCEPT,
-    header::CONTENT_TYPE,
-    HeaderName::from_static("last-event-id"),
-    HeaderName::from_static("mcp-session-id"),
-    HeaderName::from_static("mcp-protocol-version"),
-    HeaderName::from_static("mcp-method"),
-    HeaderName::from_static("mcp-name"),
-];
-
+/// authority, which the upstream client sets) and `Origin` (checked, not sent).
+///
+/// A `match` on the name, not a `const` array of `HeaderName`s: a `const` is
+/// built afresh (and dropped) at every use, seven names per header checked.
 fn is_pass_through(name: &HeaderName) -> bool {
-    PASS_THROUGH.contains(name) || name.as_str().starts_with("mcp-param-")
+    matches!(
+        name.as_str(),
+        "accept" | "content-type" | "last-event-id" | "mcp-session-id" | "mcp-protocol-version" | "mcp-method" | "mcp-name"
+    ) || name.as_str().starts_with("mcp-param-")
 }
 
 /// Response headers that describe one hop, not the message (RFC 9110 §7.6.1),
