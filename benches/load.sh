@@ -17,7 +17,10 @@
 # MCP-Protocol-Version and Mcp-Session-Id, as a real client does. Targets are
 # interleaved (A B C D A B C D ...) for ROUNDS rounds at each concurrency; the
 # table reports, per target, the medians over rounds of requests/s, p50 and
-# p99, and the ratios Portcullis/nginx and Portcullis/mcp-proxy.
+# p99, the proxy's CPU time per request (user + system, of the proxy process
+# and its children, e.g. nginx's workers; the most stable figure on a shared
+# machine, since it does not depend on how much CPU was left to the proxy),
+# and the ratios Portcullis/nginx and Portcullis/mcp-proxy.
 # Per-request logging is off everywhere (nginx access_log off,
 # PORTCULLIS_LOG=warn, mcp-proxy log_level=warn).
 #
@@ -212,13 +215,25 @@ EOF
     cat >>"$WORK/$t.lua" <<'EOF'
 done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format("RESULT %.1f %.1f %.1f %d %d\n",
+  io.write(string.format("RESULT %.1f %.1f %.1f %d %d %d\n",
     summary.requests / (summary.duration / 1e6),
     latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.timeout, e.status))
+    e.connect + e.read + e.write + e.timeout, e.status, summary.requests))
 end
 EOF
 }
+
+# cpu_ticks PID: user + system clock ticks of PID and its direct children.
+cpu_ticks() {
+    local p total=0
+    for p in "$1" $(pgrep -P "$1" || true); do
+        # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that
+        # ends the command name (which may contain spaces).
+        total=$((total + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}')))
+    done
+    echo "$total"
+}
+HZ=$(getconf CLK_TCK)
 
 ACTIVE=()
 declare -A TPIDS
@@ -245,13 +260,19 @@ for c in $CONNS; do
                 perf record -g -o "$WORK/perf.data" -p "${TPIDS[$t]}" 2>"$WORK/perf.log" &
                 perf_pid=$!
             fi
+            tpid=${TPIDS[$t]}
+            ticks0=$([ -n "$tpid" ] && cpu_ticks "$tpid" || echo "")
             out=$(wrk -t"$th" -c"$c" -d"$DURATION" -s "$WORK/$t.lua" "${URL[$t]}" 2>&1) || true
+            ticks1=$([ -n "$tpid" ] && cpu_ticks "$tpid" || echo "")
             [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
             line=$(grep '^RESULT' <<<"$out" || true)
             [ -n "$line" ] || { log "$t c=$c: wrk failed: $out"; continue; }
-            read -r _ rps p50 p99 errs non2xx <<<"$line"
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$c" "$r" "$rps" "$p50" "$p99" "$errs" "$non2xx" >>"$SAMPLES"
-            log "round $r c=$c $t: $rps req/s p50 ${p50}us p99 ${p99}us errors $errs non-2xx $non2xx"
+            read -r _ rps p50 p99 errs non2xx reqs <<<"$line"
+            # Proxy CPU microseconds per request ("-" for direct: no proxy).
+            cpu=-
+            [ -n "$ticks0" ] && [ "$reqs" -gt 0 ] && cpu=$(awk -v d=$((ticks1 - ticks0)) -v hz="$HZ" -v n="$reqs" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$c" "$r" "$rps" "$p50" "$p99" "$errs" "$non2xx" "$cpu" >>"$SAMPLES"
+            log "round $r c=$c $t: $rps req/s p50 ${p50}us p99 ${p99}us errors $errs non-2xx $non2xx cpu ${cpu}us/req"
         done
     done
 done
@@ -260,33 +281,40 @@ python3 - "$SAMPLES" "${JSON:-}" <<'EOF'
 import json, statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 data = {}
-for t, c, r, rps, p50, p99, errs, non2xx in rows:
-    d = data.setdefault((t, int(c)), {"rps": [], "p50": [], "p99": [], "errors": 0, "non2xx": 0})
+for t, c, r, rps, p50, p99, errs, non2xx, cpu in rows:
+    d = data.setdefault((t, int(c)), {"rps": [], "p50": [], "p99": [], "cpu": [], "errors": 0, "non2xx": 0})
     d["rps"].append(float(rps)); d["p50"].append(float(p50) / 1000); d["p99"].append(float(p99) / 1000)
+    if cpu != "-":
+        d["cpu"].append(float(cpu))
     d["errors"] += int(errs); d["non2xx"] += int(non2xx)
 order = ["direct", "nginx", "mcp-proxy", "portcullis", "portcullis-base"]
 summary = []
 for c in sorted({c for _, c in data}):
     print(f"\n### Concurrency {c}\n")
-    print("| target | req/s | p50 ms | p99 ms | errors | non-2xx |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| target | req/s | p50 ms | p99 ms | proxy CPU µs/req | errors | non-2xx |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     med = {}
     for t in order:
         d = data.get((t, c))
         if not d:
             continue
         m = {k: statistics.median(d[k]) for k in ("rps", "p50", "p99")}
+        m["cpu_us"] = statistics.median(d["cpu"]) if d["cpu"] else None
         med[t] = m
         summary.append({"target": t, "concurrency": c, "rounds": len(d["rps"]), **m,
                         "errors": d["errors"], "non2xx": d["non2xx"], "samples_rps": d["rps"]})
-        print(f"| {t} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {d['errors']} | {d['non2xx']} |")
+        cpu = "-" if m["cpu_us"] is None else f"{m['cpu_us']:.1f}"
+        print(f"| {t} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {cpu} | {d['errors']} | {d['non2xx']} |")
     print()
     for mine, peer in (("portcullis", "nginx"), ("portcullis", "mcp-proxy"),
                        ("portcullis-base", "nginx"), ("portcullis", "portcullis-base")):
         if mine in med and peer in med:
             pc, p = med[mine], med[peer]
+            cpu = ""
+            if pc["cpu_us"] and p["cpu_us"]:
+                cpu = f", CPU per request {pc['cpu_us'] / p['cpu_us']:.2f}x"
             print(f"- {mine}/{peer}: throughput {pc['rps'] / p['rps']:.2f}x, "
-                  f"p99 {pc['p99']:.3f} ms vs {p['p99']:.3f} ms ({pc['p99'] / p['p99']:.2f}x)")
+                  f"p99 {pc['p99']:.3f} ms vs {p['p99']:.3f} ms ({pc['p99'] / p['p99']:.2f}x){cpu}")
 if sys.argv[2]:
     json.dump(summary, open(sys.argv[2], "w"), indent=2)
 EOF

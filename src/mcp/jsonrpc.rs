@@ -12,22 +12,34 @@ use serde_json::value::RawValue;
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(borrow)]
-    jsonrpc: Option<Cow<'a, str>>,
+    jsonrpc: Option<Str<'a>>,
     #[serde(borrow)]
     id: Option<&'a RawValue>,
     #[serde(borrow)]
-    method: Option<Cow<'a, str>>,
+    method: Option<Str<'a>>,
     result: Option<IgnoredAny>,
     error: Option<IgnoredAny>,
+}
+
+/// A string borrowed from the body unless it has escapes. serde borrows a
+/// `Cow<str>` field, but not one inside an `Option` (it would allocate two
+/// strings per request); inside this newtype it does.
+#[derive(Deserialize)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl Str<'_> {
+    fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl Envelope<'_> {
     fn is_valid(&self) -> bool {
         let id_ok = self.id.is_none_or(|id| is_valid_id(id.get()));
         let is_request_or_notification =
-            self.method.as_deref().is_some_and(|m| !m.is_empty()) && self.result.is_none() && self.error.is_none();
+            self.method.as_ref().is_some_and(|m| !m.as_str().is_empty()) && self.result.is_none() && self.error.is_none();
         let is_response = self.method.is_none() && self.id.is_some() && (self.result.is_some() != self.error.is_some());
-        self.jsonrpc.as_deref() == Some("2.0") && id_ok && (is_request_or_notification || is_response)
+        self.jsonrpc.as_ref().map(Str::as_str) == Some("2.0") && id_ok && (is_request_or_notification || is_response)
     }
 }
 
@@ -71,7 +83,7 @@ pub fn inspect(bytes: &[u8]) -> Result<Body<'_>, BodyError> {
     if env.is_valid() {
         Ok(Body::Message {
             id: env.id,
-            method: env.method,
+            method: env.method.map(|m| m.0),
         })
     } else {
         Err(BodyError::InvalidRequest)
@@ -130,6 +142,8 @@ mod tests {
             Body::Message { id, method } => {
                 assert_eq!(id.unwrap().get(), "7");
                 assert_eq!(method.as_deref(), Some("tools/list"));
+                // Borrowed from the body, not copied (no allocation per request).
+                assert!(matches!(method, Some(Cow::Borrowed(_))));
             }
             Body::Batch => panic!(),
         }
