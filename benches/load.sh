@@ -21,6 +21,9 @@
 # and its children, e.g. nginx's workers; the most stable figure on a shared
 # machine, since it does not depend on how much CPU was left to the proxy),
 # and the ratios Portcullis/nginx and Portcullis/mcp-proxy.
+# Before and after every round the target must answer the same call with the
+# tool's result; a round where it does not is discarded (column
+# "discarded"), so a proxy that answers fast with errors is not measured.
 # Per-request logging is off everywhere (nginx access_log off,
 # PORTCULLIS_LOG=warn, mcp-proxy log_level=warn).
 #
@@ -189,20 +192,31 @@ start_target() {
     return 0
 }
 
+# check_answer TARGET: the target answers the benchmark's tools/call with the
+# tool's result (not an error with status 200, which wrk would count as a
+# success: mcp-proxy 0.6.0, once its backend connection has failed, answers
+# every call that way for good).
+declare -A SID
+check_answer() {
+    local t=$1 auth=() answer
+    [ -n "${HDRS[$t]:-}" ] && auth=(-H "Authorization: ${HDRS[$t]}")
+    answer=$(curl -s --max-time 5 "${URL[$t]}" "${auth[@]}" ${SID[$t]:+-H "Mcp-Session-Id: ${SID[$t]}"} \
+        -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+        -H 'MCP-Protocol-Version: 2025-06-18' \
+        -d "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"${TOOL[$t]}\",\"arguments\":{\"text\":\"hello\"}}}")
+    if [[ "$answer" != *'"text":"hello"'* ]]; then
+        log "$t: unexpected answer to tools/call: ${answer:0:300}"
+        return 1
+    fi
+}
+
 # Writes the wrk script for target $1 to $WORK/$1.lua.
 wrk_script() {
     local t=$1 auth=() sid
     [ -n "${HDRS[$t]:-}" ] && auth=(-H "Authorization: ${HDRS[$t]}")
     sid=$(mcp_initialize "${URL[$t]}" "${auth[@]}")
-    local check
-    check=$(curl -s "${URL[$t]}" "${auth[@]}" ${sid:+-H "Mcp-Session-Id: $sid"} \
-        -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
-        -H 'MCP-Protocol-Version: 2025-06-18' \
-        -d "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"${TOOL[$t]}\",\"arguments\":{\"text\":\"hello\"}}}")
-    if [[ "$check" != *'"text":"hello"'* ]]; then
-        log "$t: unexpected answer to tools/call: $check"
-        return 1
-    fi
+    SID[$t]=$sid
+    check_answer "$t" || return 1
     cat >"$WORK/$t.lua" <<EOF
 wrk.method = "POST"
 wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"${TOOL[$t]}","arguments":{"text":"hello"}}}'
@@ -260,6 +274,13 @@ for c in $CONNS; do
                 perf record -g -o "$WORK/perf.data" -p "${TPIDS[$t]}" 2>"$WORK/perf.log" &
                 perf_pid=$!
             fi
+            # A round counts only if the target answers correctly just
+            # before and just after it.
+            if ! check_answer "$t"; then
+                log "round $r c=$c $t: not measured: the target no longer answers correctly"
+                printf '%s\t%s\t%s\tinvalid\n' "$t" "$c" "$r" >>"$SAMPLES"
+                continue
+            fi
             tpid=${TPIDS[$t]}
             ticks0=$([ -n "$tpid" ] && cpu_ticks "$tpid" || echo "")
             out=$(wrk -t"$th" -c"$c" -d"$DURATION" -s "$WORK/$t.lua" "${URL[$t]}" 2>&1) || true
@@ -271,6 +292,11 @@ for c in $CONNS; do
             # Proxy CPU microseconds per request ("-" for direct: no proxy).
             cpu=-
             [ -n "$ticks0" ] && [ "$reqs" -gt 0 ] && cpu=$(awk -v d=$((ticks1 - ticks0)) -v hz="$HZ" -v n="$reqs" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
+            if ! check_answer "$t"; then
+                log "round $r c=$c $t: discarded: the target stopped answering correctly during the round"
+                printf '%s\t%s\t%s\tinvalid\n' "$t" "$c" "$r" >>"$SAMPLES"
+                continue
+            fi
             printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$c" "$r" "$rps" "$p50" "$p99" "$errs" "$non2xx" "$cpu" >>"$SAMPLES"
             log "round $r c=$c $t: $rps req/s p50 ${p50}us p99 ${p99}us errors $errs non-2xx $non2xx cpu ${cpu}us/req"
         done
@@ -281,7 +307,12 @@ python3 - "$SAMPLES" "${JSON:-}" <<'EOF'
 import json, statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 data = {}
-for t, c, r, rps, p50, p99, errs, non2xx, cpu in rows:
+invalid = {}
+for row in rows:
+    if row[3] == "invalid":
+        invalid[(row[0], int(row[1]))] = invalid.get((row[0], int(row[1])), 0) + 1
+        continue
+    t, c, r, rps, p50, p99, errs, non2xx, cpu = row
     d = data.setdefault((t, int(c)), {"rps": [], "p50": [], "p99": [], "cpu": [], "errors": 0, "non2xx": 0})
     d["rps"].append(float(rps)); d["p50"].append(float(p50) / 1000); d["p99"].append(float(p99) / 1000)
     if cpu != "-":
@@ -291,20 +322,23 @@ order = ["direct", "nginx", "mcp-proxy", "portcullis", "portcullis-base"]
 summary = []
 for c in sorted({c for _, c in data}):
     print(f"\n### Concurrency {c}\n")
-    print("| target | req/s | p50 ms | p99 ms | proxy CPU µs/req | errors | non-2xx |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| target | req/s | p50 ms | p99 ms | proxy CPU µs/req | errors | non-2xx | rounds | discarded |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     med = {}
     for t in order:
         d = data.get((t, c))
         if not d:
+            if invalid.get((t, c)):
+                print(f"| {t} | - | - | - | - | - | - | 0 | {invalid[(t, c)]} |")
             continue
         m = {k: statistics.median(d[k]) for k in ("rps", "p50", "p99")}
         m["cpu_us"] = statistics.median(d["cpu"]) if d["cpu"] else None
         med[t] = m
-        summary.append({"target": t, "concurrency": c, "rounds": len(d["rps"]), **m,
+        bad = invalid.get((t, c), 0)
+        summary.append({"target": t, "concurrency": c, "rounds": len(d["rps"]), "discarded": bad, **m,
                         "errors": d["errors"], "non2xx": d["non2xx"], "samples_rps": d["rps"]})
         cpu = "-" if m["cpu_us"] is None else f"{m['cpu_us']:.1f}"
-        print(f"| {t} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {cpu} | {d['errors']} | {d['non2xx']} |")
+        print(f"| {t} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {cpu} | {d['errors']} | {d['non2xx']} | {len(d['rps'])} | {bad} |")
     print()
     for mine, peer in (("portcullis", "nginx"), ("portcullis", "mcp-proxy"),
                        ("portcullis-base", "nginx"), ("portcullis", "portcullis-base")):
