@@ -23,7 +23,10 @@
 # and the ratios Portcullis/nginx and Portcullis/mcp-proxy.
 # Before and after every round the target must answer the same call with the
 # tool's result; a round where it does not is discarded (column
-# "discarded"), so a proxy that answers fast with errors is not measured.
+# "discarded"), so a proxy that answers fast with errors is not measured. A
+# target that fails the check before a round is restarted first (column
+# "restarts"): mcp-proxy 0.6.0 does not recover once a backend connection
+# fails, e.g. when the upstream closes idle keep-alive connections.
 # Per-request logging is off everywhere (nginx access_log off,
 # PORTCULLIS_LOG=warn, mcp-proxy log_level=warn).
 #
@@ -239,15 +242,28 @@ EOF
 
 # cpu_ticks PID: user + system clock ticks of PID and its direct children.
 cpu_ticks() {
-    local p total=0
+    local p v total=0
     for p in "$1" $(pgrep -P "$1" || true); do
         # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that
         # ends the command name (which may contain spaces).
-        total=$((total + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}')))
+        v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}' || true)
+        total=$((total + ${v:-0}))
     done
     echo "$total"
 }
 HZ=$(getconf CLK_TCK)
+
+# restart_target TARGET: stops the target's process and starts it afresh
+# (new session, new token). Not possible for `direct` (nothing to restart).
+restart_target() {
+    local t=$1
+    [ -n "${TPIDS[$t]:-}" ] || return 1
+    kill "${TPIDS[$t]}" 2>/dev/null || true
+    wait "${TPIDS[$t]}" 2>/dev/null || true
+    TPID=""
+    start_target "$t" && wrk_script "$t" || return 1
+    TPIDS[$t]=${TPID:-}
+}
 
 ACTIVE=()
 declare -A TPIDS
@@ -277,9 +293,15 @@ for c in $CONNS; do
             # A round counts only if the target answers correctly just
             # before and just after it.
             if ! check_answer "$t"; then
-                log "round $r c=$c $t: not measured: the target no longer answers correctly"
-                printf '%s\t%s\t%s\tinvalid\n' "$t" "$c" "$r" >>"$SAMPLES"
-                continue
+                # Restarted (and counted), so that one failure does not
+                # end the target's measurements.
+                log "round $r c=$c $t: the target no longer answers correctly; restarting it"
+                printf '%s\t%s\t%s\trestart\n' "$t" "$c" "$r" >>"$SAMPLES"
+                if ! restart_target "$t" || ! check_answer "$t"; then
+                    log "round $r c=$c $t: not measured: restart failed"
+                    printf '%s\t%s\t%s\tinvalid\n' "$t" "$c" "$r" >>"$SAMPLES"
+                    continue
+                fi
             fi
             tpid=${TPIDS[$t]}
             ticks0=$([ -n "$tpid" ] && cpu_ticks "$tpid" || echo "")
@@ -307,10 +329,11 @@ python3 - "$SAMPLES" "${JSON:-}" <<'EOF'
 import json, statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 data = {}
-invalid = {}
+invalid, restarts = {}, {}
 for row in rows:
-    if row[3] == "invalid":
-        invalid[(row[0], int(row[1]))] = invalid.get((row[0], int(row[1])), 0) + 1
+    if row[3] in ("invalid", "restart"):
+        counter = invalid if row[3] == "invalid" else restarts
+        counter[(row[0], int(row[1]))] = counter.get((row[0], int(row[1])), 0) + 1
         continue
     t, c, r, rps, p50, p99, errs, non2xx, cpu = row
     d = data.setdefault((t, int(c)), {"rps": [], "p50": [], "p99": [], "cpu": [], "errors": 0, "non2xx": 0})
@@ -322,23 +345,24 @@ order = ["direct", "nginx", "mcp-proxy", "portcullis", "portcullis-base"]
 summary = []
 for c in sorted({c for _, c in data}):
     print(f"\n### Concurrency {c}\n")
-    print("| target | req/s | p50 ms | p99 ms | proxy CPU µs/req | errors | non-2xx | rounds | discarded |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| target | req/s | p50 ms | p99 ms | proxy CPU µs/req | errors | non-2xx | rounds | discarded | restarts |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     med = {}
     for t in order:
         d = data.get((t, c))
         if not d:
             if invalid.get((t, c)):
-                print(f"| {t} | - | - | - | - | - | - | 0 | {invalid[(t, c)]} |")
+                print(f"| {t} | - | - | - | - | - | - | 0 | {invalid[(t, c)]} | {restarts.get((t, c), 0)} |")
             continue
         m = {k: statistics.median(d[k]) for k in ("rps", "p50", "p99")}
         m["cpu_us"] = statistics.median(d["cpu"]) if d["cpu"] else None
         med[t] = m
         bad = invalid.get((t, c), 0)
-        summary.append({"target": t, "concurrency": c, "rounds": len(d["rps"]), "discarded": bad, **m,
+        summary.append({"target": t, "concurrency": c, "rounds": len(d["rps"]), "discarded": bad,
+                        "restarts": restarts.get((t, c), 0), **m,
                         "errors": d["errors"], "non2xx": d["non2xx"], "samples_rps": d["rps"]})
         cpu = "-" if m["cpu_us"] is None else f"{m['cpu_us']:.1f}"
-        print(f"| {t} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {cpu} | {d['errors']} | {d['non2xx']} | {len(d['rps'])} | {bad} |")
+        print(f"| {t} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {cpu} | {d['errors']} | {d['non2xx']} | {len(d['rps'])} | {bad} | {restarts.get((t, c), 0)} |")
     print()
     for mine, peer in (("portcullis", "nginx"), ("portcullis", "mcp-proxy"),
                        ("portcullis-base", "nginx"), ("portcullis", "portcullis-base")):
