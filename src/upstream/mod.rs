@@ -340,6 +340,13 @@ mod tests {
     /// Serves `/big` as a 1 MiB body and anything else as a short one;
     /// `keep_alive: false` closes each connection after its response.
     async fn server(keep_alive: bool) -> (Uri, Arc<AtomicUsize>) {
+        server_with(keep_alive, None).await
+    }
+
+    /// [`server`], closing connections idle longer than `idle` (hyper's
+    /// header-read timer also runs while a connection waits for its next
+    /// request, as in the demo upstream and the gateway itself).
+    async fn server_with(keep_alive: bool, idle: Option<Duration>) -> (Uri, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -357,11 +364,12 @@ mod tests {
                     };
                     Ok::<_, Infallible>(Response::new(Full::new(body)))
                 });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .keep_alive(keep_alive)
-                        .serve_connection(TokioIo::new(stream), svc),
-                );
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder.keep_alive(keep_alive);
+                if let Some(idle) = idle {
+                    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(idle);
+                }
+                tokio::spawn(builder.serve_connection(TokioIo::new(stream), svc));
             }
         });
         (format!("http://{addr}/mcp?x=1").parse().unwrap(), accepted)
@@ -426,6 +434,19 @@ mod tests {
             // real requests; a close racing a send is retried anyway.
             tokio::time::sleep(Duration::from_millis(20)).await;
             assert_eq!(accepted.load(Ordering::SeqCst), i);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_in_the_pool_is_replaced() {
+        let (url, accepted) = server_with(true, Some(Duration::from_millis(100))).await;
+        let up = upstream(url);
+        for i in 1..=3 {
+            let resp = up.send(get("/")).await.unwrap();
+            assert!(text(resp).await.starts_with("/mcp?x=1"));
+            assert_eq!(accepted.load(Ordering::SeqCst), i);
+            // The upstream closes the pooled connection meanwhile.
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
 
