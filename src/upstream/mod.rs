@@ -210,14 +210,16 @@ impl Pool {
     fn checkout(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((sender, since)) = idle.pop_back() {
-            if sender.is_ready() && since.elapsed() < IDLE_TIMEOUT {
+            if since.elapsed() >= IDLE_TIMEOUT {
+                // Unused too long, and everything below it is older still:
+                // dropping them closes them.
+                idle.clear();
+                return None;
+            }
+            if sender.is_ready() {
                 return Some(sender);
             }
-            // Closed by the upstream, or unused too long: dropping it
-            // closes it. Everything below it is older still.
-            if !sender.is_closed() {
-                idle.clear();
-            }
+            // Closed by the upstream meanwhile: drop it, try the next.
         }
         None
     }
