@@ -178,7 +178,7 @@ async fn progress(id: Value, steps: u64, interval: Duration, token: Option<Value
         tokio::time::sleep(interval * steps as u32).await;
         return json_response(StatusCode::OK, &result);
     }
-    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, hyper::Error>::new(4);
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(4);
     tokio::spawn(async move {
         for step in 1..=steps {
             tokio::time::sleep(interval).await;

@@ -15,7 +15,7 @@ use crate::mcp::jsonrpc;
 
 /// Response body type of the data plane: either our own bytes or an
 /// upstream's streamed body.
-pub type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+pub type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 /// A body from bytes we produced.
 pub fn full(bytes: impl Into<Bytes>) -> Body {

@@ -5,7 +5,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 
 use crate::app::AppState;
 use crate::config::Workspace;
@@ -46,7 +46,7 @@ pub(super) async fn forward(
     request_id: &HeaderValue,
 ) -> Result<Response<Body>, GatewayError> {
     let server = &upstream.server;
-    let mut req = Request::new(Full::new(body));
+    let mut req = Request::new(body);
     *req.method_mut() = method;
     *req.uri_mut() = server.url.clone();
     let headers = req.headers_mut();

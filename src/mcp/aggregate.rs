@@ -28,7 +28,7 @@ use futures_util::future::join_all;
 use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc};
@@ -1136,8 +1136,8 @@ fn upstream_request(
     body: Bytes,
     request_id: &HeaderValue,
     extra: &[(&'static str, HeaderValue)],
-) -> Request<Full<Bytes>> {
-    let mut req = Request::new(Full::new(body));
+) -> Request<Bytes> {
+    let mut req = Request::new(body);
     let get = method == Method::GET;
     *req.method_mut() = method;
     *req.uri_mut() = server.url.clone();
@@ -1481,7 +1481,7 @@ fn spawn_health(agg: Weak<Aggregator>) {
                     continue;
                 }
                 let server = &a.workspace.servers[i];
-                let mut req = Request::new(Full::new(ping.clone()));
+                let mut req = Request::new(ping.clone());
                 *req.method_mut() = Method::POST;
                 *req.uri_mut() = server.url.clone();
                 req.headers_mut()

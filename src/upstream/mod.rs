@@ -2,38 +2,39 @@
 //! response timeouts. Knows nothing of tokens or MCP: it sends a request and
 //! returns the response head with a streaming body.
 //!
-//! Each upstream has one pool per data-plane thread (and one for everything
-//! else): a connection is driven by a task on the runtime that opened it, so
-//! a pool shared by the data plane's single-threaded runtimes would hand a
-//! request on one thread a connection polled by another, and every response
-//! would cross threads.
+//! The wire protocol is [`h1`]: the request's own task writes the request
+//! and reads the response head, and the response body reads from the socket
+//! as the server polls it; no task per connection, no channel between the
+//! request and its connection.
 //!
-//! The pool is ours rather than hyper-util's legacy client: that client, per
-//! request, hashes a pool key under a lock, formats the `Host` header anew
-//! and spawns a task that waits for the connection to become idle again. Here
-//! the `Host` value and the origin-form URI are computed once per upstream,
-//! the pool is a LIFO stack behind an uncontended lock, and a connection goes
-//! back to it from the response body itself, the moment its last frame is
-//! read (see [`Body`]).
+//! Each upstream has one pool per data-plane thread (and one for everything
+//! else): a socket is registered with the reactor of the runtime that opened
+//! it, so a pool shared by the data plane's single-threaded runtimes would
+//! hand a request on one thread a socket whose readiness another thread's
+//! reactor reports.
+//!
+//! The pool is a LIFO stack behind an uncontended lock; a connection goes
+//! back to it from the response body itself, the moment its last byte is
+//! read (see [`Body`]). The `Host` value and the origin-form target are
+//! computed once per upstream.
+
+mod h1;
 
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::HOST;
-use http::{HeaderValue, Request, Response, Uri};
-use http_body::{Body as _, Frame, SizeHint};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::{HeaderValue, Method, Request, Response};
+use http_body::{Frame, SizeHint};
 use tokio::net::TcpSocket;
 
 use crate::config::UpstreamServer;
+use h1::{Conn, Decoder, Stage, Step};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -63,8 +64,6 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per pool; more are closed when they come back.
 const MAX_IDLE: usize = 512;
 
-type Sender = SendRequest<Full<Bytes>>;
-
 /// One upstream server and its connection pools (cloning shares them).
 #[derive(Clone)]
 pub struct Upstream {
@@ -77,7 +76,7 @@ struct Target {
     /// `host:port` to resolve and connect to.
     authority: String,
     /// The request target in origin form (`/mcp?x=y`), as HTTP/1.1 sends it.
-    path: Uri,
+    path: String,
     /// The upstream's own authority, as a client connecting to it sends.
     host: HeaderValue,
     pools: Box<[Pool]>,
@@ -98,10 +97,9 @@ impl Upstream {
             Some(p) if p != 80 => format!("{host}:{p}"),
             _ => host.to_owned(),
         };
-        let path = url.path_and_query().map_or("/", |p| p.as_str());
         let target = Target {
             authority,
-            path: Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/")),
+            path: url.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
             host: HeaderValue::try_from(host_header).unwrap_or_else(|_| HeaderValue::from_static("localhost")),
             pools: (0..pools.max(1)).map(|_| Pool::default()).collect(),
         };
@@ -111,55 +109,57 @@ impl Upstream {
         }
     }
 
-    /// Sends `req` (its URI is replaced by the upstream's); the timeout
-    /// covers connecting and the response head, not the body, which may be
-    /// a long-lived event stream.
-    pub async fn send(&self, mut req: Request<Full<Bytes>>) -> Result<Response<Body>, UpstreamError> {
-        *req.uri_mut() = self.target.path.clone();
-        req.headers_mut().entry(HOST).or_insert_with(|| self.target.host.clone());
-        match tokio::time::timeout(self.server.timeout, self.send_now(req)).await {
+    /// Sends `req` to the upstream's URL (the request's own URI is not
+    /// used); the timeout covers connecting and the response head, not the
+    /// body, which may be a long-lived event stream.
+    pub async fn send(&self, req: Request<Bytes>) -> Result<Response<Body>, UpstreamError> {
+        let (parts, body) = req.into_parts();
+        let wire = h1::encode(&parts.method, &self.target.path, &self.target.host, &parts.headers, &body);
+        match tokio::time::timeout(self.server.timeout, self.send_now(&wire, &parts.method)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(r) => r,
         }
     }
 
-    async fn send_now(&self, mut req: Request<Full<Bytes>>) -> Result<Response<Body>, UpstreamError> {
+    async fn send_now(&self, wire: &[u8], method: &Method) -> Result<Response<Body>, UpstreamError> {
         let slot = POOL.with(Cell::get);
         let slot = if slot < self.target.pools.len() { slot } else { 0 };
-        let pool = &self.target.pools[slot];
         loop {
-            let (mut sender, reused) = match pool.checkout() {
-                Some(s) => (s, true),
+            let (mut conn, reused) = match self.target.pools[slot].checkout() {
+                Some(c) => (c, true),
                 None => (self.connect().await?, false),
             };
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let (parts, incoming) = resp.into_parts();
+            match conn.round_trip(wire, *method == Method::HEAD).await {
+                Ok(head) => {
                     let mut body = Body {
-                        incoming,
-                        conn: Some(Return {
-                            sender,
+                        conn: Some(conn),
+                        decoder: head.decoder,
+                        home: head.reusable.then(|| Home {
                             target: Arc::clone(&self.target),
                             slot,
                         }),
                     };
-                    if body.incoming.is_end_stream() {
-                        body.release();
+                    if body.decoder.is_done() {
+                        body.finish();
                     }
-                    return Ok(Response::from_parts(parts, body));
+                    return Ok(Response::from_parts(head.parts, body));
                 }
-                Err(mut e) => match e.take_message() {
-                    // A pooled connection the upstream had closed, noticed
-                    // before anything was sent: try again on a new one.
-                    Some(r) if reused => req = r,
-                    _ => return Err(UpstreamError::Unavailable(error_chain(e.error()))),
-                },
+                // A pooled connection the upstream had closed: try a new
+                // one when the upstream cannot have acted on the request —
+                // it was not delivered, or it is idempotent and got no
+                // answer at all (the rule of Go's http.Transport). A POST
+                // that got no answer is not sent twice: a tool call may
+                // have run.
+                Err(f) if reused && (f.stage == Stage::Write || (f.stage == Stage::NoAnswer && method.is_idempotent())) => {
+                    tracing::debug!(error = %f.detail, "pooled upstream connection failed; retrying on a new one");
+                }
+                Err(f) => return Err(UpstreamError::Unavailable(f.detail)),
             }
         }
     }
 
-    /// Opens a connection and starts the task that drives it.
-    async fn connect(&self) -> Result<Sender, UpstreamError> {
+    /// Opens a connection.
+    async fn connect(&self) -> Result<Conn, UpstreamError> {
         let connect = async {
             let mut last = None;
             for addr in tokio::net::lookup_host(self.target.authority.as_str()).await? {
@@ -174,7 +174,7 @@ impl Upstream {
                     Err(e) => last = Some(e),
                 }
             }
-            Err(last.unwrap_or_else(|| std::io::Error::other("the name resolved to no address")))
+            Err(last.unwrap_or_else(|| io::Error::other("the name resolved to no address")))
         };
         let stream = match tokio::time::timeout(self.server.connect_timeout, connect).await {
             Err(_) => {
@@ -187,15 +187,7 @@ impl Upstream {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::Unavailable(error_chain(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Conn::new(stream))
     }
 }
 
@@ -203,31 +195,28 @@ impl Upstream {
 /// recently used (warmest) connection is taken first and the rest age out.
 #[derive(Default)]
 struct Pool {
-    idle: Mutex<VecDeque<(Sender, Instant)>>,
+    idle: Mutex<VecDeque<(Conn, Instant)>>,
 }
 
 impl Pool {
-    fn checkout(&self) -> Option<Sender> {
+    fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((sender, since)) = idle.pop_back() {
+        while let Some((conn, since)) = idle.pop_back() {
             if since.elapsed() >= IDLE_TIMEOUT {
                 // Unused too long, and everything below it is older still:
                 // dropping them closes them.
                 idle.clear();
                 return None;
             }
-            if sender.is_ready() {
-                return Some(sender);
+            if conn.is_usable() {
+                return Some(conn);
             }
             // Closed by the upstream meanwhile: drop it, try the next.
         }
         None
     }
 
-    fn checkin(&self, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
+    fn checkin(&self, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         // Close the oldest when full or stale, so a burst's extra
         // connections do not stay open forever.
@@ -237,93 +226,100 @@ impl Pool {
         {
             idle.pop_front();
         }
-        idle.push_back((sender, Instant::now()));
+        idle.push_back((conn, Instant::now()));
     }
 }
 
-/// Where a connection goes back when its response is read.
-struct Return {
-    sender: Sender,
+/// Where a connection goes back when its response has been read.
+struct Home {
     target: Arc<Target>,
     slot: usize,
 }
 
-/// An upstream response body, streamed frame by frame as it arrives. When
-/// its last frame has been read the connection returns to its pool; dropped
-/// before that, the connection is closed (hyper cannot reuse a connection
-/// with an unread body).
+/// An upstream response body, streamed piece by piece as it arrives. When
+/// its last byte has been read the connection returns to its pool; dropped
+/// before that, the connection is closed (what is left of the body would
+/// otherwise be read as the next response).
 pub struct Body {
-    incoming: Incoming,
-    conn: Option<Return>,
+    /// `None` once the body has ended or failed.
+    conn: Option<Conn>,
+    decoder: Decoder,
+    /// `None`: close the connection at the end (the upstream asked to, or
+    /// the body is framed by the close).
+    home: Option<Home>,
 }
 
 impl Body {
-    fn release(&mut self) {
-        let Some(Return { mut sender, target, slot }) = self.conn.take() else {
-            return;
-        };
-        if sender.is_ready() {
-            target.pools[slot].checkin(sender);
-        } else if !sender.is_closed()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
+    /// The body has been read to its end: the connection goes home if it
+    /// may and nothing unexpected follows the body.
+    fn finish(&mut self) {
+        let conn = self.conn.take();
+        if let (Some(conn), Some(home)) = (conn, self.home.take())
+            && conn.buf.is_empty()
         {
-            // The connection task has not yet turned to the next request
-            // (another thread drives it): hand it back once it has.
-            rt.spawn(async move {
-                if sender.ready().await.is_ok() {
-                    target.pools[slot].checkin(sender);
-                }
-            });
+            home.target.pools[home.slot].checkin(conn);
         }
+    }
+
+    fn fail(&mut self, e: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.conn = None;
+        self.decoder = Decoder::Done;
+        Poll::Ready(Some(Err(e)))
     }
 }
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
-        let frame = Pin::new(&mut this.incoming).poll_frame(cx);
-        match &frame {
-            Poll::Ready(None) => this.release(),
-            // hyper's server stops polling once `is_end_stream` says so.
-            Poll::Ready(Some(Ok(_))) if this.incoming.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.conn = None,
-            _ => {}
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.decoder.decode(&mut conn.buf) {
+                Ok(Step::Data(data)) => {
+                    // hyper's server stops polling once `is_end_stream`
+                    // says so: hand the connection back with the last piece.
+                    if this.decoder.is_done() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Step::Done) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::NeedMore) => {}
+                Err(e) => return this.fail(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+            conn.buf.reserve(h1::READ_CHUNK);
+            match ready!(tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)) {
+                Ok(0) => match this.decoder.eof() {
+                    // Framed by the close: the body is complete.
+                    Ok(()) => {
+                        this.conn = None;
+                        return Poll::Ready(None);
+                    }
+                    Err(e) => return this.fail(io::Error::new(io::ErrorKind::UnexpectedEof, e)),
+                },
+                Ok(_) => {}
+                Err(e) => return this.fail(e),
+            }
         }
-        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
+        self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.incoming.size_hint()
-    }
-}
-
-impl Drop for Body {
-    fn drop(&mut self) {
-        // Read to the end without a last poll (an empty body, or a reader
-        // that trusted `is_end_stream`): still reusable.
-        if self.incoming.is_end_stream() {
-            self.release();
+        match self.decoder.exact_rest() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
         }
     }
-}
-
-/// The error and its sources on one line, for logs.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
-        cur = src.source();
-    }
-    s
 }
 
 #[cfg(test)]
@@ -333,8 +329,12 @@ mod tests {
     use std::convert::Infallible;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use http_body_util::BodyExt;
+    use http::Uri;
+    use http::header::HOST;
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Incoming;
     use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
 
     use super::*;
@@ -388,8 +388,8 @@ mod tests {
         Upstream::new(Arc::new(server), 1)
     }
 
-    fn get(uri: &str) -> Request<Full<Bytes>> {
-        Request::builder().uri(uri).body(Full::default()).unwrap()
+    fn get(uri: &str) -> Request<Bytes> {
+        Request::builder().uri(uri).body(Bytes::new()).unwrap()
     }
 
     async fn text(resp: Response<Body>) -> String {
