@@ -444,7 +444,9 @@ mod tests {
         let (url, accepted) = server_with(true, Some(Duration::from_millis(100))).await;
         let up = upstream(url);
         for i in 1..=3 {
-            let resp = up.send(get("/")).await.unwrap();
+            // A POST, which is never retried once sent: the closed connection
+            // must be noticed before it is used.
+            let resp = up.send(post("{}")).await.unwrap();
             assert!(text(resp).await.starts_with("/mcp?x=1"));
             assert_eq!(accepted.load(Ordering::SeqCst), i);
             // The upstream closes the pooled connection meanwhile.
@@ -461,6 +463,202 @@ mod tests {
         match up.send(get("/")).await {
             Err(UpstreamError::Unavailable(msg)) => assert!(msg.contains(&addr.to_string()), "{msg}"),
             other => panic!("expected Unavailable, got {:?}", other.map(|r| r.status())),
+        }
+    }
+
+    /// A hand-written upstream: `handler(n, stream)` serves the n-th
+    /// accepted connection (from 1), for answers hyper would never send.
+    async fn raw<F, Fut>(handler: F) -> (Uri, Arc<AtomicUsize>)
+    where
+        F: Fn(usize, tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::spawn(handler(n, stream));
+            }
+        });
+        (format!("http://{addr}/mcp").parse().unwrap(), accepted)
+    }
+
+    /// Reads one request (head and `content-length` body); `None` at EOF.
+    async fn read_request(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if buf.len() >= end + 4 + len {
+                    let req = String::from_utf8_lossy(&buf[..end + 4 + len]).into_owned();
+                    buf.drain(..end + 4 + len);
+                    return Some(req);
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    async fn write(s: &mut tokio::net::TcpStream, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let _ = s.write_all(bytes).await;
+    }
+
+    fn post(body: &'static str) -> Request<Bytes> {
+        Request::builder()
+            .method(Method::POST)
+            .body(Bytes::from_static(body.as_bytes()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn interim_responses_are_skipped_and_chunks_streamed_as_they_come() {
+        let (url, accepted) = raw(|_, mut s| async move {
+            let mut buf = Vec::new();
+            while let Some(req) = read_request(&mut s, &mut buf).await {
+                assert!(req.starts_with("POST /mcp HTTP/1.1\r\n"), "{req}");
+                assert!(req.ends_with("content-length: 2\r\n\r\n{}"), "{req}");
+                write(&mut s, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await;
+                write(&mut s, b"7\r\ndata: 1\r\n").await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                write(&mut s, b"7\r\ndata: 2\r\n0\r\n\r\n").await;
+            }
+        })
+        .await;
+        let up = upstream(url);
+        for _ in 0..2 {
+            let resp = up.send(post("{}")).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            // The framing header is this hop's, consumed here.
+            assert!(resp.headers().get("transfer-encoding").is_none());
+            let mut body = resp.into_body();
+            // The first chunk arrives before the second is even written.
+            let first = tokio::time::timeout(Duration::from_millis(40), body.frame()).await;
+            assert_eq!(first.unwrap().unwrap().unwrap().into_data().unwrap(), "data: 1");
+            assert_eq!(body.collect().await.unwrap().to_bytes(), "data: 2");
+        }
+        // Read to the end, the connection was reused.
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_framed_by_the_close_ends_with_it_and_is_not_reused() {
+        let (url, accepted) = raw(|_, mut s| async move {
+            let mut buf = Vec::new();
+            if read_request(&mut s, &mut buf).await.is_some() {
+                write(&mut s, b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{\"a\":1}").await;
+            }
+        })
+        .await;
+        let up = upstream(url);
+        for i in 1..=2 {
+            let resp = up.send(post("{}")).await.unwrap();
+            assert_eq!(text(resp).await, "{\"a\":1}");
+            assert_eq!(accepted.load(Ordering::SeqCst), i);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_post_left_unanswered_on_a_reused_connection_is_not_sent_twice() {
+        // Answers the first request on each connection, then reads the next
+        // and closes without a word, as an upstream that crashed mid-call.
+        let (url, accepted) = raw(|_, mut s| async move {
+            let mut buf = Vec::new();
+            if read_request(&mut s, &mut buf).await.is_some() {
+                write(&mut s, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+            }
+            let _ = read_request(&mut s, &mut buf).await;
+        })
+        .await;
+        let up = upstream(url);
+        assert_eq!(text(up.send(post("{}")).await.unwrap()).await, "ok");
+        match up.send(post("{}")).await {
+            Err(UpstreamError::Unavailable(msg)) => assert!(msg.contains("closed before the response head"), "{msg}"),
+            other => panic!("expected Unavailable, got {:?}", other.map(|r| r.status())),
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "the POST was sent again");
+        // An idempotent request in the same spot is retried on a new connection.
+        assert_eq!(text(up.send(post("{}")).await.unwrap()).await, "ok");
+        assert_eq!(text(up.send(get("/")).await.unwrap()).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn malformed_or_oversized_answers_are_errors_and_close_the_connection() {
+        let answers: [&'static [u8]; 4] = [
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+            b"NOT HTTP\r\n\r\n",
+        ];
+        for answer in answers {
+            let (url, _) = raw(move |_, mut s| async move {
+                let mut buf = Vec::new();
+                if read_request(&mut s, &mut buf).await.is_some() {
+                    write(&mut s, answer).await;
+                }
+            })
+            .await;
+            assert!(matches!(upstream(url).send(post("{}")).await, Err(UpstreamError::Unavailable(_))));
+        }
+        // A head that never ends is cut at MAX_HEAD, not buffered forever.
+        let (url, _) = raw(|_, mut s| async move {
+            let mut buf = Vec::new();
+            if read_request(&mut s, &mut buf).await.is_some() {
+                write(&mut s, b"HTTP/1.1 200 OK\r\n").await;
+                let filler = format!("x-filler: {}\r\n", "y".repeat(1000));
+                for _ in 0..200 {
+                    write(&mut s, filler.as_bytes()).await;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+        .await;
+        match upstream(url).send(post("{}")).await {
+            Err(UpstreamError::Unavailable(msg)) => assert!(msg.contains("larger than"), "{msg}"),
+            other => panic!("expected Unavailable, got {:?}", other.map(|r| r.status())),
+        }
+        // A body cut short is an error, not a short success.
+        let (url, _) = raw(|_, mut s| async move {
+            let mut buf = Vec::new();
+            if read_request(&mut s, &mut buf).await.is_some() {
+                write(&mut s, b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort").await;
+            }
+        })
+        .await;
+        let resp = upstream(url).send(post("{}")).await.unwrap();
+        assert!(resp.into_body().collect().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_length_and_a_coding_together_are_read_as_chunked_then_closed() {
+        let (url, accepted) = raw(|_, mut s| async move {
+            let mut buf = Vec::new();
+            while read_request(&mut s, &mut buf).await.is_some() {
+                write(
+                    &mut s,
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                )
+                .await;
+            }
+        })
+        .await;
+        let up = upstream(url);
+        for i in 1..=2 {
+            assert_eq!(text(up.send(post("{}")).await.unwrap()).await, "ok");
+            assert_eq!(accepted.load(Ordering::SeqCst), i);
         }
     }
 }
