@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
-use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http::{HeaderMap, HeaderValue, Method, Response};
 use http_body_util::BodyExt;
 
 use crate::app::AppState;
@@ -27,6 +27,8 @@ fn is_pass_through(name: &HeaderName) -> bool {
     ) || name.as_str().starts_with("mcp-param-")
 }
 
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Response headers that describe one hop, not the message (RFC 9110 §7.6.1),
 /// and one the gateway sets itself.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -46,26 +48,19 @@ pub(super) async fn forward(
     request_id: &HeaderValue,
 ) -> Result<Response<Body>, GatewayError> {
     let server = &upstream.server;
-    let mut req = Request::new(body);
-    *req.method_mut() = method;
-    *req.uri_mut() = server.url.clone();
-    let headers = req.headers_mut();
-    headers.reserve(client_headers.len().min(16) + server.headers.len() + 1);
-    // One pass over the client's headers (a handful) with string compares,
-    // instead of a hashed lookup per pass-through name. Values of one name
-    // keep their order; the order between names carries no meaning.
-    for (name, v) in client_headers {
-        if is_pass_through(name) {
-            headers.append(name.clone(), v.clone());
-        }
-    }
-    for (name, v) in &server.headers {
-        headers.insert(name.clone(), v.clone());
-    }
-    headers.insert("x-request-id", request_id.clone());
-
+    // Straight into the upstream request's wire form, no header map in
+    // between. A configured header replaces a client's of the same name
+    // (it is the gateway's credential or policy); values of one name keep
+    // their order. One pass over the client's headers (a handful) with
+    // string compares, instead of a hashed lookup per pass-through name.
+    let passed = client_headers
+        .iter()
+        .filter(|(name, _)| is_pass_through(name) && !server.headers.iter().any(|(n, _)| n == *name));
+    // The request id is always the gateway's.
+    let configured = server.headers.iter().filter(|(n, _)| *n != X_REQUEST_ID).map(|(n, v)| (n, v));
+    let headers = passed.chain(configured).chain(std::iter::once((&X_REQUEST_ID, request_id)));
     let started = Instant::now();
-    let result = upstream.send(req).await;
+    let result = upstream.send_parts(&method, headers, &body).await;
     let elapsed = started.elapsed();
     let server_index = 0;
     let resp = match result {

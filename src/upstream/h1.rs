@@ -84,18 +84,21 @@ pub struct Head {
 /// The request in wire form: request line, headers (hop-by-hop and framing
 /// headers of the caller dropped, `Host` added unless given, a
 /// `Content-Length` for the body), blank line, body. Written with one
-/// system call, and kept for a retry.
-pub fn encode(method: &Method, path: &str, host: &HeaderValue, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + path.len() + headers.len() * 48 + body.len());
+/// system call, and kept for a retry. Built straight from the caller's
+/// header pairs, so a forwarded request needs no header map of its own.
+pub fn encode<'h>(
+    method: &Method,
+    path: &str,
+    host: &HeaderValue,
+    headers: impl Iterator<Item = (&'h HeaderName, &'h HeaderValue)>,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512 + body.len());
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !headers.contains_key(HOST) {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(host.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    let mut has_host = false;
     for (name, value) in headers {
         // This hop's framing and connection handling are ours to say.
         if matches!(
@@ -104,11 +107,17 @@ pub fn encode(method: &Method, path: &str, host: &HeaderValue, headers: &HeaderM
         ) {
             continue;
         }
+        has_host |= *name == HOST;
         // `HeaderName`s are valid tokens and `HeaderValue`s hold no CR or
         // LF, so nothing here can split the head.
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !has_host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
@@ -493,13 +502,18 @@ mod tests {
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         h.insert("connection", HeaderValue::from_static("close"));
         h.append("mcp-param-a", HeaderValue::from_static("1"));
-        let wire = encode(&Method::POST, "/mcp?x=1", &HeaderValue::from_static("up:8080"), &h, b"{}");
+        let wire = encode(&Method::POST, "/mcp?x=1", &HeaderValue::from_static("up:8080"), h.iter(), b"{}");
         let text = String::from_utf8(wire).unwrap();
         assert_eq!(
             text,
-            "POST /mcp?x=1 HTTP/1.1\r\nhost: up:8080\r\ncontent-type: application/json\r\nmcp-param-a: 1\r\ncontent-length: 2\r\n\r\n{}"
+            "POST /mcp?x=1 HTTP/1.1\r\ncontent-type: application/json\r\nmcp-param-a: 1\r\nhost: up:8080\r\ncontent-length: 2\r\n\r\n{}"
         );
-        let wire = encode(&Method::GET, "/", &HeaderValue::from_static("up"), &HeaderMap::new(), b"");
+        let wire = encode(&Method::GET, "/", &HeaderValue::from_static("up"), HeaderMap::new().iter(), b"");
         assert_eq!(wire, b"GET / HTTP/1.1\r\nhost: up\r\n\r\n");
+        // A configured Host (virtual hosting behind the upstream) wins.
+        h.insert("host", HeaderValue::from_static("virtual"));
+        let wire = encode(&Method::DELETE, "/", &HeaderValue::from_static("up"), h.iter(), b"");
+        let text = String::from_utf8(wire).unwrap();
+        assert!(text.contains("host: virtual\r\n") && !text.contains("host: up"), "{text}");
     }
 }

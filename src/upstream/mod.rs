@@ -29,7 +29,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderName, HeaderValue, Method, Request, Response};
 use http_body::{Frame, SizeHint};
 use tokio::net::TcpSocket;
 
@@ -114,8 +114,19 @@ impl Upstream {
     /// body, which may be a long-lived event stream.
     pub async fn send(&self, req: Request<Bytes>) -> Result<Response<Body>, UpstreamError> {
         let (parts, body) = req.into_parts();
-        let wire = h1::encode(&parts.method, &self.target.path, &self.target.host, &parts.headers, &body);
-        match tokio::time::timeout(self.server.timeout, self.send_now(&wire, &parts.method)).await {
+        self.send_parts(&parts.method, parts.headers.iter(), &body).await
+    }
+
+    /// [`send`](Self::send) from a method, header pairs (written in this
+    /// order; `Host` is the upstream's unless one is given) and a body.
+    pub async fn send_parts<'h>(
+        &self,
+        method: &Method,
+        headers: impl Iterator<Item = (&'h HeaderName, &'h HeaderValue)>,
+        body: &[u8],
+    ) -> Result<Response<Body>, UpstreamError> {
+        let wire = h1::encode(method, &self.target.path, &self.target.host, headers, body);
+        match tokio::time::timeout(self.server.timeout, self.send_now(&wire, method)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(r) => r,
         }
