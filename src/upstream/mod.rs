@@ -492,6 +492,9 @@ mod tests {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
                 let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                // Small writes go out at once, not after the peer's
+                // delayed ACK (Nagle), which would look like a slow chunk.
+                stream.set_nodelay(true).unwrap();
                 tokio::spawn(handler(n, stream));
             }
         });
@@ -543,7 +546,7 @@ mod tests {
                 assert!(req.ends_with("content-length: 2\r\n\r\n{}"), "{req}");
                 write(&mut s, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await;
                 write(&mut s, b"7\r\ndata: 1\r\n").await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(400)).await;
                 write(&mut s, b"7\r\ndata: 2\r\n0\r\n\r\n").await;
             }
         })
@@ -556,7 +559,7 @@ mod tests {
             assert!(resp.headers().get("transfer-encoding").is_none());
             let mut body = resp.into_body();
             // The first chunk arrives before the second is even written.
-            let first = tokio::time::timeout(Duration::from_millis(40), body.frame()).await;
+            let first = tokio::time::timeout(Duration::from_millis(200), body.frame()).await;
             assert_eq!(first.unwrap().unwrap().unwrap().into_data().unwrap(), "data: 1");
             assert_eq!(body.collect().await.unwrap().to_bytes(), "data: 2");
         }
