@@ -13,6 +13,8 @@ use crate::error::{Body, GatewayError};
 use crate::telemetry::UpstreamFailure;
 use crate::upstream::{Upstream, UpstreamError};
 
+use super::request_id::X_REQUEST_ID;
+
 /// Request headers a client may pass to the upstream (contract §3). Everything
 /// else is dropped: above all `Authorization` (the MCP spec forbids passing a
 /// client's token through), and `Host` (the client uses the upstream's own
@@ -26,8 +28,6 @@ fn is_pass_through(name: &HeaderName) -> bool {
         "accept" | "content-type" | "last-event-id" | "mcp-session-id" | "mcp-protocol-version" | "mcp-method" | "mcp-name"
     ) || name.as_str().starts_with("mcp-param-")
 }
-
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Response headers that describe one hop, not the message (RFC 9110 §7.6.1),
 /// and one the gateway sets itself.

@@ -134,7 +134,7 @@ impl Gateway {
                 resp.headers_mut()
                     .insert("portcullis-ratelimit-scope", HeaderValue::from_static("instance-fallback"));
             }
-            resp.headers_mut().insert("x-request-id", rid);
+            resp.headers_mut().insert(request_id::X_REQUEST_ID.clone(), rid);
             let status = resp.status().as_u16();
             if outcome.workspace.is_some() || status != 404 {
                 this.state.metrics.request(outcome.workspace, status);
