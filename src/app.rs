@@ -134,10 +134,15 @@ pub async fn start_with_store(config: Config, store: Arc<dyn TokenStore>) -> Res
     // picks its own (`upstream::use_pool_on_this_thread`, slot 0 stays with
     // this runtime, where the aggregators' health probes run).
     let gateway = Arc::new(Gateway::new(Arc::clone(&state)));
+    let fast = server::fast::FastPath {
+        gateway: Arc::clone(&gateway),
+        max_body: server_cfg.max_body_bytes,
+        body_read_timeout: server_cfg.body_read_timeout,
+    };
     let make_data_service = move |thread: usize| {
         crate::upstream::use_pool_on_this_thread(thread + 1);
         let gateway = Arc::clone(&gateway);
-        service_fn(move |req| Arc::clone(&gateway).handle(req))
+        (service_fn(move |req| Arc::clone(&gateway).handle(req)), Some(fast.clone()))
     };
     let data = server::serve_per_core("data", data_listeners, make_data_service, opts.clone(), shutdown.clone())
         .await

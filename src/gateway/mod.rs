@@ -30,7 +30,6 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use tracing::{Instrument, field};
 
 use crate::app::AppState;
@@ -110,7 +109,13 @@ impl Gateway {
     }
 
     /// Entry point for every data-plane request.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    /// Generic over the request body: hyper's `Incoming`, or the fast path's
+    /// body already read (`server::fast`).
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<Body>, Infallible>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let start = Instant::now();
         let request_id = self.request_ids.take_or_generate(req.headers());
         let span = tracing::info_span!(
@@ -159,7 +164,11 @@ impl Gateway {
         .await
     }
 
-    async fn route(&self, req: Request<Incoming>, request_id: &HeaderValue, outcome: &mut Outcome) -> Response<Body> {
+    async fn route<B>(&self, req: Request<B>, request_id: &HeaderValue, outcome: &mut Outcome) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let path = req.uri().path();
         if let Some(slug) = path.strip_prefix("/ws/") {
             let slug = slug.strip_suffix('/').unwrap_or(slug).to_owned();
@@ -186,13 +195,17 @@ impl Gateway {
         GatewayError::NotFound.into_response(None)
     }
 
-    async fn workspace_request(
+    async fn workspace_request<B>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         slug: &str,
         request_id: &HeaderValue,
         outcome: &mut Outcome,
-    ) -> Result<Response<Body>, (GatewayError, Option<Box<serde_json::value::RawValue>>)> {
+    ) -> Result<Response<Body>, (GatewayError, Option<Box<serde_json::value::RawValue>>)>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let fail = |e: GatewayError| (e, None);
         // 1. authenticate
         let token = self.authenticate(req.headers()).await.map_err(fail)?;
@@ -307,7 +320,11 @@ impl Gateway {
     }
 
     /// Reads a request body, bounded in size and time.
-    async fn read_body(&self, headers: &HeaderMap, body: Incoming) -> Result<Bytes, GatewayError> {
+    async fn read_body<B>(&self, headers: &HeaderMap, body: B) -> Result<Bytes, GatewayError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let max = self.state.config.server.max_body_bytes;
         // Refuse on the declared length without reading anything.
         let declared = headers

@@ -34,6 +34,7 @@ use http_body::{Frame, SizeHint};
 use tokio::net::TcpSocket;
 
 use crate::config::UpstreamServer;
+pub(crate) use h1::decimal;
 use h1::{Conn, Decoder, Stage, Step};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,12 +1,16 @@
 //! The accept loop shared by both listeners: connection limits, header read
 //! timeout, and graceful shutdown; and the data plane's per-core runtimes
-//! that run one accept loop each.
+//! that run one accept loop each, with the HTTP/1.1 fast path ([`fast`]) in
+//! front of hyper.
+
+pub mod fast;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -15,6 +19,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
+
+use fast::{FastPath, Rewind};
 
 /// Per-listener connection settings.
 #[derive(Clone)]
@@ -40,7 +46,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let permits = Arc::new(Semaphore::new(opts.max_connections));
-    serve_limited(name, listener, service, opts, permits, shutdown).await
+    serve_limited(name, listener, service, None, opts, permits, shutdown).await
 }
 
 /// [`serve`] with the connection cap passed in, so that several accept loops
@@ -49,6 +55,7 @@ async fn serve_limited<S, B>(
     name: &'static str,
     listener: TcpListener,
     service: S,
+    fast: Option<FastPath>,
     opts: ConnOptions,
     permits: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -89,12 +96,29 @@ async fn serve_limited<S, B>(
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
-            .into_owned();
-        let conn = graceful.watch(conn);
+        // Subscribed now, before any shutdown signal, so that a connection
+        // the fast path hands to hyper later still hears of it, and so that
+        // the drain below waits for fast-path connections too.
+        let watcher = graceful.watcher();
+        let (builder, service, fast, stop, header_timeout) = (
+            Arc::clone(&builder),
+            service.clone(),
+            fast.clone(),
+            shutdown.clone(),
+            opts.header_read_timeout,
+        );
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let (io, read) = match &fast {
+                Some(fast) => match fast::serve(stream, fast, header_timeout, &stop).await {
+                    Some(handoff) => handoff,
+                    None => return drop((permit, watcher)),
+                },
+                None => (stream, Bytes::new()),
+            };
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(Rewind::new(io, read)), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
             }
             drop(permit);
@@ -180,7 +204,8 @@ pub struct PerCore {
 /// wake-ups between the client socket and the upstream socket.
 ///
 /// `make_service(i)` runs once on thread `i`, inside that thread's runtime,
-/// so that what it creates or sets (tasks, thread-locals) belongs there. The connection
+/// so that what it creates or sets (tasks, thread-locals) belongs there; it
+/// returns hyper's service and, optionally, the fast path in front of it. The connection
 /// cap `opts.max_connections` is global: the loops share one semaphore.
 /// Returns once every thread has built its runtime and service.
 pub async fn serve_per_core<F, S, B>(
@@ -191,7 +216,7 @@ pub async fn serve_per_core<F, S, B>(
     shutdown: CancellationToken,
 ) -> io::Result<PerCore>
 where
-    F: Fn(usize) -> S + Send + Sync + 'static,
+    F: Fn(usize) -> (S, Option<FastPath>) + Send + Sync + 'static,
     S: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -233,9 +258,9 @@ where
                         return;
                     }
                 };
-                let service = make_service(i);
+                let (service, fast) = make_service(i);
                 let _ = ready_tx.send(Ok(()));
-                serve_limited(name, listener, service, opts, permits, stop).await;
+                serve_limited(name, listener, service, fast, opts, permits, stop).await;
                 let _ = drained_tx.send(());
                 // Tasks that outlive a request were spawned on this
                 // runtime — e.g. a Redis connection's driver, when a

@@ -1,0 +1,502 @@
+//! The data plane's HTTP/1.1 fast path: the one request shape MCP clients
+//! send all day — `POST /ws/<slug>`, HTTP/1.1, a `Content-Length` body —
+//! read, handed to the gateway and answered without hyper's general server.
+//!
+//! Why: after the upstream hop became our own (`upstream::h1`), hyper's
+//! server was the largest cost per proxied request (its dispatcher, body
+//! channel, header encoding; a third of all instructions,
+//! docs/benchmarks.md). A request of this shape needs little of that.
+//!
+//! Anything else on the connection — another method or path, a chunked or
+//! oversized body, `Expect`, `Upgrade`, a `Connection` option, HTTP/1.0, an
+//! HTTP/2 preface, a malformed or too large head, a body slower than the
+//! body-read timeout — hands the connection, with every byte read so far, to
+//! hyper for the rest of its life ([`Rewind`]): hyper then answers exactly
+//! as it would have from the start. So the fast path needs no error answers
+//! of its own, and what it does accept it serves with the gateway's own
+//! handler, limits and error bodies.
+//!
+//! Bounds: the head as hyper's (64 KiB), the body `server.max_body_bytes`
+//! (larger declared lengths go to hyper, which answers 413), the header-read
+//! timeout from the moment the connection waits for a request (as hyper's),
+//! the body-read timeout for the rest of a body.
+
+use std::cell::RefCell;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Body;
+use crate::gateway::Gateway;
+
+/// Largest request head (hyper's `max_buf_size` on this listener).
+const MAX_HEAD: usize = 64 * 1024;
+/// Most request headers (hyper's default).
+const MAX_HEADERS: usize = 100;
+const READ_CHUNK: usize = 8 * 1024;
+/// Response bytes gathered before a write; a body's pieces are otherwise
+/// written as they come.
+const WRITE_GATHER: usize = 64 * 1024;
+
+/// What the fast path needs to serve a request.
+#[derive(Clone)]
+pub struct FastPath {
+    pub gateway: Arc<Gateway>,
+    pub max_body: u64,
+    pub body_read_timeout: Duration,
+}
+
+/// A request head of the fast path's shape, parsed.
+struct Head {
+    len: usize,
+    body_len: usize,
+    uri: Uri,
+    headers: HeaderMap,
+    /// The client asked to close after this exchange.
+    close: bool,
+}
+
+// Boxing `Head` would cost an allocation per request to save a move.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Fast(Head),
+    Partial,
+    /// Not the fast path's shape (or not valid): hyper's to answer.
+    Other,
+}
+
+/// Serves requests on `io` while they have the fast path's shape. Returns
+/// the connection and the bytes read from it but not served when hyper
+/// must take over, or `None` once the connection is done (closed by the
+/// client, idle past the header timeout, an error, or shutdown).
+pub async fn serve(
+    mut io: TcpStream,
+    fast: &FastPath,
+    header_timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Option<(TcpStream, Bytes)> {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        // The head, within the header-read timeout (which, as hyper's,
+        // also bounds the wait for a keep-alive connection's next request).
+        let deadline = tokio::time::Instant::now() + header_timeout;
+        let head = loop {
+            if !buf.is_empty() {
+                match parse(&buf, fast.max_body) {
+                    Parsed::Fast(head) => break head,
+                    Parsed::Partial if buf.len() < MAX_HEAD => {}
+                    _ => return handoff(io, buf, shutdown),
+                }
+            }
+            buf.reserve(READ_CHUNK);
+            let read = tokio::select! {
+                r = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)) => r,
+                // Idle at shutdown: close; a request under way is finished.
+                _ = shutdown.cancelled(), if buf.is_empty() => return None,
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                // Closed, failed, or too slow: hyper closes too.
+                _ => return None,
+            }
+        };
+        // The rest of the body, if it did not come with the head.
+        let total = head.len + head.body_len;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            let rest = async {
+                while buf.len() < total {
+                    if io.read_buf(&mut buf).await? == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                Ok::<_, io::Error>(())
+            };
+            match tokio::time::timeout(fast.body_read_timeout, rest).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return None,
+                // Slow: hyper reads on and the gateway answers 408 (or 401,
+                // for a bad token) as it always would.
+                Err(_) => return handoff(io, buf, shutdown),
+            }
+        }
+        let close = head.close;
+        let mut message = buf.split_to(total).freeze();
+        let body = message.split_off(head.len);
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = head.uri;
+        *req.headers_mut() = head.headers;
+        let resp = match Arc::clone(&fast.gateway).handle(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        if write_response(&mut io, resp, close).await.is_err() {
+            return None;
+        }
+        if close || shutdown.is_cancelled() {
+            return None;
+        }
+    }
+}
+
+/// Hands the connection to hyper, unless shutdown has begun (a connection
+/// handed over now would not hear of it; the client retries elsewhere, as
+/// after any idle connection closed at shutdown).
+fn handoff(io: TcpStream, buf: BytesMut, shutdown: &CancellationToken) -> Option<(TcpStream, Bytes)> {
+    (!shutdown.is_cancelled()).then(|| (io, buf.freeze()))
+}
+
+fn parse(buf: &[u8], max_body: u64) -> Parsed {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Other,
+    };
+    let (Some("POST"), Some(1), Some(path)) = (req.method, req.version, req.path) else {
+        return Parsed::Other;
+    };
+    if !path.starts_with("/ws/") {
+        return Parsed::Other;
+    }
+    let Ok(uri) = Uri::try_from(path) else {
+        return Parsed::Other;
+    };
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut body_len = None;
+    let mut close = false;
+    for h in req.headers.iter() {
+        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value)) else {
+            return Parsed::Other;
+        };
+        if name == CONTENT_LENGTH {
+            let n = std::str::from_utf8(h.value).ok().and_then(|v| v.parse::<u64>().ok());
+            match (n, body_len) {
+                // One valid length, not above the limit (hyper answers
+                // what is above it, and the gateway says 413).
+                (Some(n), None) if n <= max_body => body_len = Some(n),
+                _ => return Parsed::Other,
+            }
+        } else if name == CONNECTION {
+            // `keep-alive` (what Node's fetch sends) and `close` are fine;
+            // any other option (`upgrade`, hop-by-hop names) is hyper's.
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
+                    return Parsed::Other;
+                }
+            }
+        } else if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
+            // Framing, interim answers and connection options are hyper's.
+            return Parsed::Other;
+        }
+        headers.append(name, value);
+    }
+    let Some(body_len) = body_len.and_then(|n| usize::try_from(n).ok()) else {
+        return Parsed::Other;
+    };
+    Parsed::Fast(Head {
+        len,
+        body_len,
+        uri,
+        headers,
+        close,
+    })
+}
+
+/// Writes `resp`: the head, then the body as it comes — with its length
+/// when the body knows it, chunked otherwise (event streams). An error
+/// (the client went away, a body that broke or lied about its length)
+/// ends the connection.
+async fn write_response<W: AsyncWrite + Unpin>(io: &mut W, resp: Response<Body>, close: bool) -> io::Result<()> {
+    let (parts, mut body) = resp.into_parts();
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        // The framing of this connection is ours to say.
+        if *name == CONTENT_LENGTH || *name == TRANSFER_ENCODING || *name == CONNECTION {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(DATE) {
+        // As hyper does for every answer.
+        out.extend_from_slice(b"date: ");
+        http_date(&mut out);
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if parts.status == StatusCode::NO_CONTENT || parts.status == StatusCode::NOT_MODIFIED {
+        out.extend_from_slice(b"\r\n");
+        return io.write_all(&out).await;
+    }
+    let length = body.size_hint().exact();
+    match length {
+        Some(n) => {
+            out.extend_from_slice(b"content-length: ");
+            crate::upstream::decimal(n, &mut out);
+            out.extend_from_slice(b"\r\n\r\n");
+        }
+        None => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+            // The head goes now: an event stream's client is waiting.
+            io.write_all(&out).await?;
+            out.clear();
+        }
+    }
+    let mut sent: u64 = 0;
+    while !body.is_end_stream() {
+        let Some(frame) = body.frame().await else { break };
+        let frame = frame.map_err(io::Error::other)?;
+        let Ok(data) = frame.into_data() else { continue };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        if length.is_some_and(|n| sent > n) {
+            return Err(io::Error::other("response body longer than its length"));
+        }
+        if length.is_none() {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        if out.len() + data.len() <= WRITE_GATHER {
+            out.extend_from_slice(&data);
+        } else {
+            io.write_all(&out).await?;
+            out.clear();
+            io.write_all(&data).await?;
+        }
+        if length.is_none() {
+            out.extend_from_slice(b"\r\n");
+        }
+        // More to come later: what is gathered goes now (streaming), unless
+        // the body is complete, in which case it goes in one write below.
+        if !body.is_end_stream() {
+            io.write_all(&out).await?;
+            out.clear();
+        }
+    }
+    if length.is_some_and(|n| sent != n) {
+        return Err(io::Error::other("response body shorter than its length"));
+    }
+    if length.is_none() {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    if !out.is_empty() {
+        io.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// The `Date` value of the current second, formatted once per second.
+    static DATE_CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+fn http_date(out: &mut Vec<u8>) {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE_CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            *c = (secs, httpdate::fmt_http_date(now));
+        }
+        out.extend_from_slice(c.1.as_bytes());
+    });
+}
+
+/// A connection with bytes already read from it put back in front, for
+/// hyper to read first.
+pub struct Rewind {
+    prefix: Bytes,
+    io: TcpStream,
+}
+
+impl Rewind {
+    pub fn new(io: TcpStream, prefix: Bytes) -> Self {
+        Rewind { prefix, io }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(req: &str) -> &'static str {
+        match parse(req.as_bytes(), 1000) {
+            Parsed::Fast(h) if h.close => "fast, close",
+            Parsed::Fast(_) => "fast",
+            Parsed::Partial => "partial",
+            Parsed::Other => "hyper",
+        }
+    }
+
+    #[test]
+    fn only_the_plain_post_shape_takes_the_fast_path() {
+        let post = "POST /ws/demo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n";
+        assert_eq!(shape(&format!("{post}\r\n{{}}")), "fast");
+        assert_eq!(shape(&format!("{post}Connection: keep-alive\r\n\r\n")), "fast");
+        assert_eq!(shape(&format!("{post}Connection: Close\r\n\r\n")), "fast, close");
+        assert_eq!(shape(post), "partial");
+        for (why, req) in [
+            ("chunked", "POST /ws/demo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_owned()),
+            ("no length", "POST /ws/demo HTTP/1.1\r\nHost: x\r\n\r\n".to_owned()),
+            ("two lengths", format!("{post}Content-Length: 2\r\n\r\n")),
+            ("bad length", "POST /ws/demo HTTP/1.1\r\nContent-Length: 2x\r\n\r\n".to_owned()),
+            ("over max_body", "POST /ws/demo HTTP/1.1\r\nContent-Length: 1001\r\n\r\n".to_owned()),
+            ("expect", format!("{post}Expect: 100-continue\r\n\r\n")),
+            ("upgrade", format!("{post}Connection: upgrade\r\nUpgrade: h2c\r\n\r\n")),
+            ("other option", format!("{post}Connection: keep-alive, x-hop\r\n\r\n")),
+            ("GET", "GET /ws/demo HTTP/1.1\r\nHost: x\r\n\r\n".to_owned()),
+            ("DELETE", "DELETE /ws/demo HTTP/1.1\r\nContent-Length: 0\r\n\r\n".to_owned()),
+            ("admin path", "POST /v1/tokens HTTP/1.1\r\nContent-Length: 2\r\n\r\n".to_owned()),
+            ("HTTP/1.0", "POST /ws/demo HTTP/1.0\r\nContent-Length: 2\r\n\r\n".to_owned()),
+            ("h2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_owned()),
+            ("garbage", "\x01\x02 nonsense\r\n\r\n".to_owned()),
+        ] {
+            assert_eq!(shape(&req), "hyper", "{why}");
+        }
+    }
+
+    async fn wire(resp: Response<Body>, close: bool) -> String {
+        let mut out = Vec::new();
+        write_response(&mut out, resp, close).await.unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_carry_their_length_or_are_chunked_and_keep_no_hop_headers() {
+        let mut resp = Response::new(crate::error::full("{}"));
+        resp.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        resp.headers_mut().insert("content-length", HeaderValue::from_static("99"));
+        let text = wire(resp, false).await;
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ndate: "),
+            "{text}"
+        );
+        assert!(text.ends_with("GMT\r\ncontent-length: 2\r\n\r\n{}"), "{text}");
+        assert!(!text.contains("chunked") && !text.contains("99"), "{text}");
+
+        // A body of unknown length (an event stream) is chunked, piece by piece.
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(4);
+        tokio::spawn(async move {
+            tx.send_data(Bytes::from_static(b"data: 1\n\n")).await.unwrap();
+            tx.send_data(Bytes::from_static(b"data: 22\n\n")).await.unwrap();
+        });
+        let mut resp = Response::new(body.boxed());
+        *resp.status_mut() = StatusCode::ACCEPTED;
+        let text = wire(resp, true).await;
+        assert!(text.starts_with("HTTP/1.1 202 Accepted\r\n"), "{text}");
+        assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+        assert!(
+            text.ends_with("transfer-encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\na\r\ndata: 22\n\n\r\n0\r\n\r\n"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_or_lies_about_its_length_is_an_error() {
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(4);
+        tokio::spawn(async move {
+            tx.send_data(Bytes::from_static(b"part")).await.unwrap();
+            tx.abort(std::io::Error::other("upstream broke"));
+        });
+        let mut out = Vec::new();
+        assert!(write_response(&mut out, Response::new(body.boxed()), false).await.is_err());
+
+        // Declares 10 bytes, yields 3.
+        let short = http_body_util::StreamBody::new(futures_util::stream::iter([Ok::<_, std::io::Error>(http_body::Frame::data(
+            Bytes::from_static(b"abc"),
+        ))]));
+        struct Lying<B>(B);
+        impl<B: http_body::Body + Unpin> http_body::Body for Lying<B> {
+            type Data = B::Data;
+            type Error = B::Error;
+            fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+                Pin::new(&mut self.0).poll_frame(cx)
+            }
+            fn size_hint(&self) -> http_body::SizeHint {
+                http_body::SizeHint::with_exact(10)
+            }
+        }
+        let mut out = Vec::new();
+        assert!(write_response(&mut out, Response::new(Lying(short).boxed()), false).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn rewind_reads_the_saved_bytes_first() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b" world").await.unwrap();
+        });
+        let (server, _) = listener.accept().await.unwrap();
+        client.await.unwrap();
+        let mut r = Rewind::new(server, Bytes::from_static(b"hello"));
+        let mut all = String::new();
+        r.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "hello world");
+    }
+}
