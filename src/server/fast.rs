@@ -63,7 +63,9 @@ struct Head {
     len: usize,
     body_len: usize,
     uri: Uri,
-    headers: HeaderMap,
+    /// Each header's name and where its value lies in the head: the values
+    /// become slices of the received bytes, not copies.
+    fields: Vec<(HeaderName, usize, usize)>,
     /// The client asked to close after this exchange.
     close: bool,
 }
@@ -88,10 +90,17 @@ pub async fn serve(
     shutdown: &CancellationToken,
 ) -> Option<(TcpStream, Bytes)> {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // One timer and one shutdown waiter per connection, re-armed per
+    // request: creating and dropping them for every request cost more than
+    // the rest of this loop.
+    let stop = shutdown.cancelled();
+    tokio::pin!(stop);
+    let timer = tokio::time::sleep(header_timeout);
+    tokio::pin!(timer);
     loop {
         // The head, within the header-read timeout (which, as hyper's,
         // also bounds the wait for a keep-alive connection's next request).
-        let deadline = tokio::time::Instant::now() + header_timeout;
+        timer.as_mut().reset(tokio::time::Instant::now() + header_timeout);
         let head = loop {
             if !buf.is_empty() {
                 match parse(&buf, fast.max_body) {
@@ -102,13 +111,16 @@ pub async fn serve(
             }
             buf.reserve(READ_CHUNK);
             let read = tokio::select! {
-                r = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)) => r,
+                biased;
+                r = io.read_buf(&mut buf) => r,
+                // Too slow: hyper closes too.
+                _ = &mut timer => return None,
                 // Idle at shutdown: close; a request under way is finished.
-                _ = shutdown.cancelled(), if buf.is_empty() => return None,
+                _ = &mut stop, if buf.is_empty() => return None,
             };
             match read {
-                Ok(Ok(n)) if n > 0 => {}
-                // Closed, failed, or too slow: hyper closes too.
+                Ok(n) if n > 0 => {}
+                // Closed or failed.
                 _ => return None,
             }
         };
@@ -135,10 +147,19 @@ pub async fn serve(
         let close = head.close;
         let mut message = buf.split_to(total).freeze();
         let body = message.split_off(head.len);
+        let mut headers = HeaderMap::with_capacity(head.fields.len());
+        for (name, start, end) in head.fields {
+            match HeaderValue::from_maybe_shared(message.slice(start..end)) {
+                Ok(value) => headers.append(name, value),
+                // Cannot happen (see `parse`); if it did, nothing was
+                // answered yet and closing is safe.
+                Err(_) => return None,
+            };
+        }
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = head.uri;
-        *req.headers_mut() = head.headers;
+        *req.headers_mut() = headers;
         let resp = match Arc::clone(&fast.gateway).handle(req).await {
             Ok(r) => r,
             Err(never) => match never {},
@@ -176,13 +197,16 @@ fn parse(buf: &[u8], max_body: u64) -> Parsed {
     let Ok(uri) = Uri::try_from(path) else {
         return Parsed::Other;
     };
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut fields = Vec::with_capacity(req.headers.len());
     let mut body_len = None;
     let mut close = false;
     for h in req.headers.iter() {
-        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value)) else {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
             return Parsed::Other;
         };
+        // httparse admits exactly the bytes `HeaderValue` does (visible
+        // ASCII, space, tab, obs-text), so the value is checked already.
+        let start = h.value.as_ptr() as usize - buf.as_ptr() as usize;
         if name == CONTENT_LENGTH {
             let n = std::str::from_utf8(h.value).ok().and_then(|v| v.parse::<u64>().ok());
             match (n, body_len) {
@@ -205,7 +229,7 @@ fn parse(buf: &[u8], max_body: u64) -> Parsed {
             // Framing, interim answers and connection options are hyper's.
             return Parsed::Other;
         }
-        headers.append(name, value);
+        fields.push((name, start, start + h.value.len()));
     }
     let Some(body_len) = body_len.and_then(|n| usize::try_from(n).ok()) else {
         return Parsed::Other;
@@ -214,7 +238,7 @@ fn parse(buf: &[u8], max_body: u64) -> Parsed {
         len,
         body_len,
         uri,
-        headers,
+        fields,
         close,
     })
 }

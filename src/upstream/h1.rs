@@ -211,14 +211,16 @@ impl Conn {
             return Ok(Parsed::Interim);
         }
         let http11 = resp.version == Some(1);
-        let mut headers = HeaderMap::with_capacity(resp.headers.len());
+        // Names and where each value lies in the head: the values become
+        // slices of the received bytes below, not copies.
+        let mut fields = Vec::with_capacity(resp.headers.len());
+        let base = self.buf.as_ptr() as usize;
         let mut length: Option<u64> = None;
         let mut chunked = false;
         let mut other_coding = false;
         let mut close = !http11;
         for h in resp.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad(format!("invalid header name {:?}", h.name)))?;
-            let value = HeaderValue::from_bytes(h.value).map_err(|_| bad(format!("invalid value of header {name}")))?;
             if name == CONTENT_LENGTH {
                 let n = std::str::from_utf8(h.value)
                     .ok()
@@ -244,6 +246,14 @@ impl Conn {
             } else if name.as_str() == "keep-alive" {
                 continue;
             }
+            let start = h.value.as_ptr() as usize - base;
+            fields.push((name, start, start + h.value.len()));
+        }
+        let head = self.buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(fields.len());
+        for (name, start, end) in fields {
+            let value =
+                HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(|_| bad(format!("invalid value of header {name}")))?;
             headers.append(name, value);
         }
         let no_body = head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
@@ -265,7 +275,6 @@ impl Conn {
         parts.status = status;
         parts.version = if http11 { Version::HTTP_11 } else { Version::HTTP_10 };
         parts.headers = headers;
-        self.buf.advance(len);
         Ok(Parsed::Head(Head { parts, decoder, reusable }))
     }
 }
