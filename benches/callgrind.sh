@@ -9,8 +9,14 @@
 # limiter on), switches it off, and prints instructions per request and the
 # top functions (inclusive) into $WORK/callgrind.txt.
 #
+# TARGET=nginx counts nginx instead, configured as load.sh configures it
+# but with one worker and `master_process off` (so that valgrind sees the
+# process that proxies), on the same upstream with the same wrk script: the
+# floor to compare with.
+#
 # Usage: benches/callgrind.sh [--help]
-# Environment: DURATION=10s  CONNS=4  WORK=target/bench-callgrind
+# Environment: DURATION=10s  CONNS=4  TARGET=portcullis|nginx
+#              WORK=target/bench-callgrind
 # Needs valgrind (installed with apt-get when missing), wrk, python3.
 
 set -euo pipefail
@@ -33,20 +39,36 @@ UP_PORT=$(free_port) PC_PORT=$(free_port) PC_ADMIN=$(free_port)
 "$BIN" demo-upstream --listen "127.0.0.1:$UP_PORT" 2>"$WORK/upstream.log" &
 PIDS+=($!)
 wait_port "127.0.0.1:$UP_PORT" || die "demo upstream did not start"
-gateway_config "$WORK/gw.toml" "$PC_PORT" "$PC_ADMIN" "$WORK/gw.db" "http://127.0.0.1:$UP_PORT/mcp"
-admin=$("$BIN" admin token create --name cg --config "$WORK/gw.toml" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-PORTCULLIS_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out" \
-    "$BIN" serve --config "$WORK/gw.toml" 2>"$WORK/gateway.log" &
-GW=$!
-PIDS+=("$GW")
-wait_port "127.0.0.1:$PC_PORT" 120 || die "gateway did not start under valgrind"
-tok=$(PORTCULLIS_ADMIN_URL="http://127.0.0.1:$PC_ADMIN" PORTCULLIS_ADMIN_TOKEN=$admin \
-    "$BIN" workspace token create bench --name cg --requests-per-minute 4000000000 --json |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-export TOKEN=$tok
-wrk -t1 -c"$CONNS" -d3s -s "$ROOT/benches/lua/legit.lua" "http://127.0.0.1:$PC_PORT/ws/bench" >/dev/null
+if [ "${TARGET:-portcullis}" = nginx ]; then
+    need nginx nginx-light
+    mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
+    sed -e "s#@WORK@#$WORK#g" -e "s#@UP@#$UP_PORT#g" -e "s#@PORT@#$PC_PORT#g" \
+        "$ROOT/benches/nginx-callgrind.conf" >"$WORK/nginx.conf"
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out" \
+        nginx -p "$WORK/nginx" -c "$WORK/nginx.conf" 2>"$WORK/gateway.log" &
+    GW=$!
+    PIDS+=("$GW")
+    wait_port "127.0.0.1:$PC_PORT" 120 || die "nginx did not start under valgrind"
+    # nginx passes the Authorization header on; the demo upstream ignores it.
+    export TOKEN=unused
+    URL="http://127.0.0.1:$PC_PORT/mcp"
+else
+    gateway_config "$WORK/gw.toml" "$PC_PORT" "$PC_ADMIN" "$WORK/gw.db" "http://127.0.0.1:$UP_PORT/mcp"
+    admin=$("$BIN" admin token create --name cg --config "$WORK/gw.toml" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+    PORTCULLIS_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out" \
+        "$BIN" serve --config "$WORK/gw.toml" 2>"$WORK/gateway.log" &
+    GW=$!
+    PIDS+=("$GW")
+    wait_port "127.0.0.1:$PC_PORT" 120 || die "gateway did not start under valgrind"
+    tok=$(PORTCULLIS_ADMIN_URL="http://127.0.0.1:$PC_ADMIN" PORTCULLIS_ADMIN_TOKEN=$admin \
+        "$BIN" workspace token create bench --name cg --requests-per-minute 4000000000 --json |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+    export TOKEN=$tok
+    URL="http://127.0.0.1:$PC_PORT/ws/bench"
+fi
+wrk -t1 -c"$CONNS" -d3s -s "$ROOT/benches/lua/legit.lua" "$URL" >/dev/null
 callgrind_control -i on "$GW" >/dev/null
-out=$(wrk -t1 -c"$CONNS" -d"$DURATION" -s "$ROOT/benches/lua/legit.lua" "http://127.0.0.1:$PC_PORT/ws/bench")
+out=$(wrk -t1 -c"$CONNS" -d"$DURATION" -s "$ROOT/benches/lua/legit.lua" "$URL")
 callgrind_control -i off "$GW" >/dev/null
 read -r _ rps _ _ errs non2xx <<<"$(grep '^RESULT' <<<"$out")"
 reqs=$(grep -oE '^ +[0-9]+ requests in' <<<"$out" | awk '{print $1}')
