@@ -250,7 +250,9 @@ impl Conn {
             fields.push((name, start, start + h.value.len()));
         }
         let head = self.buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(fields.len());
+        // Room for what the gateway adds (`x-request-id`, a limiter
+        // header): a full map would be reallocated and rehashed for it.
+        let mut headers = HeaderMap::with_capacity(fields.len() + 2);
         for (name, start, end) in fields {
             let value =
                 HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(|_| bad(format!("invalid value of header {name}")))?;
