@@ -361,32 +361,27 @@ mod tests {
     /// header-read timer also runs while a connection waits for its next
     /// request, as in the demo upstream and the gateway itself).
     async fn server_with(keep_alive: bool, idle: Option<Duration>) -> (Uri, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&accepted);
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                let svc = service_fn(|req: Request<Incoming>| async move {
-                    let host = req.headers().get(HOST).cloned();
-                    let body = if req.uri().path() == "/big" {
-                        Bytes::from(vec![b'x'; 1 << 20])
-                    } else {
-                        Bytes::from(format!("{} {}", req.uri(), host.unwrap().to_str().unwrap()))
-                    };
-                    Ok::<_, Infallible>(Response::new(Full::new(body)))
-                });
-                let mut builder = hyper::server::conn::http1::Builder::new();
-                builder.keep_alive(keep_alive);
-                if let Some(idle) = idle {
-                    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(idle);
-                }
-                tokio::spawn(builder.serve_connection(TokioIo::new(stream), svc));
+        let (url, accepted) = raw(move |_, stream| {
+            let svc = service_fn(|req: Request<Incoming>| async move {
+                let host = req.headers().get(HOST).cloned();
+                let body = if req.uri().path() == "/big" {
+                    Bytes::from(vec![b'x'; 1 << 20])
+                } else {
+                    Bytes::from(format!("{} {}", req.uri(), host.unwrap().to_str().unwrap()))
+                };
+                Ok::<_, Infallible>(Response::new(Full::new(body)))
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.keep_alive(keep_alive);
+            if let Some(idle) = idle {
+                builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(idle);
             }
-        });
-        (format!("http://{addr}/mcp?x=1").parse().unwrap(), accepted)
+            async move {
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            }
+        })
+        .await;
+        (format!("{url}?x=1").parse().unwrap(), accepted)
     }
 
     fn upstream(url: Uri) -> Upstream {
