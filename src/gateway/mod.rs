@@ -54,6 +54,12 @@ struct Route {
     aggregate: Option<Arc<Aggregator>>,
 }
 
+/// A request body the gateway can read: hyper's `Incoming`, or the fast
+/// path's body already read (`server::fast`).
+pub trait RequestBody: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static {}
+
+impl<B> RequestBody for B where B: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static {}
+
 pub struct Gateway {
     state: Arc<AppState>,
     routes: HashMap<String, Route>,
@@ -113,8 +119,7 @@ impl Gateway {
     /// body already read (`server::fast`).
     pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<Body>, Infallible>
     where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: RequestBody,
     {
         let start = Instant::now();
         let request_id = self.request_ids.take_or_generate(req.headers());
@@ -166,8 +171,7 @@ impl Gateway {
 
     async fn route<B>(&self, req: Request<B>, request_id: &HeaderValue, outcome: &mut Outcome) -> Response<Body>
     where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: RequestBody,
     {
         let path = req.uri().path();
         if let Some(slug) = path.strip_prefix("/ws/") {
@@ -203,8 +207,7 @@ impl Gateway {
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, (GatewayError, Option<Box<serde_json::value::RawValue>>)>
     where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: RequestBody,
     {
         let fail = |e: GatewayError| (e, None);
         // 1. authenticate
@@ -322,8 +325,7 @@ impl Gateway {
     /// Reads a request body, bounded in size and time.
     async fn read_body<B>(&self, headers: &HeaderMap, body: B) -> Result<Bytes, GatewayError>
     where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: RequestBody,
     {
         let max = self.state.config.server.max_body_bytes;
         // Refuse on the declared length without reading anything.

@@ -22,6 +22,33 @@ use tokio_util::sync::CancellationToken;
 
 use fast::{FastPath, Rewind};
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A hyper service as the listeners run it (one per connection, on any
+/// thread).
+pub trait HttpService<B>:
+    Service<http::Request<Incoming>, Response = http::Response<B>, Future: Send + 'static, Error: Into<BoxError>>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S, B> HttpService<B> for S where
+    S: Service<http::Request<Incoming>, Response = http::Response<B>, Future: Send + 'static, Error: Into<BoxError>>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// A response body hyper can send from such a service.
+pub trait HttpBody: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> HttpBody for B where B: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
 /// Per-listener connection settings.
 #[derive(Clone)]
 pub struct ConnOptions {
@@ -38,12 +65,8 @@ pub struct ConnOptions {
 /// for up to the grace period.
 pub async fn serve<S, B>(name: &'static str, listener: TcpListener, service: S, opts: ConnOptions, shutdown: CancellationToken)
 where
-    S: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: HttpBody,
 {
     let permits = Arc::new(Semaphore::new(opts.max_connections));
     serve_limited(name, listener, service, None, opts, permits, shutdown).await
@@ -60,12 +83,8 @@ async fn serve_limited<S, B>(
     permits: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) where
-    S: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: HttpBody,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -217,12 +236,8 @@ pub async fn serve_per_core<F, S, B>(
 ) -> io::Result<PerCore>
 where
     F: Fn(usize) -> (S, Option<FastPath>) + Send + Sync + 'static,
-    S: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: HttpBody,
 {
     let make_service = Arc::new(make_service);
     let permits = Arc::new(Semaphore::new(opts.max_connections));
