@@ -260,10 +260,7 @@ async fn write_response<W: AsyncWrite + Unpin>(io: &mut W, resp: Response<Body>,
         if *name == CONTENT_LENGTH || *name == TRANSFER_ENCODING || *name == CONNECTION {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        crate::upstream::header_line(&mut out, name, value);
     }
     if !parts.headers.contains_key(DATE) {
         // As hyper does for every answer.

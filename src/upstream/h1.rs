@@ -107,12 +107,7 @@ pub fn encode<'h>(
             continue;
         }
         has_host |= *name == HOST;
-        // `HeaderName`s are valid tokens and `HeaderValue`s hold no CR or
-        // LF, so nothing here can split the head.
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        header_line(&mut out, name, value);
     }
     if !has_host {
         out.extend_from_slice(b"host: ");
@@ -127,6 +122,15 @@ pub fn encode<'h>(
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     out
+}
+
+/// `name: value` and CRLF. `HeaderName`s are valid tokens and `HeaderValue`s
+/// hold no CR or LF, so nothing written here can split a head.
+pub fn header_line(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// `n` in decimal digits (`write!` goes through the formatting machinery:

@@ -34,8 +34,8 @@ use http_body::{Frame, SizeHint};
 use tokio::net::TcpSocket;
 
 use crate::config::UpstreamServer;
-pub(crate) use h1::decimal;
 use h1::{Conn, Decoder, Stage, Step};
+pub(crate) use h1::{decimal, header_line};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
