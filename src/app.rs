@@ -49,10 +49,50 @@ pub enum StartError {
 
 /// Opens the configured store.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreError> {
-    match &config.store {
-        StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path)?)),
-        StoreConfig::Redis { url, timeout, .. } => Ok(Arc::new(RedisStore::connect(url, *timeout).await?)),
+    open_store_at(&config.store, &config.source).await
+}
+
+/// Opens a store; a failure names the file or server, the configuration key
+/// and the config file, and says what to do, because "unable to open
+/// database file" alone sends operators hunting.
+pub async fn open_store_at(store: &StoreConfig, source: &std::path::Path) -> Result<Arc<dyn TokenStore>, StoreError> {
+    match store {
+        StoreConfig::Sqlite { path } => match SqliteStore::open(path) {
+            Ok(s) => Ok(Arc::new(s)),
+            Err(e) => Err(StoreError::Unavailable(sqlite_open_message(path, source, &e.to_string()))),
+        },
+        StoreConfig::Redis { url, timeout, .. } => match RedisStore::connect(url, *timeout).await {
+            Ok(s) => Ok(Arc::new(s)),
+            Err(e) => Err(StoreError::Unavailable(format!(
+                "cannot use the Redis store at {} (`store.url` in {}): {e}. Check that Redis runs and is reachable from here, and that store.url points at the primary",
+                redis_endpoint(url),
+                source.display()
+            ))),
+        },
     }
+}
+
+fn sqlite_open_message(path: &std::path::Path, source: &std::path::Path, cause: &str) -> String {
+    let cause = cause.strip_prefix("store unavailable: ").unwrap_or(cause);
+    let hint = if cause.contains("not a database") {
+        "the file is not a Portcullis SQLite store (or is damaged): point store.path at the right file, or move this one away to start a new store"
+    } else if cause.contains("newer") {
+        "the store was written by a newer Portcullis: upgrade this binary"
+    } else {
+        "check that the directory exists or can be created, and that this user may read and write it (relative paths are relative to the config file's directory)"
+    };
+    format!(
+        "cannot open the SQLite store {} (`store.path` in {}): {cause}. What to do: {hint}",
+        path.display(),
+        source.display()
+    )
+}
+
+/// `host:port/db` of a Redis URL, without any userinfo (a password).
+pub fn redis_endpoint(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    format!("{scheme}://{rest}")
 }
 
 impl AppState {

@@ -307,38 +307,28 @@ impl Config {
     /// Like [`Config::load`] with a custom environment lookup (tests and the
     /// demo command, which supplies defaults without mutating the process env).
     pub fn load_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_toml(path, &text, env)
+        let text = read_config(path)?;
+        Self::from_toml_with_overrides(path, &text, env, &process_overrides())
     }
 
+    /// Parses `text` without `PORTCULLIS__…` overrides (tests, benches).
     pub fn from_toml(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let parse_err = |e: toml::de::Error| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_string(),
-        };
-        // Pass 1: structure and unknown keys, with line numbers.
-        toml::from_str::<ConfigSpec>(text).map_err(parse_err)?;
-        // Pass 2: expand environment variables in every string value.
-        let mut value: toml::Value = toml::from_str(text).map_err(parse_err)?;
-        expand_env(&mut value, "", &|var, key| {
-            env(var).ok_or_else(|| ConfigError::MissingEnv {
-                path: path.to_owned(),
-                var: var.to_owned(),
-                key: key.to_owned(),
-            })
-        })
-        .map_err(|e| match e {
-            ExpandError::Missing(err) => err,
-            ExpandError::Syntax { key, message } => ConfigError::Invalid {
-                path: path.to_owned(),
-                key,
-                message,
-            },
-        })?;
-        let spec: ConfigSpec = value.try_into().map_err(parse_err)?;
+        Self::from_toml_with_overrides(path, text, env, &[])
+    }
+
+    /// Parses `text`, applies `PORTCULLIS__SECTION__KEY=value` overrides
+    /// (env > file), expands `${NAME}` everywhere and validates everything.
+    /// This is the strict load of `serve` and `check-config`.
+    pub fn from_toml_with_overrides(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut value = parse_checked(path, text)?;
+        apply_env_overrides(path, &mut value, overrides)?;
+        expand_env_at(path, &mut value, "", env)?;
+        let spec: ConfigSpec = value.try_into().map_err(|e| parse_error(path, e))?;
         spec.into_config(path)
     }
 
@@ -426,43 +416,8 @@ impl ConfigSpec {
             }
         }
 
-        let store = match self.store.backend.as_str() {
-            "sqlite" => {
-                if self.store.path.is_empty() {
-                    return Err(invalid("store.path", "must name the SQLite file".into()));
-                }
-                // A relative path is taken relative to the working directory, as
-                // users expect from a CLI started in the project directory.
-                StoreConfig::Sqlite {
-                    path: PathBuf::from(&self.store.path),
-                }
-            }
-            "redis" => {
-                let url = self.store.url.clone().filter(|u| !u.is_empty()).ok_or_else(|| {
-                    invalid(
-                        "store.url",
-                        "the redis backend needs `url`, e.g. \"redis://127.0.0.1:6379/0\"".into(),
-                    )
-                })?;
-                if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
-                    return Err(invalid("store.url", format!("`{url}` is not a redis:// URL")));
-                }
-                if self.store.timeout_ms == 0 {
-                    return Err(invalid("store.timeout_ms", "must be greater than 0".into()));
-                }
-                StoreConfig::Redis {
-                    url,
-                    timeout: Duration::from_millis(self.store.timeout_ms),
-                    revocation_grace: Duration::from_millis(self.store.revocation_grace_ms),
-                }
-            }
-            other => {
-                return Err(invalid(
-                    "store.backend",
-                    format!("unknown backend `{other}`; expected \"sqlite\" or \"redis\""),
-                ));
-            }
-        };
+        let store = self.store.into_store_config(path)?;
+        check_listeners_distinct(path, listen, admin_listen)?;
 
         if self.limits.requests_per_minute == 0 {
             return Err(invalid("limits.requests_per_minute", "must be greater than 0".into()));
@@ -546,6 +501,7 @@ impl ConfigSpec {
                     .url
                     .parse()
                     .map_err(|_| invalid(&format!("{skey}.url"), format!("`{}` is not a URL", srv.url)))?;
+                check_upstream_port(path, &format!("{skey}.url"), &url)?;
                 match url.scheme_str() {
                     Some("http") if url.host().is_some() => {}
                     Some("https") => return Err(invalid(
@@ -618,6 +574,257 @@ impl ConfigSpec {
                 scope,
             },
             workspaces,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading helpers: reading, parsing, overrides and expansion, each its own
+// step so that a command can take only the steps it needs.
+// ---------------------------------------------------------------------------
+
+fn read_config(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn parse_error(path: &Path, e: toml::de::Error) -> ConfigError {
+    ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_string(),
+    }
+}
+
+/// Pass 1: structure and unknown keys, reported with their line numbers;
+/// then the same text as a value tree for overrides and expansion.
+fn parse_checked(path: &Path, text: &str) -> Result<toml::Value, ConfigError> {
+    toml::from_str::<ConfigSpec>(text).map_err(|e| parse_error(path, e))?;
+    toml::from_str(text).map_err(|e| parse_error(path, e))
+}
+
+/// Expands `${NAME}` in every string under `value` (whose dotted key is `key`).
+fn expand_env_at(path: &Path, value: &mut toml::Value, key: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    expand_env(value, key, &|var, key| {
+        env(var).ok_or_else(|| ConfigError::MissingEnv {
+            path: path.to_owned(),
+            var: var.to_owned(),
+            key: key.to_owned(),
+        })
+    })
+    .map_err(|e| match e {
+        ExpandError::Missing(err) => err,
+        ExpandError::Syntax { key, message } => ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        },
+    })
+}
+
+/// Prefix of the environment variables that override configuration keys:
+/// `PORTCULLIS__SERVER__LISTEN` sets `server.listen`.
+pub const ENV_OVERRIDE_PREFIX: &str = "PORTCULLIS__";
+
+/// The `PORTCULLIS__…` variables of this process, sorted so that the result
+/// does not depend on the environment's order.
+pub fn process_overrides() -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with(ENV_OVERRIDE_PREFIX)).collect();
+    v.sort();
+    v
+}
+
+/// Applies `PORTCULLIS__A__B__C=value` as `a.b.c = value` (env > file).
+///
+/// Segments are lower-cased; a numeric segment indexes an existing array
+/// (`PORTCULLIS__WORKSPACES__0__SERVERS__0__URL`); a table key that exists
+/// with another case is matched case-insensitively (header names). The value
+/// replaces a string as a string; otherwise it is read as a TOML value when
+/// it parses as one (`8080`, `true`, `["https://a.example"]`), else as a
+/// string. New array elements cannot be created this way: the file defines
+/// the shape, the environment changes values.
+fn apply_env_overrides(path: &Path, value: &mut toml::Value, overrides: &[(String, String)]) -> Result<(), ConfigError> {
+    for (var, raw) in overrides {
+        let bad = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: var.clone(),
+            message,
+        };
+        let rest = var.strip_prefix(ENV_OVERRIDE_PREFIX).unwrap_or(var);
+        let segments: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if segments.iter().any(String::is_empty) {
+            return Err(bad("is not of the form PORTCULLIS__SECTION__KEY".into()));
+        }
+        let mut cur = &mut *value;
+        for (i, seg) in segments.iter().enumerate() {
+            let last = i + 1 == segments.len();
+            cur = match cur {
+                toml::Value::Array(items) => {
+                    let idx: usize = seg
+                        .parse()
+                        .map_err(|_| bad(format!("`{seg}` must be an index into the array defined in the file")))?;
+                    let len = items.len();
+                    items
+                        .get_mut(idx)
+                        .ok_or_else(|| bad(format!("index {idx} is past the {len} element(s) the file defines")))?
+                }
+                toml::Value::Table(t) => {
+                    let key = t
+                        .keys()
+                        .find(|k| k.eq_ignore_ascii_case(seg))
+                        .cloned()
+                        .unwrap_or_else(|| seg.clone());
+                    if last {
+                        let new = override_value(t.get(&key), raw);
+                        t.insert(key, new);
+                        break;
+                    }
+                    t.entry(key).or_insert_with(|| toml::Value::Table(Default::default()))
+                }
+                _ => return Err(bad(format!("`{seg}` is below a value that is not a table or an array"))),
+            };
+            if last {
+                *cur = override_value(Some(cur), raw);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn override_value(existing: Option<&toml::Value>, raw: &str) -> toml::Value {
+    if matches!(existing, Some(toml::Value::String(_))) {
+        return toml::Value::String(raw.to_owned());
+    }
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+/// A relative path in the configuration is relative to the configuration
+/// file's directory, not to wherever the command happens to run: the
+/// gateway and an offline CLI started elsewhere must open the same file.
+pub fn resolve_config_path(config_file: &Path, value: &str) -> PathBuf {
+    let p = Path::new(value);
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        config_file.parent().unwrap_or(Path::new("")).join(p)
+    };
+    std::path::absolute(&joined).unwrap_or(joined)
+}
+
+/// `listen` and `admin_listen` on one port cannot both bind (port 0, "any
+/// free port", excepted).
+fn check_listeners_distinct(path: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<(), ConfigError> {
+    let overlap = listen.port() != 0
+        && listen.port() == admin.port()
+        && (listen.ip() == admin.ip() || listen.ip().is_unspecified() || admin.ip().is_unspecified());
+    if overlap {
+        return Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            key: "server.admin_listen".into(),
+            message: format!("`{admin}` is the same address as server.listen (`{listen}`); give the admin API its own port"),
+        });
+    }
+    Ok(())
+}
+
+/// `http::Uri` accepts any digits as a port and `port_u16()` then gives
+/// `None`, which would silently mean port 80.
+fn check_upstream_port(path: &Path, key: &str, url: &Uri) -> Result<(), ConfigError> {
+    let Some(authority) = url.authority() else { return Ok(()) };
+    let host_port = authority.as_str().rsplit_once('@').map_or(authority.as_str(), |(_, hp)| hp);
+    let Some(port) = host_port.rsplit_once(':').map(|(_, p)| p).filter(|p| !p.contains(']')) else {
+        return Ok(());
+    };
+    match port.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(()),
+        _ => Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message: format!("port `{port}` in `{url}` is not a TCP port (1-65535)"),
+        }),
+    }
+}
+
+impl StoreSpec {
+    /// Validates `[store]` and resolves its path against the config file.
+    fn into_store_config(&self, path: &Path) -> Result<StoreConfig, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        match self.backend.as_str() {
+            "sqlite" => {
+                if self.path.is_empty() {
+                    return Err(invalid("store.path", "must name the SQLite file".into()));
+                }
+                Ok(StoreConfig::Sqlite {
+                    path: resolve_config_path(path, &self.path),
+                })
+            }
+            "redis" => {
+                let url = self.url.clone().filter(|u| !u.is_empty()).ok_or_else(|| {
+                    invalid(
+                        "store.url",
+                        "the redis backend needs `url`, e.g. \"redis://127.0.0.1:6379/0\"".into(),
+                    )
+                })?;
+                if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+                    return Err(invalid("store.url", format!("`{url}` is not a redis:// URL")));
+                }
+                if self.timeout_ms == 0 {
+                    return Err(invalid("store.timeout_ms", "must be greater than 0".into()));
+                }
+                Ok(StoreConfig::Redis {
+                    url,
+                    timeout: Duration::from_millis(self.timeout_ms),
+                    revocation_grace: Duration::from_millis(self.revocation_grace_ms),
+                })
+            }
+            other => Err(invalid(
+                "store.backend",
+                format!("unknown backend `{other}`; expected \"sqlite\" or \"redis\""),
+            )),
+        }
+    }
+}
+
+/// What the offline commands (`admin token …`) need: the store and the
+/// workspace names. Only `[store]` is expanded, so upstream secrets such as
+/// `${DEMO_UPSTREAM_KEY}` need not be set to bootstrap an admin token.
+#[derive(Debug, Clone)]
+pub struct StoreContext {
+    pub source: PathBuf,
+    pub store: StoreConfig,
+    pub workspace_slugs: Vec<String>,
+}
+
+impl StoreContext {
+    pub fn load(path: &Path) -> Result<StoreContext, ConfigError> {
+        let text = read_config(path)?;
+        Self::from_toml(path, &text, &|name| std::env::var(name).ok(), &process_overrides())
+    }
+
+    pub fn from_toml(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        overrides: &[(String, String)],
+    ) -> Result<StoreContext, ConfigError> {
+        let mut value = parse_checked(path, text)?;
+        apply_env_overrides(path, &mut value, overrides)?;
+        if let Some(store) = value.get_mut("store") {
+            expand_env_at(path, store, "store", env)?;
+        }
+        let spec: ConfigSpec = value.try_into().map_err(|e| parse_error(path, e))?;
+        Ok(StoreContext {
+            source: path.to_owned(),
+            store: spec.store.into_store_config(path)?,
+            workspace_slugs: spec.workspaces.into_iter().map(|w| w.slug).collect(),
         })
     }
 }
@@ -835,6 +1042,102 @@ timeout_ms = 1000
         assert!(load(&dup).unwrap_err().to_string().contains("defined twice"));
         let empty = "[[workspaces]]\nslug = \"x\"\n";
         assert!(load(empty).unwrap_err().to_string().contains("at least one"));
+    }
+
+    #[test]
+    fn relative_store_paths_resolve_against_the_config_file() {
+        let c = Config::from_toml(Path::new("/etc/portcullis/p.toml"), GOOD, &env).unwrap();
+        match c.store {
+            StoreConfig::Sqlite { path } => assert_eq!(path, Path::new("/etc/portcullis/data/x.db")),
+            other => panic!("{other:?}"),
+        }
+        let abs = GOOD.replace("data/x.db", "/var/lib/p.db");
+        match Config::from_toml(Path::new("/etc/p.toml"), &abs, &env).unwrap().store {
+            StoreConfig::Sqlite { path } => assert_eq!(path, Path::new("/var/lib/p.db")),
+            other => panic!("{other:?}"),
+        }
+        // A relative config path still yields an absolute store path.
+        match load(GOOD).unwrap().store {
+            StoreConfig::Sqlite { path } => assert!(path.is_absolute(), "{path:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn upstream_ports_out_of_range_are_errors_naming_the_key() {
+        for port in ["99999", "65536", "0"] {
+            let err = load(&GOOD.replace("8765", port)).unwrap_err().to_string();
+            assert!(err.contains("workspaces[0].servers[0].url") && err.contains(port), "{port}: {err}");
+        }
+        assert!(load(&GOOD.replace("8765", "65535")).is_ok());
+        let with_userinfo = GOOD.replace("http://127.0.0.1:8765", "http://u:p@127.0.0.1:8765");
+        assert!(load(&with_userinfo).is_ok());
+        assert!(load(&GOOD.replace("127.0.0.1:8765", "[::1]")).is_ok());
+    }
+
+    #[test]
+    fn admin_listen_equal_to_listen_is_an_error() {
+        for admin in ["127.0.0.1:8080", "0.0.0.0:8080"] {
+            let err = load(&GOOD.replace("admin_listen = \"127.0.0.1:9090\"", &format!("admin_listen = \"{admin}\"")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("server.admin_listen") && err.contains("server.listen"), "{err}");
+        }
+        // Port 0 (any free port) twice is fine: the tests rely on it.
+        let zero = GOOD.replace(":8080", ":0").replace(":9090", ":0");
+        assert!(load(&zero).is_ok());
+    }
+
+    #[test]
+    fn env_overrides_win_over_the_file() {
+        let over = |pairs: &[(&str, &str)]| {
+            let o: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            Config::from_toml_with_overrides(Path::new("t.toml"), GOOD, &env, &o)
+        };
+        let c = over(&[
+            ("PORTCULLIS__SERVER__LISTEN", "127.0.0.1:7000"),
+            ("PORTCULLIS__SERVER__MAX_BODY_BYTES", "1024"),
+            ("PORTCULLIS__SERVER__ALLOWED_ORIGINS", "[\"https://a.example\"]"),
+            ("PORTCULLIS__LIMITS__REQUESTS_PER_MINUTE", "7"),
+            ("PORTCULLIS__WORKSPACES__0__SERVERS__0__URL", "http://127.0.0.1:9999/mcp"),
+            ("PORTCULLIS__WORKSPACES__0__SERVERS__0__HEADERS__AUTHORIZATION", "Bearer ${KEY}x"),
+        ])
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 7000);
+        assert_eq!(c.server.max_body_bytes, 1024);
+        assert!(c.server.allowed_origins.contains("https://a.example"));
+        assert_eq!(c.limits.requests_per_minute, 7);
+        let srv = &c.workspace("demo").unwrap().servers[0];
+        assert_eq!(srv.url.port_u16(), Some(9999));
+        assert_eq!(srv.headers.len(), 3, "matched case-insensitively, not added");
+        assert!(srv.headers.iter().any(|(_, v)| v.to_str().unwrap() == "Bearer s3cretx"));
+        for (var, val, needle) in [
+            ("PORTCULLIS__SERVER__LISTN", "x", "LISTN"),
+            ("PORTCULLIS__WORKSPACES__5__SLUG", "x", "PORTCULLIS__WORKSPACES__5__SLUG"),
+            ("PORTCULLIS__SERVER__LISTEN", "nope", "server.listen"),
+        ] {
+            let err = over(&[(var, val)]).unwrap_err().to_string();
+            assert!(err.to_ascii_uppercase().contains(&needle.to_ascii_uppercase()), "{var}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_store_context_needs_no_upstream_secrets() {
+        // KEY is referenced by an upstream header; the offline commands never use it.
+        let ctx = StoreContext::from_toml(Path::new("/srv/p.toml"), GOOD, &|_| None, &[]).unwrap();
+        assert_eq!(ctx.workspace_slugs, vec!["demo".to_string()]);
+        assert!(matches!(ctx.store, StoreConfig::Sqlite { ref path } if path == Path::new("/srv/data/x.db")));
+        // ...while the strict load still names the missing variable.
+        let err = Config::from_toml(Path::new("/srv/p.toml"), GOOD, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("KEY"), "{err}");
+        // A variable used by the store itself is still required.
+        let text = GOOD.replace("data/x.db", "${DB_DIR}/x.db");
+        let err = StoreContext::from_toml(Path::new("/srv/p.toml"), &text, &|_| None, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DB_DIR") && err.contains("store.path"), "{err}");
     }
 
     #[test]

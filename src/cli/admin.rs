@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{CliError, CliResult, ConfigArg, output};
 use crate::auth::lifecycle::{self, NewTokenRequest};
-use crate::config::Config;
+use crate::config::{StoreConfig, StoreContext};
 use crate::store::{ListFilter, TokenStore};
 use crate::token::{self, TokenKind, now_unix};
 
@@ -58,10 +58,41 @@ pub enum AdminTokenCommand {
     },
 }
 
-async fn open(config: &ConfigArg) -> Result<(Config, Arc<dyn TokenStore>), CliError> {
-    let cfg = Config::load(&config.config).map_err(|e| CliError::usage(e.to_string()))?;
-    let store = crate::app::open_store(&cfg).await.map_err(|e| CliError::failed(e.to_string()))?;
-    Ok((cfg, store))
+/// Loads only what the offline commands need ([`StoreContext`]: upstream
+/// secrets need not be set) and opens the store, saying on stderr which store
+/// it is and whether it was just created: a store made by mistake in the
+/// wrong place is the trap this guards against.
+async fn open(config: &ConfigArg) -> Result<(StoreContext, Arc<dyn TokenStore>), CliError> {
+    let ctx = StoreContext::load(&config.config).map_err(|e| CliError::usage(e.to_string()))?;
+    let existed = match &ctx.store {
+        StoreConfig::Sqlite { path } => path.exists(),
+        StoreConfig::Redis { .. } => true,
+    };
+    let store = crate::app::open_store_at(&ctx.store, &ctx.source)
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    eprintln!("{}", store_line(&ctx.store, existed));
+    Ok((ctx, store))
+}
+
+/// "store: …" line of the offline commands.
+pub fn store_line(store: &StoreConfig, existed: bool) -> String {
+    match store {
+        StoreConfig::Sqlite { path } if existed => format!("store: SQLite {}", path.display()),
+        StoreConfig::Sqlite { path } => format!(
+            "store: SQLite {} (NEW: no store was there, so an empty one was created; if the gateway uses another file, fix store.path or --config)",
+            path.display()
+        ),
+        StoreConfig::Redis { url, .. } => format!("store: Redis {}", crate::app::redis_endpoint(url)),
+    }
+}
+
+/// The `store` member of the offline commands' JSON.
+fn store_json(store: &StoreConfig) -> serde_json::Value {
+    match store {
+        StoreConfig::Sqlite { path } => json!({"backend": "sqlite", "path": path.display().to_string()}),
+        StoreConfig::Redis { url, .. } => json!({"backend": "redis", "url": crate::app::redis_endpoint(url)}),
+    }
 }
 
 pub async fn run(cmd: AdminCommand) -> CliResult {
@@ -75,7 +106,7 @@ pub async fn run(cmd: AdminCommand) -> CliResult {
         } => {
             let (cfg, store) = open(&config).await?;
             if let Some(ws) = &workspace
-                && cfg.workspace(ws).is_none()
+                && !cfg.workspace_slugs.iter().any(|s| s == ws)
             {
                 return Err(CliError::usage(format!("no workspace `{ws}` in {}", cfg.source.display())));
             }
@@ -95,7 +126,7 @@ pub async fn run(cmd: AdminCommand) -> CliResult {
                 .await
                 .map_err(|e| CliError::failed(e.to_string()))?;
             if json {
-                output::json(&json!({ "token": raw, "info": record.view(now) }));
+                output::json(&json!({ "token": raw, "info": record.view(now), "store": store_json(&cfg.store) }));
             } else {
                 let scope = record
                     .workspace

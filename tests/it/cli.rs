@@ -326,3 +326,109 @@ async fn admin_api_sees_cli_created_tokens() {
         .arg(&config);
     assert_eq!(run(c).await.status.code(), Some(2));
 }
+
+/// A config whose upstream needs a secret that the offline commands never use.
+fn offline_config(store_path: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[store]\npath = \"{store_path}\"\n\
+         [[workspaces]]\nslug = \"demo\"\n[[workspaces.servers]]\nname = \"demo\"\nurl = \"http://127.0.0.1:1/mcp\"\n\
+         headers = {{ Authorization = \"Bearer ${{UPSTREAM_SECRET_NOT_SET}}\" }}\n"
+    )
+}
+
+#[tokio::test]
+async fn offline_commands_use_the_store_next_to_the_config_from_any_directory() {
+    let etc = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let config = etc.path().join("portcullis.toml");
+    std::fs::write(&config, offline_config("data/p.db")).unwrap();
+    let expected = etc.path().join("data/p.db");
+
+    let mut c = bin();
+    c.current_dir(elsewhere.path())
+        .env_remove("UPSTREAM_SECRET_NOT_SET")
+        .args(["admin", "token", "create", "--name", "ops", "--json", "--config"])
+        .arg(&config);
+    let o = run(c).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(expected.exists(), "the store is next to the config");
+    assert!(!elsewhere.path().join("data").exists(), "no second store in the current directory");
+    let v = json_out(&o);
+    assert_eq!(v["store"]["path"], expected.display().to_string());
+    assert!(
+        stderr(&o).contains(&expected.display().to_string()) && stderr(&o).contains("NEW"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Second run: same store, not new.
+    let mut c = bin();
+    c.current_dir(elsewhere.path())
+        .args(["admin", "token", "list", "--json", "--config"])
+        .arg(&config);
+    let o = run(c).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json_out(&o)["tokens"].as_array().unwrap().len(), 1);
+    assert!(!stderr(&o).contains("NEW"), "{}", stderr(&o));
+
+    // serve/check-config stay strict about the upstream secret.
+    let mut c = bin();
+    c.args(["check-config", "--config"])
+        .arg(&config)
+        .env_remove("UPSTREAM_SECRET_NOT_SET");
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("UPSTREAM_SECRET_NOT_SET"), "{}", stderr(&o));
+}
+
+#[tokio::test]
+async fn store_errors_name_the_file_the_key_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_db = dir.path().join("notes.txt");
+    std::fs::write(&not_a_db, "x".repeat(4096)).unwrap();
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "").unwrap();
+    for (store_path, needle) in [
+        (not_a_db.display().to_string(), "not a Portcullis SQLite store"),
+        (format!("{}/sub/p.db", blocker.display()), "directory"),
+    ] {
+        let config = dir.path().join("p.toml");
+        std::fs::write(&config, offline_config(&store_path)).unwrap();
+        let mut c = bin();
+        c.args(["admin", "token", "list", "--config"]).arg(&config);
+        let o = run(c).await;
+        assert_eq!(o.status.code(), Some(1));
+        let err = stderr(&o);
+        assert!(
+            err.contains(&store_path) && err.contains("store.path") && err.contains("What to do") && err.contains(needle),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn check_config_rejects_what_cannot_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = offline_config("data/p.db").replace("${UPSTREAM_SECRET_NOT_SET}", "k");
+    for (text, needle) in [
+        (
+            base.replace("127.0.0.1:1/mcp", "127.0.0.1:99999/mcp"),
+            "workspaces[0].servers[0].url",
+        ),
+        (
+            base.replace(
+                "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8080\"",
+            ),
+            "server.admin_listen",
+        ),
+    ] {
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, &text).unwrap();
+        let mut c = bin();
+        c.args(["check-config", "--config"]).arg(&path);
+        let o = run(c).await;
+        assert_eq!(o.status.code(), Some(2), "{needle}: {}", stdout(&o));
+        assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
+    }
+}
