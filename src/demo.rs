@@ -4,7 +4,9 @@
 //! Tools: `echo` (returns its text), `add` (sums two numbers) and `progress`
 //! (streams `notifications/progress` over SSE for a while before its result;
 //! shows that the gateway does not buffer streams). It answers `initialize`,
-//! `ping`, `tools/list` and `tools/call`; notifications and responses get 202.
+//! `ping`, `tools/list` and `tools/call`; notifications and responses get 202;
+//! a batch gets an array of answers (before 2025-06-18) or -32600 (since);
+//! `GET` gets 405 with `Allow`.
 //! With an API key it requires `Authorization: Bearer <key>`, which is how the
 //! example configuration shows upstream credentials being injected.
 
@@ -80,16 +82,23 @@ async fn handle(req: Request<Incoming>, opts: &DemoOptions) -> Response<Body> {
     }
     match *req.method() {
         Method::POST => {}
-        // No standalone server-to-client stream; the spec allows 405 here.
-        Method::GET => return json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "no server-initiated stream"})),
         Method::DELETE => return json_response(StatusCode::OK, &json!({})),
-        _ => return json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method not allowed"})),
+        // No standalone server-to-client stream: the spec's answer is 405,
+        // and a 405 carries `Allow` (RFC 9110 §15.5.6) with a JSON-RPC body.
+        _ => return not_allowed(),
     }
     let wants_sse = req
         .headers()
         .get(http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/event-stream"));
+    // Without the header a server assumes 2025-03-26 (the spec's rule for
+    // clients that predate it), the last revision with batches.
+    let batches_allowed = req
+        .headers()
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v < "2025-06-18");
     let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return json_response(StatusCode::PAYLOAD_TOO_LARGE, &rpc_error(&Value::Null, -32600, "body too large")),
@@ -98,6 +107,62 @@ async fn handle(req: Request<Incoming>, opts: &DemoOptions) -> Response<Body> {
         Ok(v) => v,
         Err(_) => return json_response(StatusCode::BAD_REQUEST, &rpc_error(&Value::Null, -32700, "Parse error")),
     };
+    if let Value::Array(items) = msg {
+        return batch(items, batches_allowed).await;
+    }
+    answer(msg, wants_sse).await
+}
+
+fn not_allowed() -> Response<Body> {
+    let mut r = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &rpc_error(&Value::Null, -32600, "Method not allowed: this server has no server-initiated stream; use POST"),
+    );
+    r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+    r
+}
+
+/// A JSON-RPC batch: one answer per request, in order, in one JSON array;
+/// only notifications and responses: 202. Revisions from 2025-06-18 on
+/// removed batching, so there a batch is one -32600 error.
+async fn batch(items: Vec<Value>, allowed: bool) -> Response<Body> {
+    if !allowed {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &rpc_error(&Value::Null, -32600, "Invalid Request: batches are not supported from revision 2025-06-18 on"),
+        );
+    }
+    if items.is_empty() {
+        return json_response(StatusCode::BAD_REQUEST, &rpc_error(&Value::Null, -32600, "Invalid Request: empty batch"));
+    }
+    let mut answers = Vec::with_capacity(items.len());
+    for item in items {
+        let resp = answer(item, false).await;
+        if resp.status() == StatusCode::ACCEPTED {
+            continue; // a notification or a response: nothing to answer
+        }
+        // The demo's own answers are small JSON bodies, read back whole.
+        let bytes = match resp.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => continue,
+        };
+        if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+            answers.push(v);
+        }
+    }
+    if answers.is_empty() {
+        let mut r = Response::new(full(Bytes::new()));
+        *r.status_mut() = StatusCode::ACCEPTED;
+        return r;
+    }
+    json_response(StatusCode::OK, &Value::Array(answers))
+}
+
+/// One JSON-RPC message.
+async fn answer(msg: Value, wants_sse: bool) -> Response<Body> {
+    if !msg.is_object() {
+        return json_response(StatusCode::BAD_REQUEST, &rpc_error(&Value::Null, -32600, "Invalid Request"));
+    }
     let (Some(method), Some(id)) = (msg.get("method").and_then(Value::as_str), msg.get("id")) else {
         // Notifications and responses are accepted without a body.
         let mut r = Response::new(full(Bytes::new()));

@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 
 import anyio
+import httpx
 import pytest
+
+from conftest import DEMO_UPSTREAM_KEY
 
 from mcp_helpers import OP_TIMEOUT, ProgressLog, mcp_client, text_of
 
@@ -71,3 +74,63 @@ async def test_mcp_json_from_token_create_is_a_working_client_config(gateway):
         async with mcp_client(entry["url"], extra_headers=entry["headers"]) as client:
             result = await client.call_tool("echo", {"text": "pasted config"})
             assert text_of(result) == "pasted config"
+
+
+BATCH = [
+    {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "one"}}},
+    {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 1, "b": 2}}},
+]
+JSON_ONLY = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+
+def _post(url: str, body, headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(url, json=body, headers={**JSON_ONLY, **headers}, timeout=10)
+
+
+def _check_batch_answers(r: httpx.Response) -> None:
+    assert r.status_code == 200, r.text
+    answers = r.json()
+    assert isinstance(answers, list) and [a["id"] for a in answers] == [1, 2], answers
+    assert answers[0]["result"]["content"][0]["text"] == "one"
+    assert answers[1]["result"]["content"][0]["text"] == "3"
+
+
+def _check_batch_refused(r: httpx.Response) -> None:
+    assert r.status_code == 400, r.text
+    body = r.json()
+    assert body["error"]["code"] == -32600 and body["id"] is None, body
+
+
+def _check_get_refused(r: httpx.Response) -> None:
+    assert r.status_code == 405, r.text
+    assert set(m.strip() for m in r.headers["allow"].split(",")) == {"POST", "DELETE"}
+    assert r.json()["error"]["code"] == -32600
+
+
+def test_demo_upstream_answers_batches_per_revision(demo_upstream):
+    """Before 2025-06-18 (or without the header, i.e. 2025-03-26) a batch gets one answer per
+    request; from 2025-06-18 on, batching is gone and the batch is an Invalid Request."""
+    auth = {"Authorization": f"Bearer {DEMO_UPSTREAM_KEY}"}
+    _check_batch_answers(_post(demo_upstream.url, BATCH, auth))
+    _check_batch_answers(_post(demo_upstream.url, BATCH, {**auth, "MCP-Protocol-Version": "2025-03-26"}))
+    for rev in ("2025-06-18", "2025-11-25"):
+        _check_batch_refused(_post(demo_upstream.url, BATCH, {**auth, "MCP-Protocol-Version": rev}))
+    # Only notifications: nothing to answer.
+    r = _post(demo_upstream.url, [BATCH[1]], auth)
+    assert r.status_code == 202 and r.content == b""
+    _check_get_refused(httpx.get(demo_upstream.url, headers=auth, timeout=10))
+
+
+def test_gateway_forwards_batches_on_a_pass_through_workspace(gateway):
+    """docs/behaviour.md "Batches": a one-server workspace is transparent, so the batch goes to the
+    upstream, which answers it according to the revision the client negotiated with it."""
+    tok = gateway.create_token("demo")
+    auth = {"Authorization": f"Bearer {tok['token']}"}
+    url = gateway.ws_url("demo")
+    _check_batch_answers(_post(url, BATCH, auth))
+    _check_batch_refused(_post(url, BATCH, {**auth, "MCP-Protocol-Version": "2025-06-18"}))
+    # The gateway itself refuses what is not a batch of JSON-RPC messages.
+    r = _post(url, [], auth)
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32600
+    _check_get_refused(httpx.get(url, headers=auth, timeout=10))
