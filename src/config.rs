@@ -416,7 +416,7 @@ impl ConfigSpec {
             }
         }
 
-        let store = self.store.into_store_config(path)?;
+        let store = self.store.to_store_config(path)?;
         check_listeners_distinct(path, listen, admin_listen)?;
 
         if self.limits.requests_per_minute == 0 {
@@ -751,7 +751,7 @@ fn check_upstream_port(path: &Path, key: &str, url: &Uri) -> Result<(), ConfigEr
 
 impl StoreSpec {
     /// Validates `[store]` and resolves its path against the config file.
-    fn into_store_config(&self, path: &Path) -> Result<StoreConfig, ConfigError> {
+    fn to_store_config(&self, path: &Path) -> Result<StoreConfig, ConfigError> {
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             path: path.to_owned(),
             key: key.to_owned(),
@@ -823,7 +823,7 @@ impl StoreContext {
         let spec: ConfigSpec = value.try_into().map_err(|e| parse_error(path, e))?;
         Ok(StoreContext {
             source: path.to_owned(),
-            store: spec.store.into_store_config(path)?,
+            store: spec.store.to_store_config(path)?,
             workspace_slugs: spec.workspaces.into_iter().map(|w| w.slug).collect(),
         })
     }

@@ -116,9 +116,14 @@ async fn handle(req: Request<Incoming>, opts: &DemoOptions) -> Response<Body> {
 fn not_allowed() -> Response<Body> {
     let mut r = json_response(
         StatusCode::METHOD_NOT_ALLOWED,
-        &rpc_error(&Value::Null, -32600, "Method not allowed: this server has no server-initiated stream; use POST"),
+        &rpc_error(
+            &Value::Null,
+            -32600,
+            "Method not allowed: this server has no server-initiated stream; use POST",
+        ),
     );
-    r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+    r.headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static("POST, DELETE"));
     r
 }
 
@@ -129,11 +134,18 @@ async fn batch(items: Vec<Value>, allowed: bool) -> Response<Body> {
     if !allowed {
         return json_response(
             StatusCode::BAD_REQUEST,
-            &rpc_error(&Value::Null, -32600, "Invalid Request: batches are not supported from revision 2025-06-18 on"),
+            &rpc_error(
+                &Value::Null,
+                -32600,
+                "Invalid Request: batches are not supported from revision 2025-06-18 on",
+            ),
         );
     }
     if items.is_empty() {
-        return json_response(StatusCode::BAD_REQUEST, &rpc_error(&Value::Null, -32600, "Invalid Request: empty batch"));
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &rpc_error(&Value::Null, -32600, "Invalid Request: empty batch"),
+        );
     }
     let mut answers = Vec::with_capacity(items.len());
     for item in items {

@@ -11,24 +11,132 @@ use std::time::Duration;
 
 use crate::config::Config;
 
+mod log_targets {
+    include!(concat!(env!("OUT_DIR"), "/log_targets.rs"));
+}
+
+/// How log lines (and the process's own start/stop lines) are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// The format chosen at start-up (text until [`init_tracing`] ran).
+pub fn log_format() -> LogFormat {
+    LOG_FORMAT.get().copied().unwrap_or(LogFormat::Text)
+}
+
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks `PORTCULLIS_LOG` and `PORTCULLIS_LOG_FORMAT` (passed in, so tests
+/// need not touch the process environment). `EnvFilter` accepts a bare word
+/// as a target name, so `verbose` parses and then matches nothing: every log
+/// is silently off. A bare word is therefore accepted only as a level or as
+/// a target rooted in a crate this binary is built from (`hyper`,
+/// `portcullis::gateway`); `target=level` and span directives are left to
+/// `EnvFilter`, which rejects what it cannot parse.
+pub fn check_log_settings(filter: Option<&str>, format: Option<&str>) -> Result<(String, LogFormat), String> {
+    let format = match format.map(str::trim) {
+        None | Some("" | "text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            return Err(format!(
+                "PORTCULLIS_LOG_FORMAT=`{other}` is not a log format; use `text` (the default) or `json`"
+            ));
+        }
+    };
+    let filter = filter.map(str::trim).filter(|f| !f.is_empty()).unwrap_or("info").to_string();
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&filter) {
+        return Err(format!(
+            "PORTCULLIS_LOG=`{filter}` is not a log filter: {e}; e.g. `info` or `info,portcullis=debug`"
+        ));
+    }
+    for directive in split_directives(&filter) {
+        if directive.contains('=') || directive.contains('[') {
+            continue;
+        }
+        let root = directive.split("::").next().unwrap_or_default();
+        let known = LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive)) || log_targets::KNOWN_CRATES.contains(&root);
+        if !known {
+            return Err(format!(
+                "PORTCULLIS_LOG: `{directive}` is neither a level ({}) nor a log target (a crate such as `portcullis` or `hyper`, e.g. `portcullis=debug`); as written nothing would be logged",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok((filter, format))
+}
+
+/// Directives are comma-separated, but a span filter may hold commas
+/// between its brackets (`[span{a=1,b=2}]`).
+fn split_directives(filter: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0i32, 0usize);
+    for (i, c) in filter.char_indices() {
+        match c {
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth -= 1,
+            ',' if depth <= 0 => {
+                out.push(filter[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(filter[start..].trim());
+    out.retain(|d| !d.is_empty());
+    out
+}
+
 /// Initialises the global tracing subscriber. `PORTCULLIS_LOG` (or `RUST_LOG`)
 /// sets the filter, default `info`; `PORTCULLIS_LOG_FORMAT=json` switches to
 /// JSON lines. Logs go to stderr so that stdout stays clean for `--json`.
-pub fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("PORTCULLIS_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_string());
+/// Unknown values are an error: a typo must not silently turn logging off.
+pub fn init_tracing() -> Result<(), String> {
+    let filter = std::env::var("PORTCULLIS_LOG").or_else(|_| std::env::var("RUST_LOG")).ok();
+    let format = std::env::var("PORTCULLIS_LOG_FORMAT").ok();
+    let (filter, format) = check_log_settings(filter.as_deref(), format.as_deref())?;
+    let _ = LOG_FORMAT.set(format);
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new(filter))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .with_target(false)
         // Colour codes only for people, never in log files or collectors.
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
-    let json = std::env::var("PORTCULLIS_LOG_FORMAT").is_ok_and(|v| v == "json");
     // try_init: tests may initialise more than once in one process.
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let _ = if format == LogFormat::Json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    Ok(())
+}
+
+/// A line the process prints about itself (listening, shutting down,
+/// stopped, a fatal error) whatever the log filter says: plain text for
+/// people, or, with the JSON format, a line shaped like the log lines so that
+/// every line on stderr parses.
+pub fn announce(level: &str, message: &str) {
+    match log_format() {
+        LogFormat::Text if level == "ERROR" => eprintln!("error: {message}"),
+        LogFormat::Text => eprintln!("portcullis: {message}"),
+        LogFormat::Json => {
+            let timestamp = time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            let line = serde_json::json!({
+                "timestamp": timestamp,
+                "level": level,
+                "fields": {"message": message},
+                "target": "portcullis",
+            });
+            eprintln!("{line}");
+        }
+    }
 }
 
 /// HTTP statuses counted individually; anything else is counted as "other".

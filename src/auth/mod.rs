@@ -348,6 +348,10 @@ impl Verifier {
     /// Counts a failure and wraps it.
     pub fn reject(&self, reason: AuthFailureReason) -> VerifyError {
         self.metrics.auth_failure(reason);
+        // Names the reason on the request's access-log line (the span's
+        // `auth_failure` field; a no-op outside a request span). The client
+        // only ever sees the uniform 401.
+        tracing::Span::current().record("auth_failure", reason.as_str());
         VerifyError::Rejected(reason)
     }
 

@@ -107,7 +107,10 @@ enum Command {
 /// Parses the command line, runs the command, and maps errors to exit codes.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    crate::telemetry::init_tracing();
+    if let Err(e) = crate::telemetry::init_tracing() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -129,7 +132,7 @@ pub fn run() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            crate::telemetry::announce("ERROR", &e.message);
             ExitCode::from(e.code)
         }
     }

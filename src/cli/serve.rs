@@ -10,6 +10,7 @@ use super::{CliError, CliResult, output};
 use crate::auth::lifecycle::{self, NewTokenRequest};
 use crate::config::Config;
 use crate::store::ListFilter;
+use crate::telemetry::announce;
 use crate::token::{TokenKind, now_unix};
 
 fn load(path: &Path) -> Result<Config, CliError> {
@@ -24,15 +25,18 @@ fn load(path: &Path) -> Result<Config, CliError> {
 pub async fn serve(path: &Path) -> CliResult {
     let config = load(path)?;
     let running = crate::app::start(config).await.map_err(|e| CliError::usage(e.to_string()))?;
-    eprintln!(
-        "portcullis: data plane on http://{}, admin API on http://{}",
-        running.data_addr, running.admin_addr
+    announce(
+        "INFO",
+        &format!(
+            "data plane on http://{}, admin API on http://{}",
+            running.data_addr, running.admin_addr
+        ),
     );
     wait_for_signal().await;
-    eprintln!("portcullis: shutting down (finishing open requests and streams)");
+    announce("INFO", "shutting down (finishing open requests and streams)");
     running.shutdown();
     running.wait().await;
-    eprintln!("portcullis: stopped");
+    announce("INFO", "stopped");
     Ok(())
 }
 

@@ -130,6 +130,7 @@ impl Gateway {
             path = field::Empty,
             workspace = field::Empty,
             token_id = field::Empty,
+            auth_failure = field::Empty,
             status = field::Empty,
             latency_ms = field::Empty,
         );
@@ -176,7 +177,12 @@ impl Gateway {
         let path = req.uri().path();
         if let Some(slug) = path.strip_prefix("/ws/") {
             let slug = slug.strip_suffix('/').unwrap_or(slug).to_owned();
-            tracing::Span::current().record("path", "/ws/{slug}");
+            // The slug as tried (bounded, escaped: it is client input), so a
+            // 401 line says which workspace; a known one is recorded again below.
+            let tried = &slug[..slug.char_indices().nth(64).map_or(slug.len(), |(i, _)| i)];
+            tracing::Span::current()
+                .record("path", "/ws/{slug}")
+                .record("workspace", field::debug(tried));
             return match self.workspace_request(req, &slug, request_id, outcome).await {
                 Ok(resp) => resp,
                 Err((e, id)) => e.into_response(id.as_deref()),

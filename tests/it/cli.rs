@@ -432,3 +432,141 @@ async fn check_config_rejects_what_cannot_work() {
         assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
     }
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn unknown_log_settings_are_refused_at_start_up() {
+    for (var, value, needle) in [
+        ("PORTCULLIS_LOG", "verbose", "verbose"),
+        ("PORTCULLIS_LOG", "info,portcullis=loud", "PORTCULLIS_LOG"),
+        ("PORTCULLIS_LOG_FORMAT", "yaml", "PORTCULLIS_LOG_FORMAT"),
+    ] {
+        let mut c = bin();
+        c.args(["check-config", "--config", "/nonexistent.toml"]).env(var, value);
+        let o = run(c).await;
+        assert_eq!(o.status.code(), Some(2), "{var}={value}");
+        assert!(
+            stderr(&o).contains(needle) && !stderr(&o).contains("cannot read"),
+            "{var}={value}: {}",
+            stderr(&o)
+        );
+    }
+    // What EnvFilter accepts and means something still works.
+    for value in ["debug", "WARN", "info,hyper=warn", "portcullis::gateway=debug,info", "hyper"] {
+        let mut c = bin();
+        c.args(["check-config", "--config", "/nonexistent.toml"])
+            .env("PORTCULLIS_LOG", value);
+        let o = run(c).await;
+        assert!(stderr(&o).contains("cannot read"), "{value}: {}", stderr(&o));
+    }
+}
+
+#[tokio::test]
+async fn json_logs_are_json_on_every_line_and_401s_name_the_reason_and_slug() {
+    let up = DemoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, admin) = (free_port(), free_port());
+    let config = dir.path().join("p.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{data}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nshutdown_grace_ms = 2000\n[store]\npath = \"p.db\"\n\
+             [[workspaces]]\nslug = \"demo\"\n[[workspaces.servers]]\nname = \"demo\"\nurl = \"{}\"\nheaders = {{ Authorization = \"Bearer {DEMO_KEY}\" }}\n",
+            up.url
+        ),
+    )
+    .unwrap();
+    let mut c = bin();
+    c.args(["admin", "token", "create", "--name", "a", "--json", "--config"])
+        .arg(&config);
+    let admin_token = json_out(&run(c).await)["token"].as_str().unwrap().to_string();
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("PORTCULLIS_LOG", "info")
+        .env("PORTCULLIS_LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let admin_base = format!("http://127.0.0.1:{admin}");
+    // Wait until the admin listener accepts (the process announces it too).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", admin)).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "serve did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let ws_token = loop {
+        let r = send(
+            Method::POST,
+            &format!("{admin_base}/v1/workspaces/demo/tokens"),
+            &[("authorization", &format!("Bearer {admin_token}"))],
+            r#"{"name":"t"}"#,
+        )
+        .await;
+        if r.status == 201 {
+            break r.json()["token"].as_str().unwrap().to_string();
+        }
+    };
+    let unknown = portcullis::token::generate(portcullis::token::TokenKind::Workspace).raw;
+    let url = |slug: &str| format!("http://127.0.0.1:{data}/ws/{slug}");
+    let post = |slug: &str, token: Option<&str>| {
+        let (u, auth) = (url(slug), token.map(|t| format!("Bearer {t}")));
+        async move {
+            let mut h = vec![("content-type", "application/json")];
+            if let Some(a) = &auth {
+                h.push(("authorization", a.as_str()));
+            }
+            send(Method::POST, &u, &h, echo_call(1, "x")).await.status
+        }
+    };
+    assert_eq!(post("demo", Some(&unknown)).await, 401);
+    assert_eq!(post("demo", Some("mwt_malformed")).await, 401);
+    assert_eq!(post("demo", None).await, 401);
+    assert_eq!(post("ghost", Some(&ws_token)).await, 401);
+    assert_eq!(post("demo", Some(&ws_token)).await, 200);
+
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut err = String::new();
+    use tokio::io::AsyncReadExt;
+    child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+    assert!(child.wait().await.unwrap().success());
+
+    let lines: Vec<Value> = err
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let messages: Vec<&str> = lines.iter().filter_map(|l| l["fields"]["message"].as_str()).collect();
+    assert!(messages.iter().any(|m| m.contains("data plane on")), "{messages:?}");
+    assert!(messages.iter().any(|m| m.contains("stopped")), "{messages:?}");
+    let failures: Vec<(String, String)> = lines
+        .iter()
+        .filter(|l| l["span"]["status"] == 401)
+        .map(|l| {
+            (
+                l["span"]["auth_failure"].as_str().unwrap_or("-").to_string(),
+                l["span"]["workspace"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect();
+    for (reason, slug) in [
+        ("unknown", "demo"),
+        ("malformed", "demo"),
+        ("missing", "demo"),
+        ("wrong_workspace", "ghost"),
+    ] {
+        assert!(
+            failures.iter().any(|(r, s)| r == reason && s.contains(slug)),
+            "{reason} on {slug}: {failures:?}"
+        );
+    }
+    for secret in [&unknown, &ws_token, &admin_token] {
+        assert!(!err.contains(&secret[4..]), "a raw token reached the log");
+    }
+}

@@ -6,6 +6,7 @@ mod aggregate;
 mod cli;
 mod cluster;
 mod data_plane;
+mod docs;
 mod fast_path;
 mod harness;
 mod lb;
