@@ -705,14 +705,35 @@ fn override_value(existing: Option<&toml::Value>, raw: &str) -> toml::Value {
 /// A relative path in the configuration is relative to the configuration
 /// file's directory, not to wherever the command happens to run: the
 /// gateway and an offline CLI started elsewhere must open the same file.
+///
+/// The result is absolute and has no `.`/`..` (it is printed to operators):
+/// the config file's directory is canonicalised when it exists (a symlinked
+/// `/etc/portcullis` resolves as the OS would), then the relative part is
+/// joined and normalised lexically.
 pub fn resolve_config_path(config_file: &Path, value: &str) -> PathBuf {
     let p = Path::new(value);
     let joined = if p.is_absolute() {
         p.to_path_buf()
     } else {
-        config_file.parent().unwrap_or(Path::new("")).join(p)
+        let dir = config_file.parent().unwrap_or(Path::new(""));
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        let base = std::fs::canonicalize(dir)
+            .or_else(|_| std::path::absolute(dir))
+            .unwrap_or_else(|_| dir.to_path_buf());
+        base.join(p)
     };
-    std::path::absolute(&joined).unwrap_or(joined)
+    let joined = std::path::absolute(&joined).unwrap_or(joined);
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// `listen` and `admin_listen` on one port cannot both bind (port 0, "any
@@ -1059,6 +1080,15 @@ timeout_ms = 1000
         // A relative config path still yields an absolute store path.
         match load(GOOD).unwrap().store {
             StoreConfig::Sqlite { path } => assert!(path.is_absolute(), "{path:?}"),
+            other => panic!("{other:?}"),
+        }
+        // `..` is resolved, so the printed path is the file's plain name.
+        let up = GOOD.replace("data/x.db", "../data/x.db");
+        match Config::from_toml(Path::new("/nonexistent-dir/config/p.toml"), &up, &env)
+            .unwrap()
+            .store
+        {
+            StoreConfig::Sqlite { path } => assert_eq!(path, Path::new("/nonexistent-dir/data/x.db")),
             other => panic!("{other:?}"),
         }
     }

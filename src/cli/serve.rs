@@ -93,20 +93,48 @@ pub fn check_config(path: &Path, json: bool) -> CliResult {
     }
 }
 
+/// The example configuration, for `portcullis demo` outside a checkout.
+const EMBEDDED_CONFIG: &str = include_str!("../../config/portcullis.toml");
+
 /// Default API key of the demo upstream when `DEMO_UPSTREAM_KEY` is unset.
 const DEMO_KEY: &str = "demo-upstream-key";
 
 pub async fn demo(path: &Path) -> CliResult {
     let demo_key = std::env::var("DEMO_UPSTREAM_KEY").unwrap_or_else(|_| DEMO_KEY.to_string());
     let key = demo_key.clone();
-    let config = Config::load_with_env(path, &move |name| {
+    let env = move |name: &str| {
         if name == "DEMO_UPSTREAM_KEY" {
             Some(key.clone())
         } else {
             std::env::var(name).ok()
         }
-    })
-    .map_err(|e| CliError::usage(e.to_string()))?;
+    };
+    let (config, config_note) = if path == Path::new(crate::config::DEFAULT_CONFIG_PATH) && !path.exists() {
+        // Outside a checkout there is no config/portcullis.toml: use the
+        // example compiled into the binary, as if it were at
+        // ./config/portcullis.toml (so its store lands in ./data/).
+        let cwd = std::env::current_dir().map_err(|e| CliError::usage(format!("cannot read the current directory: {e}")))?;
+        let source = cwd.join(crate::config::DEFAULT_CONFIG_PATH);
+        let config = Config::from_toml_with_overrides(&source, EMBEDDED_CONFIG, &env, &crate::config::process_overrides())
+            .map_err(|e| CliError::usage(e.to_string()))?;
+        (
+            config,
+            "the example built into this binary (no config/portcullis.toml here)".to_string(),
+        )
+    } else {
+        let config = Config::load_with_env(path, &env).map_err(|e| CliError::usage(e.to_string()))?;
+        let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        (config, shown.display().to_string())
+    };
+    let store_desc = match &config.store {
+        crate::config::StoreConfig::Sqlite { path } => path.display().to_string(),
+        crate::config::StoreConfig::Redis { url, .. } => crate::app::redis_endpoint(url),
+    };
+    // The binary actually running, so the commands printed below work from
+    // any directory and whatever the build profile.
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "portcullis".into());
     let ws = config
         .workspace("demo")
         .ok_or_else(|| CliError::usage(format!("{} has no `demo` workspace; `portcullis demo` needs one", path.display())))?;
@@ -155,15 +183,17 @@ pub async fn demo(path: &Path) -> CliResult {
             .map_err(|e| CliError::failed(e.to_string()))?;
         format!("An admin token was created for you (shown only now):\n\n    export PORTCULLIS_ADMIN_TOKEN={raw}\n")
     } else {
-        "The store already has an admin token; export it as PORTCULLIS_ADMIN_TOKEN,\nor make a new one: portcullis admin token create --name me\n".to_string()
+        format!(
+            "The store already has an admin token; export it as PORTCULLIS_ADMIN_TOKEN,\nor stop this, remove {store_desc} and start again for a fresh store and a new one.\n"
+        )
     };
     println!(
-        "\nPortcullis is running.\n  gateway:        {public}/ws/demo\n  admin API:      {admin_url}\n  demo upstream:  {upstream_url} (tools: echo, add, progress)\n\n{admin_line}\
-         \nNext, in another terminal (from this directory):\n\
+        "\nPortcullis is running.\n  gateway:        {public}/ws/demo\n  admin API:      {admin_url}\n  demo upstream:  {upstream_url} (tools: echo, add, progress)\n  config:         {config_note}\n  store:          {store_desc}\n  binary:         {exe}\n\n{admin_line}\
+         \nNext, in another terminal:\n\
          \n    export PORTCULLIS_ADMIN_URL={admin_url}\
-         \n    ./target/release/portcullis workspace token create demo --name my-laptop\
+         \n    {exe} workspace token create demo --name my-laptop\
          \n\nthen point an MCP client at {public}/ws/demo with the header\n`Authorization: Bearer <the mwt_ token>` (the README shows Claude Desktop, Cursor,\nClaude Code and the SDKs). Quick check:\
-         \n\n    PORTCULLIS_TOKEN=<the mwt_ token> ./target/release/portcullis token validate --gateway-url {public}\
+         \n\n    PORTCULLIS_TOKEN=<the mwt_ token> {exe} token validate --gateway-url {public}\
          \n\nPress Ctrl-C to stop.\n"
     );
     wait_for_signal().await;

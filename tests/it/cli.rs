@@ -570,3 +570,69 @@ async fn json_logs_are_json_on_every_line_and_401s_name_the_reason_and_slug() {
         assert!(!err.contains(&secret[4..]), "a raw token reached the log");
     }
 }
+
+#[tokio::test]
+async fn demo_runs_from_any_directory_and_names_the_binary_it_is() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (data, admin, upstream) = (free_port(), free_port(), free_port());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("demo")
+        .current_dir(cwd.path())
+        .env_remove("PORTCULLIS_CONFIG")
+        .env_remove("DEMO_UPSTREAM_KEY")
+        .env("PORTCULLIS_LOG", "warn")
+        // Free ports through the environment overrides (env > file).
+        .env("PORTCULLIS__SERVER__LISTEN", format!("127.0.0.1:{data}"))
+        .env("PORTCULLIS__SERVER__ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+        .env("PORTCULLIS__SERVER__PUBLIC_URL", format!("http://127.0.0.1:{data}"))
+        .env(
+            "PORTCULLIS__WORKSPACES__0__SERVERS__0__URL",
+            format!("http://127.0.0.1:{upstream}/mcp"),
+        )
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.contains("Press Ctrl-C") {
+            break;
+        }
+    }
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_portcullis")).unwrap();
+    assert!(banner.contains(&format!("{} workspace token create", exe.display())), "{banner}");
+    assert!(!banner.contains("./target/release"), "{banner}");
+    let store = std::fs::canonicalize(cwd.path()).unwrap().join("data/portcullis.db");
+    assert!(banner.contains(&store.display().to_string()) && store.exists(), "{banner}");
+    assert!(banner.contains("built into this binary"), "{banner}");
+    let admin_token = banner
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("PORTCULLIS_ADMIN_TOKEN="))
+        .unwrap()
+        .to_string();
+    // The demo works end to end: a token from the printed admin token, a call through the gateway.
+    let r = send(
+        Method::POST,
+        &format!("http://127.0.0.1:{admin}/v1/workspaces/demo/tokens"),
+        &[("authorization", &format!("Bearer {admin_token}"))],
+        r#"{"name":"t"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let token = r.json()["token"].as_str().unwrap().to_string();
+    let r = send(
+        Method::POST,
+        &format!("http://127.0.0.1:{data}/ws/demo"),
+        &[("authorization", &format!("Bearer {token}")), ("content-type", "application/json")],
+        echo_call(1, "hi"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(child.wait().await.unwrap().success());
+}
