@@ -18,11 +18,13 @@
 //! - [`telemetry`]: tracing and Prometheus metrics.
 //! - [`demo`]: the bundled demo MCP server.
 //! - [`cli`]: the command line.
+//! - [`build_info`]: version, commit, build date, backends, MCP revisions.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod build_info;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -330,6 +330,7 @@ impl Metrics {
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self, index_entries: usize, limiter_keys: usize) -> String {
         let mut o = String::with_capacity(4096);
+        o.push_str(&crate::build_info::metric());
         o.push_str("# HELP portcullis_requests_total Data-plane responses by workspace and HTTP status.\n# TYPE portcullis_requests_total counter\n");
         for w in &self.workspaces {
             for (i, c) in w.statuses.iter().enumerate() {

@@ -33,14 +33,29 @@ pub enum AdminTokenCommand {
         /// Scope the token to this workspace (default: global).
         #[arg(long)]
         workspace: Option<String>,
+        /// Lifetime: 90d, 12h, 30m, 45s, 2w or seconds (3600); 0 or absent: never expires.
+        #[arg(long, value_name = "DURATION", value_parser = super::duration::parse_duration, conflicts_with = "expires_at")]
+        expires_in: Option<u64>,
+        /// Expiry as an RFC 3339 time, e.g. 2027-01-01T00:00:00Z.
+        #[arg(long, value_name = "TIME", value_parser = super::duration::parse_instant)]
+        expires_at: Option<i64>,
         #[command(flatten)]
         config: ConfigArg,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// List admin tokens (never the raw values).
+    /// List admin tokens, newest first (never the raw values).
     List {
+        /// Tokens per page (1-200).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=200))]
+        page_size: u16,
+        /// Continue from a previous page's `next_cursor`.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Fetch every page.
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         config: ConfigArg,
         /// Print JSON.
@@ -49,6 +64,7 @@ pub enum AdminTokenCommand {
     },
     /// Revoke an admin token.
     Revoke {
+        /// Admin token id (`tkn_…`, from `admin token list`).
         token_id: String,
         #[command(flatten)]
         config: ConfigArg,
@@ -101,9 +117,12 @@ pub async fn run(cmd: AdminCommand) -> CliResult {
         AdminTokenCommand::Create {
             name,
             workspace,
+            expires_in,
+            expires_at,
             config,
             json,
         } => {
+            let expires_in = super::duration::expires_in(expires_in, expires_at, now_unix())?;
             let (cfg, store) = open(&config).await?;
             if let Some(ws) = &workspace
                 && !cfg.workspace_slugs.iter().any(|s| s == ws)
@@ -118,6 +137,7 @@ pub async fn run(cmd: AdminCommand) -> CliResult {
                 name,
                 kind: Some(TokenKind::Admin),
                 workspace,
+                expires_in,
                 created_by: "bootstrap".into(),
                 ..Default::default()
             };
@@ -138,31 +158,43 @@ pub async fn run(cmd: AdminCommand) -> CliResult {
                 println!("  export PORTCULLIS_ADMIN_TOKEN={raw}");
             }
         }
-        AdminTokenCommand::List { config, json } => {
+        AdminTokenCommand::List {
+            page_size,
+            cursor,
+            all,
+            config,
+            json,
+        } => {
             let (_, store) = open(&config).await?;
-            let mut all = Vec::new();
-            let mut cursor: Option<String> = None;
-            loop {
+            let mut all_tokens = Vec::new();
+            let mut cursor = cursor;
+            let next = loop {
                 let page = store
                     .list(
                         ListFilter {
                             kind: TokenKind::Admin,
                             workspace: None,
                         },
-                        200,
+                        page_size as usize,
                         cursor.as_deref(),
                     )
                     .await
-                    .map_err(|e| CliError::failed(e.to_string()))?;
-                all.extend(page.tokens);
+                    .map_err(|e| match e {
+                        crate::store::StoreError::InvalidCursor => {
+                            CliError::usage("--cursor is not a cursor this store issued; use a `next_cursor` from a previous page")
+                        }
+                        other => CliError::failed(other.to_string()),
+                    })?;
+                all_tokens.extend(page.tokens);
                 match page.next_cursor {
-                    Some(c) => cursor = Some(c),
-                    None => break,
+                    Some(c) if all => cursor = Some(c),
+                    other => break other,
                 }
-            }
+            };
+            let all = all_tokens;
             let now = now_unix();
             if json {
-                output::json(&json!({ "tokens": all.iter().map(|t| t.view(now)).collect::<Vec<_>>() }));
+                output::json(&json!({ "tokens": all.iter().map(|t| t.view(now)).collect::<Vec<_>>(), "next_cursor": next }));
             } else {
                 let rows: Vec<Vec<String>> = all
                     .iter()
@@ -175,11 +207,16 @@ pub async fn run(cmd: AdminCommand) -> CliResult {
                     })
                     .collect();
                 output::table(&["ID", "NAME", "WORKSPACE", "STATUS", "HINT", "CREATED", "LAST USED"], &rows);
+                if let Some(n) = next {
+                    println!("\nMore tokens: add --cursor {n} (or --all).");
+                }
             }
         }
         AdminTokenCommand::Revoke { token_id, config, json } => {
             let (_, store) = open(&config).await?;
-            let not_found = || CliError::failed(format!("no admin token `{token_id}`; `portcullis admin token list` shows them"));
+            let not_found = || {
+                CliError::failed(format!("no admin token `{token_id}`; `portcullis admin token list` shows them")).with_code("not_found")
+            };
             if !token::is_valid_id(&token_id) {
                 return Err(not_found());
             }

@@ -61,7 +61,7 @@ impl ApiClient {
         let resp = match send.await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                return Err(CliError::usage(format!(
+                return Err(CliError::unreachable(format!(
                     "cannot reach the {} at {}: {}. Is `portcullis serve` running? Point --admin-url / PORTCULLIS_ADMIN_URL (or --gateway-url for the gateway) at it.",
                     self.what,
                     self.base,
@@ -69,7 +69,7 @@ impl ApiClient {
                 )));
             }
             Err(_) => {
-                return Err(CliError::usage(format!(
+                return Err(CliError::unreachable(format!(
                     "the {} at {} did not answer within 30 s",
                     self.what, self.base
                 )));
@@ -80,7 +80,7 @@ impl ApiClient {
             .into_body()
             .collect()
             .await
-            .map_err(|e| CliError::usage(format!("reading the answer from {}: {e}", self.base)))?
+            .map_err(|e| CliError::unreachable(format!("reading the answer from {}: {e}", self.base)))?
             .to_bytes();
         let value = if body.is_empty() {
             Value::Null
@@ -108,7 +108,10 @@ impl ApiClient {
             404 => " (`portcullis workspace list` shows the workspaces; `portcullis workspace token list WS` the tokens)",
             _ => "",
         };
-        Err(CliError::failed(format!("{message}{hint}")))
+        let code = v.pointer("/error/code").and_then(Value::as_str).unwrap_or("failed").to_string();
+        Err(CliError::failed(format!("{message}{hint}"))
+            .with_code(code)
+            .with_extra(serde_json::json!({"status": status.as_u16()})))
     }
 }
 

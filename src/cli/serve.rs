@@ -24,6 +24,13 @@ fn load(path: &Path) -> Result<Config, CliError> {
 
 pub async fn serve(path: &Path) -> CliResult {
     let config = load(path)?;
+    tracing::info!(
+        version = crate::build_info::VERSION,
+        git_commit = crate::build_info::GIT_COMMIT,
+        build_date = crate::build_info::BUILD_DATE,
+        config = %config.source.display(),
+        "starting portcullis"
+    );
     let running = crate::app::start(config).await.map_err(|e| CliError::usage(e.to_string()))?;
     announce(
         "INFO",
@@ -84,12 +91,9 @@ pub fn check_config(path: &Path, json: bool) -> CliResult {
             }
             Ok(())
         }
-        Err(e) => {
-            if json {
-                output::json(&json!({ "valid": false, "path": path.display().to_string(), "error": e.to_string() }));
-            }
-            Err(CliError::usage(e.to_string()))
-        }
+        Err(e) => Err(CliError::usage(e.to_string())
+            .with_code("invalid_config")
+            .with_extra(json!({ "valid": false, "path": path.display().to_string() }))),
     }
 }
 

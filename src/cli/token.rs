@@ -28,8 +28,19 @@ pub async fn run(cmd: TokenCommand) -> CliResult {
     let client = ApiClient::new(&gateway_url, token, "gateway")?;
     let (status, v) = client.call(Method::GET, "/v1/tokens/self", None).await?;
     if status.is_success() {
+        // An admin token is valid here (the endpoint answers both kinds), but
+        // it does not open /ws/*: say so rather than let "valid" mislead.
+        let admin = v["kind"] == "admin";
+        const ADMIN_NOTE: &str = "admin tokens (mwa_) work on the admin API only; they do not open /ws/* (the data plane needs a workspace token, mwt_…, from `portcullis workspace token create`)";
         if json {
-            output::json(&v);
+            let mut out = v.clone();
+            if admin {
+                out["opens_data_plane"] = serde_json::json!(false);
+                out["note"] = serde_json::json!(ADMIN_NOTE);
+            } else {
+                out["opens_data_plane"] = serde_json::json!(true);
+            }
+            output::json(&out);
         } else {
             println!(
                 "valid: {} token {} ({}), workspace {}, expires {}",
@@ -39,16 +50,19 @@ pub async fn run(cmd: TokenCommand) -> CliResult {
                 output::cell(&v["workspace"]),
                 output::cell(&v["expires_at"])
             );
+            if admin {
+                println!("note: {ADMIN_NOTE}");
+            }
         }
         return Ok(());
     }
-    if json {
-        output::json(&serde_json::json!({"valid": false, "status": status.as_u16()}));
-    }
+    let extra = serde_json::json!({"valid": false, "status": status.as_u16()});
     if status.as_u16() == 401 {
-        return Err(CliError::failed(
-            "the token is not valid (malformed, unknown, revoked or expired); ask an admin for a new one",
-        ));
+        return Err(
+            CliError::failed("the token is not valid (malformed, unknown, revoked or expired); ask an admin for a new one")
+                .with_code("invalid_token")
+                .with_extra(extra),
+        );
     }
-    Err(CliError::failed(format!("the gateway answered HTTP {status}")))
+    Err(CliError::failed(format!("the gateway answered HTTP {status}")).with_extra(extra))
 }

@@ -32,9 +32,12 @@ pub enum TokenCommand {
         /// A name that says who or what uses the token.
         #[arg(long)]
         name: String,
-        /// Lifetime in seconds; 0 or absent means the token never expires.
-        #[arg(long)]
+        /// Lifetime: 90d, 12h, 30m, 45s, 2w or seconds (3600); 0 or absent: never expires.
+        #[arg(long, value_name = "DURATION", value_parser = super::duration::parse_duration, conflicts_with = "expires_at")]
         expires_in: Option<u64>,
+        /// Expiry as an RFC 3339 time, e.g. 2027-01-01T00:00:00Z.
+        #[arg(long, value_name = "TIME", value_parser = super::duration::parse_instant)]
+        expires_at: Option<i64>,
         /// Member id the token belongs to.
         #[arg(long)]
         member: Option<String>,
@@ -53,6 +56,7 @@ pub enum TokenCommand {
     },
     /// List a workspace's tokens, newest first (never the raw values).
     List {
+        /// Workspace slug.
         workspace: String,
         /// Tokens per page (1-200).
         #[arg(long, default_value_t = 50)]
@@ -69,7 +73,9 @@ pub enum TokenCommand {
     },
     /// Show one token's record.
     Get {
+        /// Workspace slug.
         workspace: String,
+        /// Token id (`tkn_…`, from `token list` or the create output).
         token_id: String,
         /// Print JSON.
         #[arg(long)]
@@ -77,7 +83,9 @@ pub enum TokenCommand {
     },
     /// Revoke a token at once; revoking twice is not an error.
     Revoke {
+        /// Workspace slug.
         workspace: String,
+        /// Token id (`tkn_…`, from `token list` or the create output).
         token_id: String,
         /// Print JSON.
         #[arg(long)]
@@ -134,6 +142,7 @@ async fn token(client: &ApiClient, cmd: TokenCommand) -> CliResult {
             workspace,
             name,
             expires_in,
+            expires_at,
             member,
             email,
             servers,
@@ -141,7 +150,7 @@ async fn token(client: &ApiClient, cmd: TokenCommand) -> CliResult {
             json,
         } => {
             let mut body = json!({ "name": name });
-            if let Some(e) = expires_in {
+            if let Some(e) = super::duration::expires_in(expires_in, expires_at, crate::token::now_unix())? {
                 body["expires_in"] = json!(e);
             }
             if let Some(m) = member {

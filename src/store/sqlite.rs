@@ -343,3 +343,20 @@ impl TokenStore for SqliteStore {
 
 // The behaviour every store shares is tested against SQLite and Redis alike
 // in `tests/it/store.rs`.
+
+/// For `portcullis doctor`, without migrating or creating anything: the
+/// schema version of an existing store file and the one this binary
+/// writes, after checking that a write transaction can be started (file and
+/// directory permissions, a lock another process holds too long).
+pub fn check_existing(path: &Path) -> Result<(usize, usize), String> {
+    use rusqlite::OpenFlags;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| format!("cannot open it read-write: {e}"))?;
+    conn.busy_timeout(std::time::Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    let version: i64 = conn
+        .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))
+        .map_err(|e| format!("cannot read its schema version: {e}"))?;
+    conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+        .map_err(|e| format!("cannot start a write transaction: {e}"))?;
+    Ok((version.max(0) as usize, MIGRATIONS.len()))
+}

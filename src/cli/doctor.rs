@@ -1,0 +1,370 @@
+//! `portcullis doctor`: one run checks everything a deployment needs and
+//! reports every problem, not only the first. Exit 1 if any check failed
+//! (warnings do not fail the run).
+//!
+//! Checks: the configuration; the store (reachable, writable, schema
+//! current); the listen ports (free, distinct); every upstream (`initialize`
+//! with its configured credentials, latency); Redis (AOF on, a primary);
+//! the admin listener's exposure; `session_keys`; the clock.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use serde_json::json;
+
+use super::{CliError, CliResult, output};
+use crate::config::{Config, StoreConfig, UpstreamServer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One check's result: the object `--json` prints per check.
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+}
+
+fn check(name: impl Into<String>, status: Status, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        status,
+        detail: detail.into(),
+        latency_ms: None,
+    }
+}
+
+pub async fn run(path: &Path, json: bool) -> CliResult {
+    let checks = match Config::load(path) {
+        Ok(config) => {
+            let mut checks = vec![check("config", Status::Ok, format!("{} is valid", config.source.display()))];
+            checks.extend(run_checks(&config).await);
+            checks
+        }
+        // Nothing else can be checked without a valid configuration.
+        Err(e) => vec![check("config", Status::Fail, e.to_string())],
+    };
+    let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
+    let report = json!({ "ok": failed == 0, "checks": checks });
+    if !json {
+        for c in &checks {
+            let mark = match c.status {
+                Status::Ok => "ok  ",
+                Status::Warn => "WARN",
+                Status::Fail => "FAIL",
+            };
+            let latency = c.latency_ms.map(|l| format!(" ({l:.1} ms)")).unwrap_or_default();
+            println!("{mark}  {:<28} {}{latency}", c.name, c.detail);
+        }
+    }
+    if failed == 0 {
+        if json {
+            output::json(&report);
+        } else {
+            println!("\nAll checks passed.");
+        }
+        return Ok(());
+    }
+    let err = CliError::failed(format!("{failed} check{} failed", if failed == 1 { "" } else { "s" })).with_code("checks_failed");
+    Err(if json { err.with_extra(report) } else { err })
+}
+
+/// Every check after the configuration loaded.
+pub async fn run_checks(config: &Config) -> Vec<Check> {
+    let mut out = Vec::new();
+    out.extend(store_checks(config).await);
+    out.extend(port_checks(config).await);
+    for ws in &config.workspaces {
+        for srv in &ws.servers {
+            out.push(upstream_check(&ws.slug, srv).await);
+        }
+    }
+    out.push(admin_exposure(config.server.admin_listen));
+    out.push(session_keys(config));
+    out.push(clock());
+    out
+}
+
+async fn store_checks(config: &Config) -> Vec<Check> {
+    match &config.store {
+        StoreConfig::Sqlite { path } => {
+            if !path.exists() {
+                let dir = path.parent().unwrap_or(Path::new("/"));
+                return vec![check(
+                    "store",
+                    Status::Warn,
+                    format!(
+                        "{} does not exist yet; it is created on first start (directory {}: {})",
+                        path.display(),
+                        dir.display(),
+                        if dir.exists() { "exists" } else { "will be created" }
+                    ),
+                )];
+            }
+            let p = path.clone();
+            let result = tokio::task::spawn_blocking(move || crate::store::sqlite::check_existing(&p))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            vec![match result {
+                Ok((have, want)) if have == want => check(
+                    "store",
+                    Status::Ok,
+                    format!("SQLite {}: reachable, writable, schema version {have} (current)", path.display()),
+                ),
+                Ok((have, want)) if have < want => check(
+                    "store",
+                    Status::Warn,
+                    format!(
+                        "SQLite {}: schema version {have}, this binary migrates it to {want} on start",
+                        path.display()
+                    ),
+                ),
+                Ok((have, want)) => check(
+                    "store",
+                    Status::Fail,
+                    format!(
+                        "SQLite {}: schema version {have} is newer than this binary's {want}; upgrade portcullis",
+                        path.display()
+                    ),
+                ),
+                Err(e) => check("store", Status::Fail, format!("SQLite {} (`store.path`): {e}", path.display())),
+            }]
+        }
+        StoreConfig::Redis { url, timeout, .. } => redis_checks(url, *timeout).await,
+    }
+}
+
+async fn redis_checks(url: &str, timeout: Duration) -> Vec<Check> {
+    let endpoint = crate::app::redis_endpoint(url);
+    let conn = async {
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        tokio::time::timeout(timeout.max(Duration::from_secs(2)), client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| "no answer".to_string())?
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    let mut conn = match conn {
+        Ok(c) => c,
+        Err(e) => {
+            return vec![check(
+                "store",
+                Status::Fail,
+                format!("Redis {endpoint} (`store.url`): {e}; start Redis or fix store.url"),
+            )];
+        }
+    };
+    let mut out = Vec::new();
+    // Writable: a short-lived key of our own.
+    let key = format!("portcullis:doctor:{}", crate::token::generate_id());
+    let set: Result<(), _> = redis::cmd("SET").arg(&key).arg(1).arg("PX").arg(5000).query_async(&mut conn).await;
+    out.push(match set {
+        Ok(()) => {
+            let _: Result<(), _> = redis::cmd("DEL").arg(&key).query_async(&mut conn).await;
+            check("store", Status::Ok, format!("Redis {endpoint}: reachable and writable"))
+        }
+        Err(e) => check("store", Status::Fail, format!("Redis {endpoint}: cannot write: {e}")),
+    });
+    let info: Result<String, _> = redis::cmd("INFO").arg("replication").query_async(&mut conn).await;
+    out.push(match info {
+        Ok(text) if text.lines().any(|l| l.trim() == "role:master") => {
+            check("redis.role", Status::Ok, "a primary (revocations are written where they are read)")
+        }
+        Ok(_) => check(
+            "redis.role",
+            Status::Fail,
+            "store.url points at a replica: writes fail and reads may be stale; point it at the primary",
+        ),
+        Err(e) => check("redis.role", Status::Warn, format!("cannot read INFO replication: {e}")),
+    });
+    let aof: Result<Vec<String>, _> = redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(&mut conn).await;
+    out.push(match aof {
+        Ok(v) if v.get(1).is_some_and(|s| s == "yes") => {
+            check("redis.aof", Status::Ok, "appendonly yes: revocations survive a Redis restart")
+        }
+        Ok(_) => check(
+            "redis.aof",
+            Status::Fail,
+            "appendonly is off: a Redis restart can bring revoked tokens back; set `appendonly yes` (deploy/README.md)",
+        ),
+        Err(e) => check(
+            "redis.aof",
+            Status::Warn,
+            format!("cannot read CONFIG GET appendonly ({e}); make sure AOF is on"),
+        ),
+    });
+    out
+}
+
+async fn port_checks(config: &Config) -> Vec<Check> {
+    let mut out = Vec::new();
+    for (name, key, addr) in [
+        ("listen", "server.listen", config.server.listen),
+        ("admin_listen", "server.admin_listen", config.server.admin_listen),
+    ] {
+        out.push(match tokio::net::TcpListener::bind(addr).await {
+            Ok(_) => check(name, Status::Ok, format!("{addr} is free")),
+            Err(e) => check(
+                name,
+                Status::Fail,
+                format!("cannot bind {addr} (`{key}`): {e}; another process (a running gateway?) holds it"),
+            ),
+        });
+    }
+    out
+}
+
+async fn upstream_check(slug: &str, srv: &UpstreamServer) -> Check {
+    let name = format!("upstream {slug}/{}", srv.name);
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "portcullis-doctor", "version": crate::build_info::VERSION}}});
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(srv.url.clone())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    for (k, v) in &srv.headers {
+        req = req.header(k, v);
+    }
+    let Ok(req) = req.body(Full::new(Bytes::from(body.to_string()))) else {
+        return check(name, Status::Fail, "cannot build the request");
+    };
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(srv.connect_timeout));
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let start = Instant::now();
+    let resp = match tokio::time::timeout(srv.timeout, client.request(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return check(name, Status::Fail, format!("{}: unreachable ({e:?})", srv.url).replace("\n", " ")),
+        Err(_) => return check(name, Status::Fail, format!("{}: no answer within timeout_ms", srv.url)),
+    };
+    let status = resp.status();
+    let session = resp.headers().get("mcp-session-id").cloned();
+    let body = match tokio::time::timeout(srv.timeout, Limited::new(resp.into_body(), 256 * 1024).collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        _ => Bytes::new(),
+    };
+    let latency = start.elapsed().as_secs_f64() * 1000.0;
+    // End the session we opened, politely.
+    if let Some(sid) = session {
+        let mut del = Request::builder()
+            .method(Method::DELETE)
+            .uri(srv.url.clone())
+            .header("mcp-session-id", sid);
+        for (k, v) in &srv.headers {
+            del = del.header(k, v);
+        }
+        if let Ok(del) = del.body(Full::new(Bytes::new())) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.request(del)).await;
+        }
+    }
+    let text = String::from_utf8_lossy(&body);
+    let mut c = if matches!(status.as_u16(), 401 | 403) {
+        check(
+            name,
+            Status::Fail,
+            format!(
+                "{}: HTTP {status}: the upstream refused the configured credentials (check its `headers`)",
+                srv.url
+            ),
+        )
+    } else if status.is_success() && text.contains("\"result\"") && text.contains("protocolVersion") {
+        check(name, Status::Ok, format!("{}: answered initialize", srv.url))
+    } else {
+        check(name, Status::Fail, format!("{}: HTTP {status}, not an initialize result", srv.url))
+    };
+    c.latency_ms = Some((latency * 10.0).round() / 10.0);
+    c
+}
+
+fn admin_exposure(addr: SocketAddr) -> Check {
+    let ip = addr.ip();
+    let private = match ip {
+        std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
+    };
+    if ip.is_loopback() {
+        check("admin exposure", Status::Ok, format!("admin API on loopback ({addr})"))
+    } else if private {
+        check(
+            "admin exposure",
+            Status::Warn,
+            format!("admin API on a private address ({addr}) without TLS; keep that network trusted or put a TLS proxy in front"),
+        )
+    } else {
+        check(
+            "admin exposure",
+            Status::Fail,
+            format!(
+                "admin API on {addr}, reachable beyond this host, and it has no TLS: bind server.admin_listen to 127.0.0.1 (or a private address behind a TLS proxy)"
+            ),
+        )
+    }
+}
+
+fn session_keys(config: &Config) -> Check {
+    let needed: Vec<&str> = config
+        .workspaces
+        .iter()
+        .filter(|w| w.is_aggregate())
+        .map(|w| w.slug.as_str())
+        .collect();
+    let have = config.server.session_keys.len();
+    match (needed.is_empty(), have) {
+        (true, 0) => check("session_keys", Status::Ok, "not needed (no workspace has several servers)"),
+        (true, n) => check("session_keys", Status::Ok, format!("{n} key(s); not needed by any workspace yet")),
+        // Config validation refuses this; kept for completeness.
+        (false, 0) => check(
+            "session_keys",
+            Status::Fail,
+            format!("workspaces {} need server.session_keys", needed.join(", ")),
+        ),
+        (false, n) => check(
+            "session_keys",
+            Status::Ok,
+            format!("{n} key(s) for workspaces {}", needed.join(", ")),
+        ),
+    }
+}
+
+/// Expiry and `last_used_at` are wall-clock times: a clock before this
+/// binary was built, or absurdly far ahead, is wrong.
+fn clock() -> Check {
+    let now = crate::token::now_unix();
+    let built = time::OffsetDateTime::parse(crate::build_info::BUILD_DATE, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .unwrap_or(1_704_067_200); // 2024-01-01, before the first release
+    let year_2100 = 4_102_444_800;
+    if now < built - 86_400 {
+        check(
+            "clock",
+            Status::Fail,
+            format!("the system clock ({now}) is before this binary's build date; fix NTP: token expiry depends on it"),
+        )
+    } else if now > year_2100 {
+        check("clock", Status::Fail, "the system clock is past 2100; fix NTP")
+    } else {
+        let shown = time::OffsetDateTime::from_unix_timestamp(now)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_default();
+        check("clock", Status::Ok, format!("{shown} (UTC)"))
+    }
+}
