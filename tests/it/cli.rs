@@ -636,3 +636,480 @@ async fn demo_runs_from_any_directory_and_names_the_binary_it_is() {
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     assert!(child.wait().await.unwrap().success());
 }
+
+// ---------------------------------------------------------------------------
+// Everyday tools (issue 18 §2).
+// ---------------------------------------------------------------------------
+
+/// The documented shape of a `--json` failure (docs/cli.md).
+fn assert_error_shape(v: &Value) {
+    assert!(
+        v["error"]["code"].is_string() && v["error"]["message"].is_string(),
+        "not an error object: {v}"
+    );
+}
+
+/// The documented shape of `doctor --json` (docs/cli.md).
+fn doctor_checks(v: &Value) -> Vec<(String, String, String)> {
+    assert!(v["ok"].is_boolean(), "{v}");
+    v["checks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no checks: {v}"))
+        .iter()
+        .map(|c| {
+            let status = c["status"].as_str().unwrap().to_string();
+            assert!(["ok", "warn", "fail"].contains(&status.as_str()), "{c}");
+            (
+                c["name"].as_str().unwrap().to_string(),
+                status,
+                c["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn find<'a>(checks: &'a [(String, String, String)], name: &str) -> &'a (String, String, String) {
+    checks
+        .iter()
+        .find(|c| c.0 == name)
+        .unwrap_or_else(|| panic!("no check {name}: {checks:?}"))
+}
+
+#[tokio::test]
+async fn doctor_checks_a_real_store_and_real_upstreams() {
+    let good = DemoUpstream::start().await;
+    let wrong_key = DemoUpstream::start().await;
+    let dead = dead_address().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, admin) = (free_port(), free_port());
+    let server = |name: &str, url: &str, key: &str| {
+        format!(
+            "[[workspaces]]\nslug = \"{name}\"\n[[workspaces.servers]]\nname = \"s\"\nurl = \"{url}\"\nheaders = {{ Authorization = \"Bearer {key}\" }}\n"
+        )
+    };
+    let head = format!("[server]\nlisten = \"127.0.0.1:{data}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n[store]\npath = \"data/p.db\"\n");
+    let all = format!(
+        "{head}{}{}{}",
+        server("good", &good.url, DEMO_KEY),
+        server("wrongkey", &wrong_key.url, "not-the-key"),
+        server("dead", &dead, "k")
+    );
+    let config = dir.path().join("p.toml");
+    std::fs::write(&config, &all).unwrap();
+    let doctor = |json: bool| {
+        let mut c = bin();
+        c.args(["doctor", "--config"]).arg(&config);
+        if json {
+            c.arg("--json");
+        }
+        c
+    };
+
+    // Before any store exists: a warning, not a failure.
+    let o = run(doctor(true)).await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v = json_out(&o);
+    assert_error_shape(&v);
+    assert_eq!(v["error"]["code"], "checks_failed");
+    assert_eq!(v["ok"], false);
+    let checks = doctor_checks(&v);
+    assert_eq!(find(&checks, "store").1, "warn");
+    let up = find(&checks, "upstream good/s");
+    assert_eq!(up.1, "ok", "{up:?}");
+    let latency = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "upstream good/s")
+        .unwrap()["latency_ms"]
+        .clone();
+    assert!(latency.as_f64().is_some_and(|l| l >= 0.0), "{latency}");
+    let wk = find(&checks, "upstream wrongkey/s");
+    assert!(wk.1 == "fail" && wk.2.contains("credentials"), "{wk:?}");
+    assert_eq!(find(&checks, "upstream dead/s").1, "fail");
+    for name in ["config", "listen", "admin_listen", "admin exposure", "session_keys", "clock"] {
+        assert_eq!(find(&checks, name).1, "ok", "{name}: {checks:?}");
+    }
+
+    // A real store: reachable, writable, schema current.
+    let mut c = bin();
+    c.args(["admin", "token", "create", "--name", "a", "--config"]).arg(&config);
+    assert!(run(c).await.status.success());
+    let checks = doctor_checks(&json_out(&run(doctor(true)).await));
+    let store = find(&checks, "store");
+    assert!(store.1 == "ok" && store.2.contains("current"), "{store:?}");
+
+    // A busy port and a public admin address are failures too; text output names them.
+    std::fs::write(&config, all.replace(&format!("127.0.0.1:{admin}"), &format!("0.0.0.0:{admin}"))).unwrap();
+    let _busy = std::net::TcpListener::bind(("127.0.0.1", data)).unwrap();
+    let o = run(doctor(false)).await;
+    assert_eq!(o.status.code(), Some(1));
+    let text = stdout(&o);
+    for needle in [
+        "FAIL  listen",
+        "FAIL  admin exposure",
+        "FAIL  upstream wrongkey/s",
+        "ok    upstream good/s",
+    ] {
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+    assert!(stderr(&o).contains("checks failed"), "{}", stderr(&o));
+    drop(_busy);
+
+    // Everything fine: exit 0 and ok: true.
+    std::fs::write(&config, format!("{head}{}", server("good", &good.url, DEMO_KEY))).unwrap();
+    let o = run(doctor(true)).await;
+    assert!(o.status.success(), "{}", stdout(&o));
+    let v = json_out(&o);
+    assert_eq!(v["ok"], true);
+    assert!(doctor_checks(&v).iter().all(|c| c.1 == "ok"), "{v}");
+
+    // A broken configuration is one failed check.
+    std::fs::write(&config, "[server\n").unwrap();
+    let o = run(doctor(true)).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(find(&doctor_checks(&json_out(&o)), "config").1, "fail");
+}
+
+#[tokio::test]
+async fn doctor_checks_the_redis_mode() {
+    let redis = RedisServer::start().await;
+    let up = DemoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("p.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\n[store]\nbackend = \"redis\"\nurl = \"{}\"\n\
+             [[workspaces]]\nslug = \"demo\"\n[[workspaces.servers]]\nname = \"s\"\nurl = \"{}\"\nheaders = {{ Authorization = \"Bearer {DEMO_KEY}\" }}\n",
+            free_port(),
+            free_port(),
+            redis.url(),
+            up.url
+        ),
+    )
+    .unwrap();
+    let doctor = || {
+        let mut c = bin();
+        c.args(["doctor", "--json", "--config"]).arg(&config);
+        c
+    };
+    let o = run(doctor()).await;
+    assert!(o.status.success(), "{}", stdout(&o));
+    let checks = doctor_checks(&json_out(&o));
+    for name in ["store", "redis.role", "redis.aof"] {
+        assert_eq!(find(&checks, name).1, "ok", "{name}: {checks:?}");
+    }
+    // AOF off: revocations would not survive a restart.
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendonly")
+        .arg("no")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let o = run(doctor()).await;
+    assert_eq!(o.status.code(), Some(1));
+    let checks = doctor_checks(&json_out(&o));
+    let aof = find(&checks, "redis.aof");
+    assert!(aof.1 == "fail" && aof.2.contains("appendonly"), "{aof:?}");
+}
+
+#[tokio::test]
+async fn init_writes_a_config_that_works_as_printed() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("etc/portcullis");
+    let mut c = bin();
+    c.args(["init", "--json"]).arg(&dir);
+    let o = run(c).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json_out(&o);
+    let config = dir.join("portcullis.toml");
+    assert_eq!(v["config"], config.display().to_string());
+    assert_eq!(v["store"], dir.join("data/portcullis.db").display().to_string());
+    let next: Vec<String> = v["next"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(next.len(), 2);
+    assert!(next[0].contains("admin token create") && next[1].contains(" serve "), "{next:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&config).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("session_keys = [\"") && text.contains("path = \"data/portcullis.db\""));
+
+    // check-config passes with nothing exported; the first printed command works from elsewhere.
+    let mut c = bin();
+    c.args(["check-config", "--config"]).arg(&config).env_remove("DEMO_UPSTREAM_KEY");
+    let o = run(c).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let args: Vec<&str> = next[0].split_whitespace().skip(1).collect();
+    let mut c = bin();
+    c.current_dir(root.path()).args(&args);
+    let o = run(c).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("mwa_"));
+    assert!(dir.join("data/portcullis.db").exists());
+
+    // Never overwritten by accident.
+    let mut c = bin();
+    c.args(["init", "--json"]).arg(&dir);
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(json_out(&o)["error"]["code"], "exists");
+    let mut c = bin();
+    c.current_dir(&dir).arg("init");
+    assert_eq!(run(c).await.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn version_completions_and_man_page() {
+    let mut c = bin();
+    c.args(["version", "--json"]);
+    let v = json_out(&run(c).await);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["git_commit"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(v["build_date"].as_str().is_some_and(|s| !s.is_empty()));
+    assert_eq!(v["store_backends"], json!(["sqlite", "redis"]));
+    assert!(v["mcp_revisions"].as_array().unwrap().iter().any(|r| r == "2025-06-18"));
+    let mut c = bin();
+    c.arg("version");
+    assert!(stdout(&run(c).await).contains("git commit"));
+
+    for (shell, needle) in [("bash", "complete"), ("zsh", "#compdef"), ("fish", "complete -c portcullis")] {
+        let mut c = bin();
+        c.args(["completions", shell]);
+        let o = run(c).await;
+        assert!(
+            o.status.success() && stdout(&o).contains(needle) && stdout(&o).contains("doctor"),
+            "{shell}"
+        );
+    }
+    let mut c = bin();
+    c.arg("man");
+    let o = run(c).await;
+    assert!(o.status.success() && stdout(&o).contains(".TH") && stdout(&o).contains("portcullis"));
+
+    // The build info is a metric too.
+    let up = DemoUpstream::start().await;
+    let gw = Setup::new(&up.url).start().await;
+    let r = send(Method::GET, &gw.admin_url("/metrics"), &[], "").await;
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(
+        text.contains(&format!("portcullis_build_info{{version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+}
+
+#[test]
+fn every_help_lists_the_exit_codes_and_every_positional_is_described() {
+    fn walk(c: &clap::Command, path: &str, bad: &mut Vec<String>) {
+        let path = format!("{path} {}", c.get_name());
+        if !c.get_after_help().is_some_and(|h| h.to_string().contains("Exit codes")) {
+            bad.push(format!("{path}: no exit codes in --help"));
+        }
+        for a in c.get_arguments().filter(|a| a.is_positional()) {
+            if a.get_help().is_none() {
+                bad.push(format!("{path}: positional {} has no description", a.get_id()));
+            }
+        }
+        for s in c.get_subcommands() {
+            walk(s, &path, bad);
+        }
+    }
+    let mut bad = Vec::new();
+    walk(&portcullis::cli::command(), "", &mut bad);
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+#[tokio::test]
+async fn json_failures_are_error_objects_on_stdout_with_the_contract_exit_codes() {
+    let dead = dead_address().await;
+    let base = dead.trim_end_matches("/mcp").to_string();
+    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, i32, &str)> = vec![
+        (vec!["no-such-command", "--json"], vec![], 2, "usage"),
+        (
+            vec![
+                "workspace",
+                "token",
+                "create",
+                "demo",
+                "--name",
+                "x",
+                "--expires-in",
+                "soon",
+                "--json",
+            ],
+            vec![],
+            2,
+            "usage",
+        ),
+        (
+            vec!["workspace", "list", "--json"],
+            vec![("PORTCULLIS_ADMIN_URL", base.as_str()), ("PORTCULLIS_ADMIN_TOKEN", "mwa_x")],
+            2,
+            "unreachable",
+        ),
+        (
+            vec!["workspace", "list", "--json"],
+            vec![("PORTCULLIS_ADMIN_URL", base.as_str())],
+            2,
+            "usage",
+        ),
+        (
+            vec!["check-config", "--json", "--config", "/nonexistent.toml"],
+            vec![],
+            2,
+            "invalid_config",
+        ),
+        (
+            vec!["admin", "token", "list", "--json", "--config", "/nonexistent.toml"],
+            vec![],
+            2,
+            "usage",
+        ),
+        (vec!["token", "validate", "--json"], vec![], 2, "usage"),
+    ];
+    for (args, env, exit, code) in cases {
+        let mut c = bin();
+        c.args(&args);
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        let o = run(c).await;
+        assert_eq!(o.status.code(), Some(exit), "{args:?}");
+        let v = json_out(&o);
+        assert_error_shape(&v);
+        assert_eq!(v["error"]["code"], code, "{args:?}: {v}");
+    }
+    let mut c = bin();
+    c.args(["workspace", "token", "create", "demo", "--name", "x", "--expires-in", "soon"]);
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--expires-in"), "{}", stderr(&o));
+}
+
+#[tokio::test]
+async fn durations_pagination_and_admin_tokens_at_the_gateway() {
+    let up = DemoUpstream::start().await;
+    let gw = Setup::new(&up.url).start().await;
+    let config = gw.dir.path().join("portcullis.toml");
+    std::fs::write(&config, &gw.config_text).unwrap();
+    let admin_url = format!("http://{}", gw.admin);
+    let mut c = bin();
+    c.args([
+        "admin",
+        "token",
+        "create",
+        "--name",
+        "ops",
+        "--expires-in",
+        "12h",
+        "--json",
+        "--config",
+    ])
+    .arg(&config);
+    let v = json_out(&run(c).await);
+    let admin_token = v["token"].as_str().unwrap().to_string();
+    assert!(v["info"]["expires_at"].is_string());
+    let client = |args: &[&str]| {
+        let mut c = bin();
+        c.args(args)
+            .env("PORTCULLIS_ADMIN_URL", &admin_url)
+            .env("PORTCULLIS_ADMIN_TOKEN", &admin_token);
+        c
+    };
+    let now = portcullis::token::now_unix();
+    let o = run(client(&[
+        "workspace",
+        "token",
+        "create",
+        "demo",
+        "--name",
+        "a",
+        "--expires-in",
+        "90d",
+        "--json",
+    ]))
+    .await;
+    let at = json_out(&o)["info"]["expires_at"].as_str().unwrap().to_string();
+    let at = time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
+        .unwrap()
+        .unix_timestamp();
+    assert!((at - (now + 90 * 86_400)).abs() < 120, "{at}");
+    let o = run(client(&[
+        "workspace",
+        "token",
+        "create",
+        "demo",
+        "--name",
+        "b",
+        "--expires-at",
+        "2030-01-01T00:00:00Z",
+        "--json",
+    ]))
+    .await;
+    let at = json_out(&o)["info"]["expires_at"].as_str().unwrap().to_string();
+    let at = time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
+        .unwrap()
+        .unix_timestamp();
+    // The server counts from its own clock: the same instant within seconds.
+    assert!((at - 1_893_456_000).abs() <= 5, "{at}");
+    let o = run(client(&[
+        "workspace",
+        "token",
+        "create",
+        "demo",
+        "--name",
+        "c",
+        "--expires-at",
+        "2001-01-01T00:00:00Z",
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--expires-at"));
+
+    // Offline admin list pages like the workspace list.
+    let mut c = bin();
+    c.args(["admin", "token", "list", "--page-size", "1", "--json", "--config"])
+        .arg(&config);
+    let v = json_out(&run(c).await);
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 1);
+    let cursor = v["next_cursor"].as_str().expect("two admin tokens: a next page").to_string();
+    let mut c = bin();
+    c.args([
+        "admin",
+        "token",
+        "list",
+        "--page-size",
+        "1",
+        "--cursor",
+        &cursor,
+        "--json",
+        "--config",
+    ])
+    .arg(&config);
+    let v = json_out(&run(c).await);
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 1);
+    assert!(v["next_cursor"].is_null());
+
+    // An admin token checked at the gateway: valid, but it does not open /ws/*.
+    let mut c = bin();
+    c.args(["token", "validate", "--gateway-url", &format!("http://{}", gw.data)])
+        .env("PORTCULLIS_TOKEN", &admin_token);
+    let o = run(c).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("do not open /ws/*"), "{}", stdout(&o));
+    let mut c = bin();
+    c.args(["token", "validate", "--json", "--gateway-url", &format!("http://{}", gw.data)])
+        .env("PORTCULLIS_TOKEN", &admin_token);
+    let v = json_out(&run(c).await);
+    assert_eq!(v["kind"], "admin");
+    assert_eq!(v["opens_data_plane"], false);
+}
