@@ -932,7 +932,9 @@ fn every_help_lists_the_exit_codes_and_every_positional_is_described() {
 async fn json_failures_are_error_objects_on_stdout_with_the_contract_exit_codes() {
     let dead = dead_address().await;
     let base = dead.trim_end_matches("/mcp").to_string();
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, i32, &str)> = vec![
+    /// Arguments, environment, exit code, `error.code`.
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, i32, &'a str);
+    let cases: Vec<Case> = vec![
         (vec!["no-such-command", "--json"], vec![], 2, "usage"),
         (
             vec![
