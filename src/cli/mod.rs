@@ -101,8 +101,11 @@ pub fn command() -> clap::Command {
         }
         c
     }
-    with_exit_codes(<Cli as clap::CommandFactory>::command())
+    let root = with_exit_codes(<Cli as clap::CommandFactory>::command());
+    root.after_help(format!("{START_HERE}\n\n{EXIT_CODES}"))
 }
+
+const START_HERE: &str = "Start here: `portcullis demo` runs the gateway with a demo upstream and prints what to do next; `portcullis init DIR` writes a starter config for production, `portcullis doctor` checks it.";
 
 #[derive(Args, Clone)]
 pub struct ConfigArg {
