@@ -61,6 +61,11 @@ async fn every_command_has_help() {
         vec!["workspace", "token", "revoke", "--help"],
         vec!["token", "--help"],
         vec!["token", "validate", "--help"],
+        vec!["doctor", "--help"],
+        vec!["init", "--help"],
+        vec!["version", "--help"],
+        vec!["completions", "--help"],
+        vec!["man", "--help"],
     ] {
         let mut c = bin();
         c.args(&args);
