@@ -1120,3 +1120,63 @@ async fn durations_pagination_and_admin_tokens_at_the_gateway() {
     assert_eq!(v["kind"], "admin");
     assert_eq!(v["opens_data_plane"], false);
 }
+
+/// The README's production path, step by step, from a directory that has
+/// nothing to do with the config (ports and the upstream through the
+/// environment overrides, which stand in for the `$EDITOR` step).
+#[tokio::test]
+async fn the_readme_production_path_works_from_any_directory() {
+    let up = DemoUpstream::start().await;
+    let etc = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let config = etc.path().join("portcullis.toml");
+    let (data, admin) = (free_port(), free_port());
+    let step = |args: &[&str]| {
+        let mut c = bin();
+        c.current_dir(elsewhere.path())
+            .args(args)
+            .env("DEMO_UPSTREAM_KEY", DEMO_KEY)
+            .env("PORTCULLIS__SERVER__LISTEN", format!("127.0.0.1:{data}"))
+            .env("PORTCULLIS__SERVER__ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+            .env("PORTCULLIS__SERVER__PUBLIC_URL", format!("http://127.0.0.1:{data}"))
+            .env("PORTCULLIS__WORKSPACES__0__SERVERS__0__URL", &up.url);
+        c
+    };
+    let cfg = config.display().to_string();
+    let o = run(step(&["init", &etc.path().display().to_string()])).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(step(&["doctor", "--config", &cfg])).await;
+    assert!(o.status.success(), "doctor: {}{}", stdout(&o), stderr(&o));
+    let o = run(step(&["admin", "token", "create", "--name", "ops", "--config", &cfg, "--json"])).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let admin_token = json_out(&o)["token"].as_str().unwrap().to_string();
+
+    let mut serve: tokio::process::Command = step(&["serve", "--config", &cfg]).into();
+    let mut child = serve.kill_on_drop(true).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", admin)).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "serve did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut c = bin();
+    c.current_dir(elsewhere.path())
+        .args(["workspace", "token", "create", "demo", "--name", "laptop", "--json"])
+        .env("PORTCULLIS_ADMIN_URL", format!("http://127.0.0.1:{admin}"))
+        .env("PORTCULLIS_ADMIN_TOKEN", &admin_token);
+    let o = run(c).await;
+    assert!(o.status.success(), "the admin token from the offline step works: {}", stderr(&o));
+    let token = json_out(&o)["token"].as_str().unwrap().to_string();
+    let r = send(
+        Method::POST,
+        &format!("http://127.0.0.1:{data}/ws/demo"),
+        &[("authorization", &format!("Bearer {token}")), ("content-type", "application/json")],
+        echo_call(1, "prod"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(etc.path().join("data/portcullis.db").exists());
+    assert!(!elsewhere.path().join("data").exists());
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(child.wait().await.unwrap().success());
+}
