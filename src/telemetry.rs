@@ -70,6 +70,35 @@ pub fn check_log_settings(filter: Option<&str>, format: Option<&str>) -> Result<
     Ok((filter, format))
 }
 
+#[cfg(test)]
+mod log_settings_tests {
+    use super::*;
+
+    #[test]
+    fn levels_known_targets_and_directives_pass_typos_do_not() {
+        for ok in [
+            "",
+            "info",
+            "WARN",
+            "off",
+            "hyper",
+            "portcullis::gateway",
+            "info,hyper=warn",
+            "x=debug",
+            "[request{status=401}]=info",
+        ] {
+            assert!(check_log_settings(Some(ok), None).is_ok(), "{ok}");
+        }
+        for bad in ["verbose", "info,loud", "info=what"] {
+            assert!(check_log_settings(Some(bad), None).is_err(), "{bad}");
+        }
+        assert_eq!(check_log_settings(None, Some("json")).unwrap().1, LogFormat::Json);
+        assert_eq!(check_log_settings(None, Some("text")).unwrap().1, LogFormat::Text);
+        assert!(check_log_settings(None, Some("JSON-lines")).is_err());
+        assert_eq!(split_directives("a,[s{x=1,y=2}]=info,b"), vec!["a", "[s{x=1,y=2}]=info", "b"]);
+    }
+}
+
 /// Directives are comma-separated, but a span filter may hold commas
 /// between its brackets (`[span{a=1,b=2}]`).
 fn split_directives(filter: &str) -> Vec<&str> {

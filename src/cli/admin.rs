@@ -87,7 +87,7 @@ async fn open(config: &ConfigArg) -> Result<(StoreContext, Arc<dyn TokenStore>),
     let store = crate::app::open_store_at(&ctx.store, &ctx.source)
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;
-    eprintln!("{}", store_line(&ctx.store, existed));
+    crate::telemetry::announce("INFO", &store_line(&ctx.store, existed));
     Ok((ctx, store))
 }
 

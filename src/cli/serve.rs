@@ -213,9 +213,12 @@ pub async fn demo_upstream(listen: SocketAddr, api_key: Option<String>) -> CliRe
         .await
         .map_err(|e| CliError::usage(format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr().map_err(|e| CliError::usage(e.to_string()))?;
-    eprintln!(
-        "demo upstream: MCP endpoint http://{addr}/mcp{}",
-        if api_key.is_some() { " (API key required)" } else { "" }
+    announce(
+        "INFO",
+        &format!(
+            "demo upstream: MCP endpoint http://{addr}/mcp{}",
+            if api_key.is_some() { " (API key required)" } else { "" }
+        ),
     );
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(crate::demo::serve(listener, crate::demo::DemoOptions { api_key }, shutdown.clone()));
