@@ -457,7 +457,10 @@ async fn the_cluster_scope_announces_retry_after_and_recovers_after_it() {
     assert_eq!(limited.header("retry-after"), "1");
     assert_eq!(limited.header("ratelimit-policy"), "\"per-token\";q=60;w=60");
     assert_eq!(limited.header("ratelimit"), "\"per-token\";r=0;t=1");
-    assert!(limited.headers.get("portcullis-ratelimit-scope").is_none(), "Redis was up: no fallback");
+    assert!(
+        limited.headers.get("portcullis-ratelimit-scope").is_none(),
+        "Redis was up: no fallback"
+    );
     // Every instance refuses now: the limit is the cluster's, not one instance's.
     for i in 0..3 {
         let r = c.post(i, &t, 1000 + i as i64).await;
