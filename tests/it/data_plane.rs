@@ -1,7 +1,6 @@
 //! The data plane over real sockets: every failure row of contract §3, and
 //! what is (and is not) forwarded.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Method;
@@ -392,68 +391,6 @@ async fn upstream_failures_map_to_502_and_504() {
     assert!(!r.headers.contains_key("www-authenticate"));
 }
 
-/// An upstream that answers every POST with an event stream: one progress
-/// event at once, then nothing until the test releases it, then the result.
-/// If the gateway buffered the stream, the client would never see the first
-/// event before the release, and the test would wait for it in vain.
-struct GatedSse {
-    url: String,
-    release: Arc<tokio::sync::Notify>,
-}
-
-impl GatedSse {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
-        let release = Arc::new(tokio::sync::Notify::new());
-        let r = Arc::clone(&release);
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let r = Arc::clone(&r);
-                tokio::spawn(async move {
-                    // Read the head and its Content-Length body.
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        let n = s.read(&mut chunk).await.unwrap_or(0);
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
-                        if let Some(end) = text.find("\r\n\r\n") {
-                            let len: usize = text[..end]
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length: "))
-                                .and_then(|v| v.trim().parse().ok())
-                                .unwrap_or(0);
-                            if buf.len() >= end + 4 + len {
-                                break;
-                            }
-                        }
-                    }
-                    let chunk = |data: &str| format!("{:x}\r\n{data}\r\n", data.len());
-                    let progress = r#"event: message
-data: {"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"p","progress":1}}
-
-"#;
-                    let result = r#"event: message
-data: {"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"released"}]}}
-
-"#;
-                    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-                    if s.write_all(format!("{head}{}", chunk(progress)).as_bytes()).await.is_err() {
-                        return;
-                    }
-                    r.notified().await;
-                    let _ = s.write_all(format!("{}0\r\n\r\n", chunk(result)).as_bytes()).await;
-                });
-            }
-        });
-        GatedSse { url, release }
-    }
-}
-
 /// POSTs a tools/call with `Accept: text/event-stream`; returns the body.
 async fn open_sse(gw: &Gateway, token: &str) -> hyper::body::Incoming {
     let body = rpc(
@@ -470,20 +407,6 @@ async fn open_sse(gw: &Gateway, token: &str) -> hyper::body::Incoming {
     let resp = client().request(req).await.unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     resp.into_body()
-}
-
-/// Reads frames until `text` (accumulated) satisfies `done` (hang guard 10 s).
-async fn read_until(body: &mut hyper::body::Incoming, text: &mut String, done: impl Fn(&str) -> bool) {
-    while !done(text) {
-        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
-            .await
-            .unwrap_or_else(|_| panic!("stalled; received so far: {text:?}"))
-            .expect("stream ended early")
-            .unwrap();
-        if let Ok(data) = frame.into_data() {
-            text.push_str(std::str::from_utf8(&data).unwrap());
-        }
-    }
 }
 
 #[tokio::test]
