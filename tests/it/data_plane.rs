@@ -404,7 +404,12 @@ async fn open_sse(gw: &Gateway, token: &str) -> hyper::body::Incoming {
         .header("accept", "application/json, text/event-stream")
         .body(http_body_util::Full::new(bytes::Bytes::from(body)))
         .unwrap();
-    let resp = client().request(req).await.unwrap();
+    // A gateway that buffered the stream would not even send the head before
+    // the upstream is released (hang guard, not a timing claim).
+    let resp = tokio::time::timeout(Duration::from_secs(10), client().request(req))
+        .await
+        .expect("the response head arrives while the upstream still holds its result")
+        .unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     resp.into_body()
 }
