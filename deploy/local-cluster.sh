@@ -30,8 +30,10 @@ Commands:
       --scope S            limits.scope: "instance" (default) or "cluster"
       --bin PATH           portcullis binary (default: $PORTCULLIS_BIN, else
                            target/debug/portcullis in the repository)
-      --lb KIND            "haproxy" (default; installed with apt-get if missing)
-                           or "nginx"
+      --lb KIND            "haproxy" (default; installed with apt-get if missing,
+                           and a hard error if that fails), "nginx", or "auto"
+                           (haproxy if it can be had, else nginx with a warning;
+                           the JSON's "lb" says which)
       --lb-check KIND      how the LB checks instances: "tcp" (default: the data
                            port, so fault-injection tests see each instance's own
                            answers during a Redis outage), "readyz" (GET /readyz
@@ -400,6 +402,8 @@ stop_instance() {
 # ---------------------------------------------------------------------------
 
 ensure_haproxy() {
+    # Debian installs it in /usr/sbin, which a non-root PATH may lack.
+    [[ -x /usr/sbin/haproxy && ":$PATH:" != *:/usr/sbin:* ]] && PATH="$PATH:/usr/sbin"
     command -v haproxy >/dev/null && return 0
     local sudo=()
     if [[ $(id -u) -ne 0 ]]; then
@@ -583,7 +587,7 @@ cmd_up() {
     [[ "$STORE" == redis || "$STORE" == sqlite ]] || die "--store must be redis or sqlite"
     [[ "$SCOPE" == instance || "$SCOPE" == cluster ]] || die "--scope must be instance or cluster"
     [[ "$STORE" == redis || "$SCOPE" == instance ]] || die "--scope cluster needs the Redis store"
-    [[ "$LB" == haproxy || "$LB" == nginx ]] || die "--lb must be haproxy or nginx"
+    [[ "$LB" == haproxy || "$LB" == nginx || "$LB" == auto ]] || die "--lb must be haproxy, nginx or auto"
     [[ "$LB_CHECK" == tcp || "$LB_CHECK" == readyz || "$LB_CHECK" == none ]] || die "--lb-check must be tcp, readyz or none"
     [[ "$GRACE_MS" =~ ^[0-9]+$ ]] || die "--grace-ms must be a number of milliseconds"
     [[ "$RPM" =~ ^[1-9][0-9]*$ ]] || die "--rpm must be a positive number"
@@ -616,12 +620,21 @@ cmd_up() {
         ) || die "a cluster is already running in $DIR; run \`$0 down --dir $DIR\` first"
     fi
 
+    # HAProxy was asked for (the default): no silent substitute, since the
+    # integration tests that use this script are about HAProxy in front.
+    # Only --lb auto may fall back to nginx, and it says so on stderr and in
+    # the JSON ("lb").
     if [[ "$LB" == haproxy ]] && ! ensure_haproxy; then
-        if command -v nginx >/dev/null; then
-            log "warning: haproxy is not available and could not be installed; using nginx instead"
+        die "haproxy is not available and could not be installed (scripts/test-deps.sh installs it); install it, or pass --lb nginx or --lb auto"
+    fi
+    if [[ "$LB" == auto ]]; then
+        if ensure_haproxy; then
+            LB=haproxy
+        elif command -v nginx >/dev/null; then
+            log "WARNING: --lb auto: haproxy is not available and could not be installed; USING NGINX INSTEAD"
             LB=nginx
         else
-            die "haproxy is not available and could not be installed; install haproxy or nginx (then --lb nginx)"
+            die "--lb auto: neither haproxy nor nginx is available"
         fi
     fi
     [[ "$LB" == nginx ]] && ! command -v nginx >/dev/null && die "nginx not found; apt-get install -y nginx, or use --lb haproxy"

@@ -330,6 +330,13 @@ impl Verifier {
         }
     }
 
+    /// When (Unix ms) the index was last confirmed in sync: the instant the
+    /// revocation grace counts from. Read by tests, which judge the grace
+    /// against the instance's own clock instead of a wall-clock threshold.
+    pub fn confirmed_at_ms(&self) -> i64 {
+        self.confirmed_at_ms.load(Ordering::Acquire)
+    }
+
     /// The index is in sync as of now (subscribed and caught up).
     pub fn confirm_in_sync(&self) {
         self.confirmed_at_ms.store(now_ms(), Ordering::Release);

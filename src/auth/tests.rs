@@ -148,8 +148,21 @@ async fn concurrent_misses_of_one_hash_are_one_store_read() {
         let raw = raw.clone();
         tasks.push(tokio::spawn(async move { v.verify(&raw, 100).await.map(|_| ()) }));
     }
-    tokio::task::yield_now().await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Hold the store read until every caller has arrived: each one either
+    // waits on the one in-flight read (holding a clone of its cell, next to
+    // the map's own) or, were misses not collapsed, has started a read of
+    // its own. Released before that, the test would prove nothing.
+    let hash = crate::token::hash(&raw);
+    let arrived = || {
+        let waiting = f.verifier.inflight.get(&hash).map_or(0, |c| Arc::strong_count(c.value()) - 1);
+        waiting.max(f.gated.reads.load(Ordering::SeqCst))
+    };
+    let mut spins = 0;
+    while arrived() < 20 {
+        spins += 1;
+        assert!(spins < 100_000, "only {} of 20 misses arrived", arrived());
+        tokio::task::yield_now().await;
+    }
     f.gated.gate.add_permits(Semaphore::MAX_PERMITS / 2);
     for t in tasks {
         t.await.unwrap().unwrap();

@@ -361,7 +361,17 @@ mod tests {
     /// header-read timer also runs while a connection waits for its next
     /// request, as in the demo upstream and the gateway itself).
     async fn server_with(keep_alive: bool, idle: Option<Duration>) -> (Uri, Arc<AtomicUsize>) {
+        let (url, accepted, _) = server_counting_closes(keep_alive, idle).await;
+        (url, accepted)
+    }
+
+    /// [`server_with`], also counting the connections it has closed: the
+    /// event tests wait for instead of sleeping.
+    async fn server_counting_closes(keep_alive: bool, idle: Option<Duration>) -> (Uri, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let closed = Arc::new(AtomicUsize::new(0));
+        let closes = Arc::clone(&closed);
         let (url, accepted) = raw(move |_, stream| {
+            let closes = Arc::clone(&closes);
             let svc = service_fn(|req: Request<Incoming>| async move {
                 let host = req.headers().get(HOST).cloned();
                 let body = if req.uri().path() == "/big" {
@@ -378,10 +388,22 @@ mod tests {
             }
             async move {
                 let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                closes.fetch_add(1, Ordering::SeqCst);
             }
         })
         .await;
-        (format!("{url}?x=1").parse().unwrap(), accepted)
+        (format!("{url}?x=1").parse().unwrap(), accepted, closed)
+    }
+
+    /// Waits until `counter` reaches `n` (bounded: a hang guard).
+    async fn until_count(counter: &AtomicUsize, n: usize) {
+        for _ in 0..5000 {
+            if counter.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("count stuck at {} (waiting for {n})", counter.load(Ordering::SeqCst));
     }
 
     fn upstream(url: Uri) -> Upstream {
@@ -434,21 +456,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_the_upstream_closed_is_replaced() {
-        let (url, accepted) = server(false).await;
+        let (url, accepted, closed) = server_counting_closes(false, None).await;
         let up = upstream(url);
         for i in 1..=3 {
             let resp = up.send(get("/")).await.unwrap();
             assert!(text(resp).await.starts_with("/mcp?x=1"));
-            // Give the closing connection time to be noticed, as between
-            // real requests; a close racing a send is retried anyway.
-            tokio::time::sleep(Duration::from_millis(20)).await;
             assert_eq!(accepted.load(Ordering::SeqCst), i);
+            // The upstream has closed it, as between real requests; the next
+            // request needs (and gets) a new connection.
+            until_count(&closed, i).await;
         }
     }
 
     #[tokio::test]
     async fn a_connection_closed_while_idle_in_the_pool_is_replaced() {
-        let (url, accepted) = server_with(true, Some(Duration::from_millis(100))).await;
+        let (url, accepted, closed) = server_counting_closes(true, Some(Duration::from_millis(100))).await;
         let up = upstream(url);
         for i in 1..=3 {
             // A POST, which is never retried once sent: the closed connection
@@ -456,8 +478,9 @@ mod tests {
             let resp = up.send(post("{}")).await.unwrap();
             assert!(text(resp).await.starts_with("/mcp?x=1"));
             assert_eq!(accepted.load(Ordering::SeqCst), i);
-            // The upstream closes the pooled connection meanwhile.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // The upstream closes the pooled connection meanwhile (its idle
+            // timer); wait for that, not for a guessed time.
+            until_count(&closed, i).await;
         }
     }
 

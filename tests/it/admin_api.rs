@@ -74,7 +74,11 @@ async fn list_is_newest_first_paginated_and_keeps_revoked_and_expired() {
         ids.push(r.json()["info"]["id"].as_str().unwrap().to_string());
     }
     assert_eq!(gw.revoke("demo", &ids[0]).await.status, 200);
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Wait for t1's expiry instant itself (whole seconds, `expires_at <= now`).
+    let expires_at = gw.state().store.get(&ids[1]).await.unwrap().unwrap().expires_at.unwrap();
+    while now_unix() < expires_at {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let mut names = Vec::new();
     let mut statuses = Vec::new();
     let mut cursor: Option<String> = None;
@@ -330,4 +334,82 @@ async fn metrics_are_prometheus_text() {
         assert!(!line.ends_with(" 0"), "{line}");
     }
     assert!(!text.contains("mwt_"));
+}
+
+#[tokio::test]
+async fn a_workspace_scoped_admin_token_can_neither_read_nor_revoke_another_workspaces_token() {
+    let up = DemoUpstream::start().await;
+    let gw = Setup::new(&up.url).workspace("other", &up.url, "").start().await;
+    let state = gw.state();
+    let req = NewTokenRequest {
+        name: "scoped".into(),
+        kind: Some(TokenKind::Admin),
+        workspace: Some("other".into()),
+        created_by: "bootstrap".into(),
+        ..Default::default()
+    };
+    let (scoped, _) = lifecycle::create(Some(&state.verifier), &state.store, req, now_unix())
+        .await
+        .unwrap();
+    let (demo_token, demo_id) = gw.create_token("demo", json!({})).await;
+    let forbidden = json!({"error": {"code": "forbidden", "message": "this admin token is scoped to workspace `other`"}});
+    // Named under its own workspace: the same 404 as an id that does not exist.
+    for m in [Method::GET, Method::DELETE] {
+        let r = gw
+            .admin_call_as(&scoped, m.clone(), &format!("/v1/workspaces/other/tokens/{demo_id}"), None)
+            .await;
+        assert_eq!(r.status, 404, "{m}");
+        assert_eq!(r.json()["error"]["code"], "token_not_found", "{m}");
+        // Under the token's own workspace: 403, whatever the id.
+        let r = gw
+            .admin_call_as(&scoped, m.clone(), &format!("/v1/workspaces/demo/tokens/{demo_id}"), None)
+            .await;
+        assert_eq!((r.status.as_u16(), r.json()), (403, forbidden.clone()), "{m}");
+    }
+    // Nothing was revoked: the token still works, and is still listed as active.
+    assert_eq!(gw.post("demo", Some(&demo_token), echo_call(1, "x")).await.status, 200);
+    let r = gw
+        .admin_call(Method::GET, &format!("/v1/workspaces/demo/tokens/{demo_id}"), None)
+        .await;
+    assert_eq!(r.json()["status"], "active");
+}
+
+#[tokio::test]
+async fn forged_pagination_cursors_never_reach_past_the_workspace() {
+    let up = DemoUpstream::start().await;
+    let gw = Setup::new(&up.url).workspace("other", &up.url, "").start().await;
+    let (_, own) = gw.create_token("other", json!({"name": "own"})).await;
+    // Tokens of another workspace, created after (so with larger positions).
+    for _ in 0..3 {
+        gw.create_token("demo", json!({})).await;
+    }
+    // Cursors that are not positions at all: the contract's 400.
+    for bad in ["zzz", "0", "-1", "1e3", "99999999999999999999999", "%20"] {
+        let r = gw
+            .admin_call(Method::GET, &format!("/v1/workspaces/other/tokens?cursor={bad}"), None)
+            .await;
+        assert_eq!(r.status, 400, "cursor={bad}: {}", String::from_utf8_lossy(&r.body));
+        let v = r.json();
+        assert_eq!(v["error"]["code"], "bad_request", "cursor={bad}");
+        assert!(v["error"]["message"].is_string(), "cursor={bad}");
+    }
+    // A forged cursor that is a plausible position (today cursors are row
+    // positions; were they made opaque, a forged one would be refused): it
+    // may only ever page through this workspace's own tokens.
+    for forged in ["1", "2", "4", "1000", "9223372036854775807"] {
+        let r = gw
+            .admin_call(Method::GET, &format!("/v1/workspaces/other/tokens?cursor={forged}"), None)
+            .await;
+        match r.status.as_u16() {
+            200 => {
+                let v = r.json();
+                for t in v["tokens"].as_array().unwrap() {
+                    assert_eq!(t["workspace"], "other", "cursor={forged} leaked {t}");
+                    assert_eq!(t["id"], own.as_str(), "cursor={forged}");
+                }
+            }
+            400 => assert_eq!(r.json()["error"]["code"], "bad_request", "cursor={forged}"),
+            s => panic!("cursor={forged}: {s} {}", String::from_utf8_lossy(&r.body)),
+        }
+    }
 }

@@ -492,3 +492,82 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// An upstream that answers every POST with an event stream: one progress
+/// event at once, then nothing until the test releases it, then the result.
+/// If the gateway buffered the stream, the client would never see the first
+/// event before the release, and the test would wait for it in vain.
+pub struct GatedSse {
+    pub url: String,
+    pub release: Arc<tokio::sync::Notify>,
+}
+
+impl GatedSse {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        let release = Arc::new(tokio::sync::Notify::new());
+        let r = Arc::clone(&release);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let r = Arc::clone(&r);
+                tokio::spawn(async move {
+                    // Read the head and its Content-Length body.
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let n = tokio::io::AsyncReadExt::read(&mut s, &mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len: usize = text[..end]
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length: "))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + len {
+                                break;
+                            }
+                        }
+                    }
+                    let chunk = |data: &str| format!("{:x}\r\n{data}\r\n", data.len());
+                    let progress = r#"event: message
+data: {"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"p","progress":1}}
+
+"#;
+                    let result = r#"event: message
+data: {"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"released"}]}}
+
+"#;
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                    if tokio::io::AsyncWriteExt::write_all(&mut s, format!("{head}{}", chunk(progress)).as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    r.notified().await;
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut s, format!("{}0\r\n\r\n", chunk(result)).as_bytes()).await;
+                });
+            }
+        });
+        GatedSse { url, release }
+    }
+}
+
+/// Reads frames until `text` (accumulated) satisfies `done` (hang guard 10 s).
+pub async fn read_until(body: &mut hyper::body::Incoming, text: &mut String, done: impl Fn(&str) -> bool) {
+    while !done(text) {
+        let frame = tokio::time::timeout(Duration::from_secs(10), http_body_util::BodyExt::frame(body))
+            .await
+            .unwrap_or_else(|_| panic!("stalled; received so far: {text:?}"))
+            .expect("stream ended early")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+}

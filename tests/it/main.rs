@@ -11,4 +11,5 @@ mod fast_path;
 mod harness;
 mod lb;
 mod lifecycle;
+mod limits_headers;
 mod store;

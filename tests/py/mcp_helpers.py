@@ -92,6 +92,23 @@ class ProgressLog:
         self.events.append((time.monotonic(), progress, total, message))
 
 
+@dataclass
+class GatedProgressLog(ProgressLog):
+    """A ProgressLog that, on the first report, creates `gate`: the py upstream's `progress`
+    tool (called with that `gate`) holds everything after its first report until the file
+    exists. So the call completes only if the first report reached the client while the
+    upstream was still holding the rest: a proxy that buffered the stream makes it time out.
+    Streaming is shown by this order of events, not by timing."""
+
+    gate: str = ""
+
+    async def __call__(self, progress: float, total: float | None, message: str | None) -> None:
+        await super().__call__(progress, total, message)
+        if len(self.events) == 1:
+            with open(self.gate, "w", encoding="utf-8"):
+                pass
+
+
 def jsonrpc(method: str, params: dict | None = None, id: int | str | None = 1) -> dict:
     msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
     if params is not None:

@@ -42,8 +42,10 @@ async def test_long_running_operation_streams_progress(gateway):
     assert not result.is_error
     assert "Long running operation completed" in text_of(result)
     assert [(p, t) for _, p, t, _ in log.events] == [(1, 4), (2, 4), (3, 4), (4, 4)], log.events
+    # server-everything cannot be held back on demand, so this is relative: the first report
+    # arrives in the first half of the call (buffered, it would arrive with the result).
     first = log.events[0][0]
-    assert first < done - 0.8, (
+    assert first - started < (done - started) / 2, (
         f"first progress at {first - started:.3f}s, result at {done - started:.3f}s: stream was buffered"
     )
 

@@ -42,10 +42,17 @@ def add(a: int, b: int) -> int:
 
 
 @server.tool()
-async def progress(ctx: Context, steps: int = 5, interval_ms: int = 500) -> str:
-    """Report progress `steps` times, `interval_ms` apart, then answer."""
+async def progress(ctx: Context, steps: int = 5, interval_ms: int = 500, gate: str = "") -> str:
+    """Report progress `steps` times, `interval_ms` apart, then answer. With `gate` (a file
+    path), wait after the first report until that file exists: a test creates it only once
+    the first report has reached the client, so a proxy that buffered the stream would leave
+    the call waiting (tests judge streaming by this order of events, not by timing)."""
     for i in range(1, steps + 1):
         await ctx.report_progress(i, steps, f"step {i}/{steps}")
+        if i == 1 and gate:
+            with anyio.fail_after(60):  # bounded: a test that never releases fails, not hangs
+                while not os.path.exists(gate):
+                    await anyio.sleep(0.01)
         if i < steps:
             await anyio.sleep(interval_ms / 1000)
     return f"done after {steps} steps"
