@@ -69,6 +69,8 @@ impl AppState {
         }
         let verifier = Arc::new(Verifier::new(Arc::clone(&store), Arc::clone(&metrics), options));
         verifier.sync_revocation_seq().await?;
+        let known = verifier.load_filter().await?;
+        tracing::debug!(tokens = known, "filter of existing token hashes loaded");
         let limiter = match (&config.store, config.limits.scope) {
             (StoreConfig::Redis { url, timeout, .. }, LimitScope::Cluster) => {
                 // Its own connection, so limiter traffic never queues behind

@@ -384,7 +384,7 @@ impl ConfigSpec {
         };
         match public_url.parse::<Uri>() {
             Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
-            _ => return Err(invalid("server.public_url", format!("`{public_url}` is not an http(s) URL"))),
+            _ => return Err(invalid("server.public_url", format!("`{}` is not an http(s) URL", redact_url(&public_url)))),
         }
         if s.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be greater than 0".into()));
@@ -445,7 +445,7 @@ impl ConfigSpec {
                     )
                 })?;
                 if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
-                    return Err(invalid("store.url", format!("`{url}` is not a redis:// URL")));
+                    return Err(invalid("store.url", format!("`{}` is not a redis:// URL", redact_url(&url))));
                 }
                 if self.store.timeout_ms == 0 {
                     return Err(invalid("store.timeout_ms", "must be greater than 0".into()));
@@ -536,7 +536,10 @@ impl ConfigSpec {
                 if !is_valid_server_name(&srv.name) {
                     return Err(invalid(
                         &format!("{skey}.name"),
-                        format!("`{}` must be 1-32 characters of A-Z, a-z, 0-9 and '-', without '__'", srv.name),
+                        format!(
+                            "`{}` must be 1-32 characters of A-Z, a-z, 0-9, '-' and '_', without '__' and not starting or ending with '_'",
+                            srv.name
+                        ),
                     ));
                 }
                 if !names.insert(srv.name.clone()) {
@@ -545,7 +548,7 @@ impl ConfigSpec {
                 let url: Uri = srv
                     .url
                     .parse()
-                    .map_err(|_| invalid(&format!("{skey}.url"), format!("`{}` is not a URL", srv.url)))?;
+                    .map_err(|_| invalid(&format!("{skey}.url"), format!("`{}` is not a URL", redact_url(&srv.url))))?;
                 match url.scheme_str() {
                     Some("http") if url.host().is_some() => {}
                     Some("https") => return Err(invalid(
@@ -553,7 +556,7 @@ impl ConfigSpec {
                         "https upstreams are not supported yet; terminate TLS in front of the upstream or use http on a private network"
                             .into(),
                     )),
-                    _ => return Err(invalid(&format!("{skey}.url"), format!("`{}` must be an http:// URL", srv.url))),
+                    _ => return Err(invalid(&format!("{skey}.url"), format!("`{}` must be an http:// URL", redact_url(&srv.url)))),
                 }
                 let mut headers = Vec::new();
                 for (name, value) in &srv.headers {
@@ -648,9 +651,36 @@ pub fn is_valid_slug(s: &str) -> bool {
     !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') && !s.starts_with('-')
 }
 
-/// Server names become tool-name prefixes (`<server>__<tool>`), hence no `__`.
+/// Server names become tool-name prefixes (`<server>__<tool>`), hence no
+/// `__`, and no `_` at either end: with servers `x` and `x_`, `x___t` would
+/// read as `x` + `_t` or as `x_` + `t`.
 fn is_valid_server_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') && !s.contains("__")
+    !s.is_empty()
+        && s.len() <= 32
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !s.contains("__")
+        && !s.starts_with('_')
+        && !s.ends_with('_')
+}
+
+/// A URL as an error message may show it: without userinfo (a password)
+/// and without query or fragment (tokens), since the value may have come
+/// from an environment variable and the message lands in logs and
+/// journald. Anything that does not look like a URL is not shown at all.
+fn redact_url(v: &str) -> String {
+    let Some((scheme, rest)) = v.split_once("://") else {
+        return "<value not shown>".into();
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_owned(),
+    };
+    format!("{scheme}://{host}{path}")
 }
 
 enum ExpandError {
@@ -800,6 +830,34 @@ timeout_ms = 1000
         let err = load(&GOOD.replace("${KEY}\", X", "${MISSING_VAR}\", X")).unwrap_err().to_string();
         assert!(err.contains("MISSING_VAR"), "{err}");
         assert!(err.contains("workspaces[0].servers[0].headers.Authorization"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_key_and_never_show_credentials() {
+        // Through an environment variable, as a deployment would set them.
+        let env = |v: &str| match v {
+            "REDIS_URL" => Some("rediss//:hunter2@redis.internal:6379/0".to_owned()),
+            "UP_URL" => Some("ftp://user:s3cret@up.internal/mcp?token=abc".to_owned()),
+            _ => Some("x".to_owned()),
+        };
+        let redis = GOOD.replace("backend = \"sqlite\"", "backend = \"redis\"\nurl = \"${REDIS_URL}\"");
+        let err = Config::from_toml(Path::new("t.toml"), &redis, &env).unwrap_err().to_string();
+        assert!(err.contains("store.url"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let up = GOOD.replace("http://127.0.0.1:8765/mcp", "${UP_URL}");
+        let err = Config::from_toml(Path::new("t.toml"), &up, &env).unwrap_err().to_string();
+        assert!(err.contains("workspaces[0].servers[0].url"), "{err}");
+        assert!(!err.contains("s3cret") && !err.contains("token=abc"), "{err}");
+        assert!(err.contains("ftp://***@up.internal/mcp"), "{err}");
+    }
+
+    #[test]
+    fn server_names_cannot_start_or_end_with_an_underscore() {
+        for bad in ["x_", "_x", "a__b"] {
+            let err = load(&GOOD.replace("name = \"demo\"", &format!("name = \"{bad}\""))).unwrap_err().to_string();
+            assert!(err.contains("workspaces[0].servers[0].name"), "{bad}: {err}");
+        }
+        assert!(load(&GOOD.replace("name = \"demo\"", "name = \"a_b-c\"")).is_ok());
     }
 
     #[test]

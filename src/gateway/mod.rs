@@ -18,11 +18,13 @@
 mod forward;
 mod keepalive;
 mod request_id;
+mod session_bind;
 
 pub(crate) use keepalive::KeepAlive;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -64,6 +66,8 @@ pub struct Gateway {
     state: Arc<AppState>,
     routes: HashMap<String, Route>,
     request_ids: RequestIds,
+    /// Binds pass-through sessions to their token (see `session_bind`).
+    sessions: session_bind::SessionBinder,
 }
 
 /// What the pipeline learned, for the access log and metrics.
@@ -107,10 +111,12 @@ impl Gateway {
                 )
             })
             .collect();
+        let sessions = session_bind::SessionBinder::new(&state.config.server.session_keys);
         Gateway {
             state,
             routes,
             request_ids: RequestIds::new(),
+            sessions,
         }
     }
 
@@ -184,7 +190,7 @@ impl Gateway {
         }
         tracing::Span::current().record("path", path);
         if path == "/v1/tokens/self" && req.method() == Method::GET {
-            return crate::admin::token_self_response(&self.state, req.headers()).await;
+            return crate::auth::self_check::respond(&self.state, req.headers(), peer_ip(&req), crate::auth::self_check::Listener::Data).await;
         }
         // MCP clients (mcp-remote) probe OAuth metadata at connect time. These
         // are static tokens, so answer a quick, unauthenticated 404 that sends
@@ -211,7 +217,7 @@ impl Gateway {
     {
         let fail = |e: GatewayError| (e, None);
         // 1. authenticate
-        let token = self.authenticate(req.headers()).await.map_err(fail)?;
+        let token = self.authenticate(req.headers(), peer_ip(&req)).await.map_err(fail)?;
         outcome.token = Some(Arc::clone(&token));
         // 2. workspace: an unknown slug is indistinguishable from a wrong token.
         let route = match self.routes.get(slug) {
@@ -252,7 +258,7 @@ impl Gateway {
         }
         let limited = verdict.err();
         // 5. body
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let body = if method == Method::POST {
             self.read_body(&parts.headers, body).await.map_err(fail)?
         } else {
@@ -285,6 +291,13 @@ impl Gateway {
                 .await;
             return resp.map_err(|e| (e, jsonrpc::request_id(&body).map(|r| r.to_owned())));
         }
+        // The client's session id opens to the upstream's own only for the
+        // token that opened the session; any other is 404 here.
+        let ws = &*route.workspace.slug;
+        let sent = self
+            .sessions
+            .inbound(ws, &token.id, &mut parts.headers)
+            .map_err(|e| (e, jsonrpc::request_id(&body).map(|r| r.to_owned())))?;
         let resp = forward::forward(
             &self.state,
             &route.workspace,
@@ -297,11 +310,15 @@ impl Gateway {
             request_id,
         )
         .await;
-        resp.map_err(|e| (e, jsonrpc::request_id(&body).map(|r| r.to_owned())))
+        let mut resp = resp.map_err(|e| (e, jsonrpc::request_id(&body).map(|r| r.to_owned())))?;
+        let upstream_sent = parts.headers.get(&session_bind::MCP_SESSION_ID);
+        self.sessions
+            .outbound(ws, &token.id, sent.as_ref().zip(upstream_sent), resp.headers_mut());
+        Ok(resp)
     }
 
     /// Extracts and verifies the bearer token; only workspace tokens pass.
-    async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<CachedToken>, GatewayError> {
+    async fn authenticate(&self, headers: &HeaderMap, client: Option<IpAddr>) -> Result<Arc<CachedToken>, GatewayError> {
         let verifier = &self.state.verifier;
         let Some(value) = headers.get(AUTHORIZATION) else {
             verifier.reject(AuthFailureReason::Missing);
@@ -311,7 +328,7 @@ impl Gateway {
             verifier.reject(AuthFailureReason::Malformed);
             return Err(GatewayError::Unauthorized { header_missing: false });
         };
-        match verifier.verify(raw, now_unix()).await {
+        match verifier.verify_from(raw, now_unix(), client).await {
             Ok(t) if t.kind == TokenKind::Workspace => Ok(t),
             Ok(_) => {
                 verifier.reject(AuthFailureReason::WrongKind);
@@ -345,6 +362,11 @@ impl Gateway {
             Ok(Err(_)) => Err(GatewayError::InvalidRequest),
         }
     }
+}
+
+/// The client's address, which both server paths put in the request.
+fn peer_ip<B>(req: &Request<B>) -> Option<IpAddr> {
+    req.extensions().get::<crate::server::PeerAddr>().map(|p| p.0.ip())
 }
 
 /// The token of `Authorization: Bearer <token>` (scheme case-insensitive).

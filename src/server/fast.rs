@@ -90,6 +90,7 @@ pub async fn serve(
     shutdown: &CancellationToken,
 ) -> Option<(TcpStream, Bytes)> {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let peer = io.peer_addr().ok();
     // One timer and one shutdown waiter per connection, re-armed per
     // request: creating and dropping them for every request cost more than
     // the rest of this loop.
@@ -160,6 +161,9 @@ pub async fn serve(
         *req.method_mut() = Method::POST;
         *req.uri_mut() = head.uri;
         *req.headers_mut() = headers;
+        if let Some(peer) = peer {
+            req.extensions_mut().insert(super::PeerAddr(peer));
+        }
         let resp = match Arc::clone(&fast.gateway).handle(req).await {
             Ok(r) => r,
             Err(never) => match never {},

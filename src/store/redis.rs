@@ -328,9 +328,23 @@ impl TokenStore for RedisStore {
     }
 
     async fn list(&self, filter: ListFilter<'_>, page_size: usize, cursor: Option<&str>) -> Result<Page, StoreError> {
+        // The cursor is the id of the last row of the previous page (random:
+        // it tells nothing about how many tokens there are), which must be a
+        // token of the same listing; paging runs on its creation `seq`.
         let max = match cursor {
             None => "+inf".to_string(),
-            Some(c) => format!("({}", c.parse::<u64>().ok().filter(|v| *v > 0).ok_or(StoreError::InvalidCursor)?),
+            Some(c) => {
+                if !crate::token::is_valid_id(c) {
+                    return Err(StoreError::InvalidCursor);
+                }
+                let f: HashMap<String, String> = self.conn.clone().hgetall(key(&format!("token:{c}"))).await.map_err(unavailable)?;
+                let rec = record_from_fields(&f).ok_or(StoreError::InvalidCursor)?;
+                if rec.kind != filter.kind || (filter.workspace.is_some() && rec.workspace.as_deref() != filter.workspace) {
+                    return Err(StoreError::InvalidCursor);
+                }
+                let seq = f.get("seq").and_then(|v| v.parse::<u64>().ok()).ok_or(StoreError::InvalidCursor)?;
+                format!("({seq}")
+            }
         };
         let v: Value = self
             .scripts
@@ -352,7 +366,7 @@ impl TokenStore for RedisStore {
         }
         let more = rows.len() > page_size;
         rows.truncate(page_size);
-        let next_cursor = if more { rows.last().map(|(_, s)| s.clone()) } else { None };
+        let next_cursor = if more { rows.last().map(|(r, _)| r.id.clone()) } else { None };
         Ok(Page {
             tokens: rows.into_iter().map(|(r, _)| r).collect(),
             next_cursor,
