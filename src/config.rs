@@ -384,7 +384,12 @@ impl ConfigSpec {
         };
         match public_url.parse::<Uri>() {
             Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
-            _ => return Err(invalid("server.public_url", format!("`{}` is not an http(s) URL", redact_url(&public_url)))),
+            _ => {
+                return Err(invalid(
+                    "server.public_url",
+                    format!("`{}` is not an http(s) URL", redact_url(&public_url)),
+                ));
+            }
         }
         if s.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be greater than 0".into()));
@@ -556,7 +561,12 @@ impl ConfigSpec {
                         "https upstreams are not supported yet; terminate TLS in front of the upstream or use http on a private network"
                             .into(),
                     )),
-                    _ => return Err(invalid(&format!("{skey}.url"), format!("`{}` must be an http:// URL", redact_url(&srv.url)))),
+                    _ => {
+                        return Err(invalid(
+                            &format!("{skey}.url"),
+                            format!("`{}` must be an http:// URL", redact_url(&srv.url)),
+                        ));
+                    }
                 }
                 let mut headers = Vec::new();
                 for (name, value) in &srv.headers {
@@ -854,7 +864,9 @@ timeout_ms = 1000
     #[test]
     fn server_names_cannot_start_or_end_with_an_underscore() {
         for bad in ["x_", "_x", "a__b"] {
-            let err = load(&GOOD.replace("name = \"demo\"", &format!("name = \"{bad}\""))).unwrap_err().to_string();
+            let err = load(&GOOD.replace("name = \"demo\"", &format!("name = \"{bad}\"")))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("workspaces[0].servers[0].name"), "{bad}: {err}");
         }
         assert!(load(&GOOD.replace("name = \"demo\"", "name = \"a_b-c\"")).is_ok());

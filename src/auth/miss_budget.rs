@@ -9,10 +9,10 @@
 //!
 //! - [`HashFilter`], a Bloom filter of the token hashes that exist, loaded
 //!   from the store at start and updated when this process creates a token.
-//!   A miss whose hash the filter knows is charged to the global budget
-//!   only. A miss whose hash it does not know is charged to a budget per
-//!   client address *and* may use at most half of the global budget, so the
-//!   other half is always left to hashes that exist.
+//!   The global budget is split in two halves that do not share: misses of
+//!   hashes the filter knows spend one, misses of hashes it does not know
+//!   spend the other *and* a budget per client address. A flood can spend
+//!   only its half, so hashes that exist always have theirs.
 //! - The filter never refuses anything. A hash it does not know still gets
 //!   its store read when its address's budget allows: a token created by
 //!   another instance (cluster mode) or by the offline CLI writing the same
@@ -61,8 +61,7 @@ impl HashFilter {
         // Bytes 16..32: the limiter key uses 0..8 and the negative cache 8..16.
         std::array::from_fn(|p| {
             let at = 16 + p * 4;
-            let v = u64::from(u32::from_le_bytes(hash[at..at + 4].try_into().expect("4 bytes")))
-                | (u64::from(hash[p]) << 32);
+            let v = u64::from(u32::from_le_bytes(hash[at..at + 4].try_into().expect("4 bytes"))) | (u64::from(hash[p]) << 32);
             let bit = v & self.mask;
             ((bit / 64) as usize, 1u64 << (bit % 64))
         })
@@ -97,9 +96,11 @@ struct ClientSlot {
 
 /// The budgets of store reads for index misses (see the module docs).
 pub struct MissBudget {
-    /// Every miss read counts here (`store_miss_reads_per_second`).
+    /// Without a filter, every miss counts here (`store_miss_reads_per_second`).
     all: Option<DefaultDirectRateLimiter>,
-    /// Misses of hashes the filter does not know: at most half of `all`.
+    /// Misses of hashes the filter knows: half of the global budget.
+    known: Option<DefaultDirectRateLimiter>,
+    /// Misses of hashes the filter does not know: the other half.
     unknown: Option<DefaultDirectRateLimiter>,
     per_client: Option<(u32, Box<[Mutex<ClientSlot>]>)>,
 }
@@ -110,22 +111,22 @@ impl MissBudget {
         let Some(n) = NonZeroU32::new(per_second) else {
             return MissBudget {
                 all: None,
+                known: None,
                 unknown: None,
                 per_client: None,
             };
         };
         let half = NonZeroU32::new(per_second / 2).unwrap_or(NonZeroU32::MIN);
+        let rest = NonZeroU32::new(per_second - per_second / 2).unwrap_or(NonZeroU32::MIN);
         // One address may spend a fiftieth of the global budget per second
         // on hashes nobody here knows (40/s at the default 2000): plenty for
         // a client connecting with new tokens, little for a flood.
         let per_client = (per_second / 50).max(1);
         MissBudget {
             all: Some(RateLimiter::direct(Quota::per_second(n))),
+            known: Some(RateLimiter::direct(Quota::per_second(rest))),
             unknown: Some(RateLimiter::direct(Quota::per_second(half))),
-            per_client: Some((
-                per_client,
-                (0..CLIENT_SLOTS).map(|_| Mutex::new(ClientSlot::default())).collect(),
-            )),
+            per_client: Some((per_client, (0..CLIENT_SLOTS).map(|_| Mutex::new(ClientSlot::default())).collect())),
         }
     }
 
@@ -133,16 +134,14 @@ impl MissBudget {
     /// knows the hash (or there is no filter and every miss is treated the
     /// same, `unfiltered`); `client`: the peer address, when known.
     pub fn allow(&self, known: bool, unfiltered: bool, client: Option<IpAddr>, now_secs: i64) -> bool {
-        if known && !unfiltered {
-            return self.all.as_ref().is_none_or(|b| b.check().is_ok());
+        let spend = |b: &Option<DefaultDirectRateLimiter>| b.as_ref().is_none_or(|b| b.check().is_ok());
+        if unfiltered {
+            return self.client_allows(client, now_secs) && spend(&self.all);
         }
-        if !self.client_allows(client, now_secs) {
-            return false;
+        if known {
+            return spend(&self.known);
         }
-        if !unfiltered && self.unknown.as_ref().is_some_and(|b| b.check().is_err()) {
-            return false;
-        }
-        self.all.as_ref().is_none_or(|b| b.check().is_ok())
+        self.client_allows(client, now_secs) && spend(&self.unknown)
     }
 
     fn client_allows(&self, client: Option<IpAddr>, now_secs: i64) -> bool {
@@ -217,8 +216,13 @@ mod tests {
             .filter(|i| b.allow(false, false, Some(IpAddr::from(i.to_be_bytes())), 10))
             .count();
         assert!(allowed <= 50, "{allowed}");
-        // ... and the rest is there for hashes that exist.
-        assert!(b.allow(true, false, Some(flood), 10));
+        // ... and the other half is there for hashes that exist.
+        assert_eq!((0..60).filter(|_| b.allow(true, false, Some(flood), 10)).count(), 49);
+        // Without a filter every miss is budgeted per address, then globally.
+        let b = MissBudget::new(100);
+        assert!(b.allow(true, true, Some(flood), 10) && b.allow(true, true, Some(flood), 10));
+        assert!(!b.allow(true, true, Some(flood), 10));
+        assert!(b.allow(true, true, Some(other), 10));
     }
 
     #[test]

@@ -190,7 +190,8 @@ impl Gateway {
         }
         tracing::Span::current().record("path", path);
         if path == "/v1/tokens/self" && req.method() == Method::GET {
-            return crate::auth::self_check::respond(&self.state, req.headers(), peer_ip(&req), crate::auth::self_check::Listener::Data).await;
+            return crate::auth::self_check::respond(&self.state, req.headers(), peer_ip(&req), crate::auth::self_check::Listener::Data)
+                .await;
         }
         // MCP clients (mcp-remote) probe OAuth metadata at connect time. These
         // are static tokens, so answer a quick, unauthenticated 404 that sends

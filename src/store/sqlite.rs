@@ -248,9 +248,7 @@ impl TokenStore for SqliteStore {
     async fn all_hashes(&self) -> Result<Option<Vec<TokenHash>>, StoreError> {
         Self::with(&self.reader, |c| {
             let mut s = c.prepare("SELECT hash FROM tokens").map_err(unavailable)?;
-            let rows = s
-                .query_map([], |r| r.get::<_, Vec<u8>>(0))
-                .map_err(unavailable)?;
+            let rows = s.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(unavailable)?;
             let mut out = Vec::new();
             for r in rows {
                 if let Ok(h) = TokenHash::try_from(r.map_err(unavailable)?.as_slice()) {

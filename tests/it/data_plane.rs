@@ -130,7 +130,11 @@ async fn the_upstream_sees_its_own_credentials_never_the_clients() {
     let auth = format!("Bearer {t}");
     // The client holds the upstream's session sealed for its token
     // (tests/it/isolation.rs); the upstream gets its own id back.
-    let sealed = gw.post("demo", Some(&t), echo_call(0, "x")).await.header("mcp-session-id").to_owned();
+    let sealed = gw
+        .post("demo", Some(&t), echo_call(0, "x"))
+        .await
+        .header("mcp-session-id")
+        .to_owned();
     let r = send(
         Method::POST,
         &gw.ws_url("demo"),
@@ -472,7 +476,11 @@ async fn get_and_delete_are_forwarded() {
     let gw = Setup::new(&up.url).start().await;
     let (t, _) = gw.create_token("demo", json!({})).await;
     let auth = format!("Bearer {t}");
-    let sealed = gw.post("demo", Some(&t), echo_call(0, "x")).await.header("mcp-session-id").to_owned();
+    let sealed = gw
+        .post("demo", Some(&t), echo_call(0, "x"))
+        .await
+        .header("mcp-session-id")
+        .to_owned();
     for m in [Method::GET, Method::DELETE] {
         let r = send(
             m.clone(),

@@ -8,6 +8,7 @@ mod cluster;
 mod data_plane;
 mod fast_path;
 mod harness;
+mod isolation;
 mod lb;
 mod lifecycle;
 mod store;
