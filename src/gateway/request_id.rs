@@ -29,10 +29,10 @@ impl RequestIds {
     }
 
     pub fn take_or_generate(&self, headers: &HeaderMap) -> HeaderValue {
-        if let Some(v) = headers.get(&X_REQUEST_ID) {
-            if is_acceptable(v.as_bytes()) {
-                return v.clone();
-            }
+        if let Some(v) = headers.get(&X_REQUEST_ID)
+            && is_acceptable(v.as_bytes())
+        {
+            return v.clone();
         }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         // Hex digits written into a stack buffer: one allocation (the
