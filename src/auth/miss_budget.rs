@@ -11,8 +11,16 @@
 //!   from the store at start and updated when this process creates a token.
 //!   The global budget is split in two halves that do not share: misses of
 //!   hashes the filter knows spend one, misses of hashes it does not know
-//!   spend the other *and* a budget per client address. A flood can spend
-//!   only its half, so hashes that exist always have theirs.
+//!   the other. A flood can spend only its half, so hashes that exist
+//!   always have theirs.
+//! - A fair share per client address within the pool of unknown hashes
+//!   (the whole budget when there is no filter, e.g. the Redis store): an
+//!   address within its share (a fiftieth of the budget per second) spends
+//!   from the pool; an address beyond it may spend only from an overflow
+//!   of half the pool. Addresses within their share therefore always find
+//!   half the pool, however hard one address floods. Over-share traffic is
+//!   slowed, not cut off: behind a load balancer or a NAT every client has
+//!   the same address, and those clients' new tokens must still be read.
 //! - The filter never refuses anything. A hash it does not know still gets
 //!   its store read when its address's budget allows: a token created by
 //!   another instance (cluster mode) or by the offline CLI writing the same
@@ -102,6 +110,10 @@ pub struct MissBudget {
     known: Option<DefaultDirectRateLimiter>,
     /// Misses of hashes the filter does not know: the other half.
     unknown: Option<DefaultDirectRateLimiter>,
+    /// What addresses beyond their share may spend of `unknown` (half of
+    /// it), and of `all` (half of it).
+    unknown_overflow: Option<DefaultDirectRateLimiter>,
+    all_overflow: Option<DefaultDirectRateLimiter>,
     per_client: Option<(u32, Box<[Mutex<ClientSlot>]>)>,
 }
 
@@ -113,19 +125,24 @@ impl MissBudget {
                 all: None,
                 known: None,
                 unknown: None,
+                unknown_overflow: None,
+                all_overflow: None,
                 per_client: None,
             };
         };
         let half = NonZeroU32::new(per_second / 2).unwrap_or(NonZeroU32::MIN);
         let rest = NonZeroU32::new(per_second - per_second / 2).unwrap_or(NonZeroU32::MIN);
-        // One address may spend a fiftieth of the global budget per second
-        // on hashes nobody here knows (40/s at the default 2000): plenty for
-        // a client connecting with new tokens, little for a flood.
+        let quarter = NonZeroU32::new(per_second / 4).unwrap_or(NonZeroU32::MIN);
+        // An address's share: a fiftieth of the global budget per second
+        // (40/s at the default 2000), plenty for a client connecting with
+        // new tokens.
         let per_client = (per_second / 50).max(1);
         MissBudget {
             all: Some(RateLimiter::direct(Quota::per_second(n))),
             known: Some(RateLimiter::direct(Quota::per_second(rest))),
             unknown: Some(RateLimiter::direct(Quota::per_second(half))),
+            unknown_overflow: Some(RateLimiter::direct(Quota::per_second(quarter))),
+            all_overflow: Some(RateLimiter::direct(Quota::per_second(half))),
             per_client: Some((per_client, (0..CLIENT_SLOTS).map(|_| Mutex::new(ClientSlot::default())).collect())),
         }
     }
@@ -135,16 +152,22 @@ impl MissBudget {
     /// same, `unfiltered`); `client`: the peer address, when known.
     pub fn allow(&self, known: bool, unfiltered: bool, client: Option<IpAddr>, now_secs: i64) -> bool {
         let spend = |b: &Option<DefaultDirectRateLimiter>| b.as_ref().is_none_or(|b| b.check().is_ok());
-        if unfiltered {
-            return self.client_allows(client, now_secs) && spend(&self.all);
-        }
-        if known {
+        if known && !unfiltered {
             return spend(&self.known);
         }
-        self.client_allows(client, now_secs) && spend(&self.unknown)
+        let (pool, overflow) = if unfiltered {
+            (&self.all, &self.all_overflow)
+        } else {
+            (&self.unknown, &self.unknown_overflow)
+        };
+        if self.within_share(client, now_secs) {
+            spend(pool)
+        } else {
+            spend(overflow) && spend(pool)
+        }
     }
 
-    fn client_allows(&self, client: Option<IpAddr>, now_secs: i64) -> bool {
+    fn within_share(&self, client: Option<IpAddr>, now_secs: i64) -> bool {
         let (Some((limit, slots)), Some(addr)) = (&self.per_client, client) else {
             return true;
         };
@@ -200,28 +223,28 @@ mod tests {
     }
 
     #[test]
-    fn unknown_hashes_are_limited_per_address_and_leave_half_to_known_ones() {
+    fn over_share_addresses_get_the_overflow_and_known_hashes_keep_their_half() {
         let b = MissBudget::new(100);
         let flood: IpAddr = "192.0.2.1".parse().unwrap();
         let other: IpAddr = "192.0.2.2".parse().unwrap();
-        // Per address: 100 / 50 = 2 per second.
-        assert!(b.allow(false, false, Some(flood), 10));
-        assert!(b.allow(false, false, Some(flood), 10));
-        assert!(!b.allow(false, false, Some(flood), 10));
+        // Unknown hashes: the pool is 50/s; an address's share 100 / 50 = 2;
+        // beyond it, the overflow of 25. One address flooding gets 2 + 25.
+        let flooded = (0..100).filter(|_| b.allow(false, false, Some(flood), 10)).count();
+        assert_eq!(flooded, 27);
+        // Another address within its share still finds the rest of the pool.
         assert!(b.allow(false, false, Some(other), 10));
-        // A known hash from the flooding address is not held by its budget.
+        // A known hash from the flooding address is not held by any of it.
         assert!(b.allow(true, false, Some(flood), 10));
-        // Unknown hashes from many addresses stop at half the global budget.
+        // Unknown hashes from many addresses stop at the pool.
         let allowed = (0..1000u32)
             .filter(|i| b.allow(false, false, Some(IpAddr::from(i.to_be_bytes())), 10))
             .count();
-        assert!(allowed <= 50, "{allowed}");
+        assert!(allowed <= 50 - 28, "{allowed}");
         // ... and the other half is there for hashes that exist.
         assert_eq!((0..60).filter(|_| b.allow(true, false, Some(flood), 10)).count(), 49);
-        // Without a filter every miss is budgeted per address, then globally.
+        // Without a filter: the same shares over the whole budget.
         let b = MissBudget::new(100);
-        assert!(b.allow(true, true, Some(flood), 10) && b.allow(true, true, Some(flood), 10));
-        assert!(!b.allow(true, true, Some(flood), 10));
+        assert_eq!((0..200).filter(|_| b.allow(true, true, Some(flood), 10)).count(), 2 + 50);
         assert!(b.allow(true, true, Some(other), 10));
     }
 

@@ -300,7 +300,8 @@ async fn control_and_format_characters_are_refused_in_every_string_field() {
         let msg = v["error"]["message"].as_str().unwrap();
         assert!(msg.contains(&format!("`{field}`")), "{msg}");
         assert!(
-            !msg.chars().any(|c| c.is_control() || bad.contains(c)),
+            !msg.chars()
+                .any(|c| c.is_control() || ('\u{200b}'..='\u{2069}').contains(&c) || c == '\u{feff}'),
             "the message echoes nothing raw: {msg:?}"
         );
     }
