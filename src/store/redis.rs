@@ -464,6 +464,24 @@ impl TokenStore for RedisStore {
         Ok(out)
     }
 
+    /// Every `hash:{hex}` key, by SCAN (a cursor over the keyspace, so
+    /// Redis is never blocked): the filter of existing hashes at start. A
+    /// token created afterwards on another instance is not in this
+    /// instance's filter, and is still read (see `auth::miss_budget`).
+    async fn all_hashes(&self) -> Result<Option<Vec<TokenHash>>, StoreError> {
+        let mut conn = self.conn.clone();
+        let opts = redis::ScanOptions::default().with_pattern(key("hash:*")).with_count(1000);
+        let mut keys: redis::AsyncIter<String> = conn.scan_options(opts).await.map_err(unavailable)?;
+        let prefix = key("hash:");
+        let mut out = Vec::new();
+        while let Some(k) = keys.next_item().await {
+            if let Some(h) = k.map_err(unavailable)?.strip_prefix(&prefix).and_then(unhex) {
+                out.push(h);
+            }
+        }
+        Ok(Some(out))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
         Ok(())

@@ -503,3 +503,51 @@ async fn pagination_cursors_are_opaque_and_bound_to_their_workspace() {
         assert!(r.json()["error"]["message"].is_string());
     }
 }
+
+// ------------------------------------------------------------ the filter's source
+
+/// Both stores list every stored hash, which the index's filter of existing
+/// hashes is built from at start.
+#[tokio::test]
+async fn both_stores_list_every_stored_hash() {
+    use portcullis::store::TokenStore;
+    use portcullis::store::redis::RedisStore;
+    use portcullis::store::sqlite::SqliteStore;
+    use portcullis::token::{self, TokenRecord};
+
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start().await;
+    let stores: Vec<Arc<dyn TokenStore>> = vec![
+        Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap()),
+        Arc::new(RedisStore::connect(&redis.url(), Duration::from_secs(2)).await.unwrap()),
+    ];
+    for store in stores {
+        assert_eq!(store.all_hashes().await.unwrap(), Some(vec![]));
+        let mut want = Vec::new();
+        for i in 0..3 {
+            let t = token::generate(TokenKind::Workspace);
+            let record = TokenRecord {
+                id: token::generate_id(),
+                name: format!("t{i}"),
+                workspace: Some("demo".into()),
+                kind: TokenKind::Workspace,
+                hint: t.hint,
+                member_id: None,
+                email: None,
+                created_at: 1000,
+                created_by: "bootstrap".into(),
+                expires_at: None,
+                revoked_at: None,
+                last_used_at: None,
+                allowed_servers: None,
+                requests_per_minute: None,
+            };
+            store.insert(&record, &t.hash).await.unwrap();
+            want.push(t.hash);
+        }
+        let mut got = store.all_hashes().await.unwrap().unwrap();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+    }
+}
