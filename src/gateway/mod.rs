@@ -78,6 +78,8 @@ struct Outcome {
     token: Option<Arc<CachedToken>>,
     /// The cluster limiter was unreachable and this instance decided alone.
     limit_fallback: bool,
+    /// The client's address (budgets store reads on index misses).
+    client: Option<IpAddr>,
 }
 
 impl Gateway {
@@ -120,10 +122,21 @@ impl Gateway {
         }
     }
 
-    /// Entry point for every data-plane request.
-    /// Generic over the request body: hyper's `Incoming`, or the fast path's
-    /// body already read (`server::fast`).
+    /// Entry point for every data-plane request from hyper, whose requests
+    /// carry the client's address as a `server::PeerAddr` extension.
     pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<Body>, Infallible>
+    where
+        B: RequestBody,
+    {
+        let client = req.extensions().get::<crate::server::PeerAddr>().map(|p| p.0.ip());
+        self.handle_from(req, client).await
+    }
+
+    /// Entry point with the client's address given (the fast path knows it
+    /// per connection, and an extension would cost an allocation per
+    /// request). Generic over the request body: hyper's `Incoming`, or the
+    /// fast path's body already read (`server::fast`).
+    pub async fn handle_from<B>(self: Arc<Self>, req: Request<B>, client: Option<IpAddr>) -> Result<Response<Body>, Infallible>
     where
         B: RequestBody,
     {
@@ -142,7 +155,10 @@ impl Gateway {
         let this = Arc::clone(&self);
         let rid = request_id.clone();
         async move {
-            let mut outcome = Outcome::default();
+            let mut outcome = Outcome {
+                client,
+                ..Outcome::default()
+            };
             let mut resp = this.route(req, &rid, &mut outcome).await;
             if outcome.limit_fallback {
                 // Tells the client (and operators reading traces) that the
@@ -190,7 +206,7 @@ impl Gateway {
         }
         tracing::Span::current().record("path", path);
         if path == "/v1/tokens/self" && req.method() == Method::GET {
-            return crate::auth::self_check::respond(&self.state, req.headers(), peer_ip(&req), crate::auth::self_check::Listener::Data)
+            return crate::auth::self_check::respond(&self.state, req.headers(), outcome.client, crate::auth::self_check::Listener::Data)
                 .await;
         }
         // MCP clients (mcp-remote) probe OAuth metadata at connect time. These
@@ -218,7 +234,7 @@ impl Gateway {
     {
         let fail = |e: GatewayError| (e, None);
         // 1. authenticate
-        let token = self.authenticate(req.headers(), peer_ip(&req)).await.map_err(fail)?;
+        let token = self.authenticate(req.headers(), outcome.client).await.map_err(fail)?;
         outcome.token = Some(Arc::clone(&token));
         // 2. workspace: an unknown slug is indistinguishable from a wrong token.
         let route = match self.routes.get(slug) {
@@ -363,11 +379,6 @@ impl Gateway {
             Ok(Err(_)) => Err(GatewayError::InvalidRequest),
         }
     }
-}
-
-/// The client's address, which both server paths put in the request.
-fn peer_ip<B>(req: &Request<B>) -> Option<IpAddr> {
-    req.extensions().get::<crate::server::PeerAddr>().map(|p| p.0.ip())
 }
 
 /// The token of `Authorization: Bearer <token>` (scheme case-insensitive).

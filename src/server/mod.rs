@@ -62,8 +62,9 @@ pub struct ConnOptions {
 }
 
 /// The address a request's connection comes from, put in the request's
-/// extensions by both data-plane paths (hyper's, by [`WithPeer`], and the
-/// fast path): the token index budgets store reads per client address.
+/// extensions on hyper's path by [`WithPeer`] (the fast path hands it to
+/// `Gateway::handle_from` directly): the token index budgets store reads
+/// per client address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
