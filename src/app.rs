@@ -30,6 +30,9 @@ pub struct AppState {
     pub verifier: Arc<Verifier>,
     pub limiter: Arc<Limits>,
     pub metrics: Arc<Metrics>,
+    /// The store's shared secret for binding pass-through sessions when
+    /// `server.session_keys` is not set (`gateway::session_bind`).
+    pub session_bind_key: Option<[u8; 32]>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,8 +82,16 @@ impl AppState {
             }
             _ => Limits::Instance(Limiter::new()),
         };
+        // Not fatal: without it, pass-through sessions are bound under a key
+        // of this process only (they survive neither restarts nor a hop to
+        // another instance).
+        let session_bind_key = store.shared_key().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the store's session-binding key; using one of this process only");
+            None
+        });
         Ok(Arc::new(AppState {
             config: Arc::new(config),
+            session_bind_key,
             store,
             verifier,
             limiter: Arc::new(limiter),

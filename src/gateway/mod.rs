@@ -113,7 +113,10 @@ impl Gateway {
                 )
             })
             .collect();
-        let sessions = session_bind::SessionBinder::new(&state.config.server.session_keys);
+        let sessions = match (&state.config.server.session_keys[..], state.session_bind_key) {
+            ([], Some(k)) => session_bind::SessionBinder::new(&[k]),
+            (keys, _) => session_bind::SessionBinder::new(keys),
+        };
         Gateway {
             state,
             routes,

@@ -10,14 +10,15 @@
 //! for *this* token and workspace is answered 404 (as an aggregating
 //! workspace answers a foreign session), without reaching the upstream.
 //!
-//! No table, so nothing to bound or share: the keys are
-//! `server.session_keys` when configured (any instance opens any session and
-//! a restart loses none), otherwise a random key made at start. With that
-//! per-process key a session opens only on the instance that issued it and
-//! only until it restarts; elsewhere the client gets 404 and, as the MCP
-//! specification asks of it, starts a new session. Deployments with several
-//! instances behind a balancer that is not sticky should set
-//! `server.session_keys`.
+//! No table, so nothing to bound or share. The keys are
+//! `server.session_keys` when configured (rotation: the first seals, all
+//! open); otherwise a random key kept in the token store itself, made by the
+//! first process that asks (SQLite: table `secrets`; Redis:
+//! `secret:session-bind`), so every instance sharing the store opens every
+//! session and a restart loses none. Only if that cannot be read at start
+//! is a key of this process used: then a session opens only on the
+//! instance that issued it, until it restarts; elsewhere the client gets
+//! 404 and, as the MCP specification asks of it, starts a new session.
 //!
 //! Format: `pcp1.` + base64url(nonce(12) ‖ ciphertext ‖ tag(16)).
 

@@ -106,6 +106,14 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn all_hashes(&self) -> Result<Option<Vec<TokenHash>>, StoreError> {
         Ok(None)
     }
+    /// A random 32-byte secret kept in the store, made by the first process
+    /// that asks and the same for every process using the store (and after
+    /// restarts). Binds pass-through sessions to their token when
+    /// `server.session_keys` is not set (`gateway::session_bind`). `None`:
+    /// this store keeps none.
+    async fn shared_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(None)
+    }
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Revocations pushed as they happen, for stores shared between

@@ -464,6 +464,23 @@ impl TokenStore for RedisStore {
         Ok(out)
     }
 
+    /// `secret:session-bind`, set once by whichever instance asks first.
+    async fn shared_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh).map_err(|e| StoreError::Unavailable(format!("OS random source: {e}")))?;
+        let k = key("secret:session-bind");
+        let mut conn = self.conn.clone();
+        let _: Value = redis::cmd("SET")
+            .arg(&k)
+            .arg(hex(&fresh))
+            .arg("NX")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let v: Option<String> = conn.get(&k).await.map_err(unavailable)?;
+        Ok(v.as_deref().and_then(unhex))
+    }
+
     /// Every `hash:{hex}` key, by SCAN (a cursor over the keyspace, so
     /// Redis is never blocked): the filter of existing hashes at start. A
     /// token created afterwards on another instance is not in this

@@ -260,6 +260,27 @@ impl TokenStore for SqliteStore {
         .await
     }
 
+    async fn shared_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh).map_err(|e| StoreError::Unavailable(format!("OS random source: {e}")))?;
+        Self::with(&self.writer, move |c| {
+            // Created here rather than by a migration: it is the store's own
+            // secret, not token data, and older binaries simply ignore it.
+            c.execute_batch("CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
+                .map_err(unavailable)?;
+            c.execute(
+                "INSERT OR IGNORE INTO secrets (name, value) VALUES ('session_bind', ?1)",
+                [&fresh[..]],
+            )
+            .map_err(unavailable)?;
+            let v: Vec<u8> = c
+                .query_row("SELECT value FROM secrets WHERE name = 'session_bind'", [], |r| r.get(0))
+                .map_err(unavailable)?;
+            Ok(<[u8; 32]>::try_from(v.as_slice()).ok())
+        })
+        .await
+    }
+
     async fn get(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
         let id = id.to_owned();
         Self::with(&self.reader, move |c| {

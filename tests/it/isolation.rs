@@ -267,6 +267,13 @@ async fn a_pass_through_session_belongs_to_the_token_that_opened_it() {
         }
     }
     assert_eq!(up.requests().len(), 2);
+    // The binding key lives in the store: the session survives a restart
+    // (and opens on every instance sharing the store).
+    let mut gw = gw;
+    gw.restart().await;
+    let r = mcp(&gw, "demo", &s1, Some(&sid), json!({"jsonrpc": "2.0", "id": 4, "method": "ping"})).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(up.requests()[2].headers["mcp-session-id"], "upstream-session-1");
 }
 
 // ------------------------------------------------------------ point 4
@@ -507,9 +514,10 @@ async fn pagination_cursors_are_opaque_and_bound_to_their_workspace() {
 // ------------------------------------------------------------ the filter's source
 
 /// Both stores list every stored hash, which the index's filter of existing
-/// hashes is built from at start.
+/// hashes is built from at start, and keep one shared secret (pass-through
+/// session binding).
 #[tokio::test]
-async fn both_stores_list_every_stored_hash() {
+async fn both_stores_list_their_hashes_and_share_one_secret() {
     use portcullis::store::TokenStore;
     use portcullis::store::redis::RedisStore;
     use portcullis::store::sqlite::SqliteStore;
@@ -517,6 +525,16 @@ async fn both_stores_list_every_stored_hash() {
 
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start().await;
+    // The shared secret: made once, the same for every process and connection.
+    let sqlite_path = dir.path().join("k.db");
+    let a = SqliteStore::open(&sqlite_path).unwrap().shared_key().await.unwrap();
+    assert!(a.is_some());
+    assert_eq!(SqliteStore::open(&sqlite_path).unwrap().shared_key().await.unwrap(), a);
+    let url = redis.url();
+    let connect = || RedisStore::connect(&url, Duration::from_secs(2));
+    let r = connect().await.unwrap().shared_key().await.unwrap();
+    assert!(r.is_some() && r != a);
+    assert_eq!(connect().await.unwrap().shared_key().await.unwrap(), r);
     let stores: Vec<Arc<dyn TokenStore>> = vec![
         Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap()),
         Arc::new(RedisStore::connect(&redis.url(), Duration::from_secs(2)).await.unwrap()),
