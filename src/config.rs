@@ -323,12 +323,17 @@ impl Config {
         toml::from_str::<ConfigSpec>(text).map_err(parse_err)?;
         // Pass 2: expand environment variables in every string value.
         let mut value: toml::Value = toml::from_str(text).map_err(parse_err)?;
+        // Every value read from the environment, so that no error message
+        // below can show one (a password in a URL, a key in a header).
+        let expanded = std::cell::RefCell::new(Vec::new());
         expand_env(&mut value, "", &|var, key| {
-            env(var).ok_or_else(|| ConfigError::MissingEnv {
+            let v = env(var).ok_or_else(|| ConfigError::MissingEnv {
                 path: path.to_owned(),
                 var: var.to_owned(),
                 key: key.to_owned(),
-            })
+            })?;
+            expanded.borrow_mut().push((v.clone(), var.to_owned()));
+            Ok(v)
         })
         .map_err(|e| match e {
             ExpandError::Missing(err) => err,
@@ -338,8 +343,10 @@ impl Config {
                 message,
             },
         })?;
-        let spec: ConfigSpec = value.try_into().map_err(parse_err)?;
-        spec.into_config(path)
+        let expanded = expanded.into_inner();
+        let hide = |e: ConfigError| hide_expanded(e, &expanded);
+        let spec: ConfigSpec = value.try_into().map_err(parse_err).map_err(hide)?;
+        spec.into_config(path).map_err(hide)
     }
 
     pub fn workspace(&self, slug: &str) -> Option<&Arc<Workspace>> {
@@ -673,6 +680,33 @@ fn is_valid_server_name(s: &str) -> bool {
         && !s.ends_with('_')
 }
 
+/// `e` with every value that came from an environment variable shown as
+/// `${NAME}` instead (longest first, so that a value containing another is
+/// replaced whole). Values of one or two characters are left alone: they
+/// hide nothing, and replacing them would garble the message.
+fn hide_expanded(e: ConfigError, expanded: &[(String, String)]) -> ConfigError {
+    let hide = |mut message: String| {
+        let mut values: Vec<&(String, String)> = expanded.iter().filter(|(v, _)| v.len() >= 3).collect();
+        values.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+        for (v, name) in values {
+            message = message.replace(v.as_str(), &format!("${{{name}}}"));
+        }
+        message
+    };
+    match e {
+        ConfigError::Invalid { path, key, message } => ConfigError::Invalid {
+            path,
+            key,
+            message: hide(message),
+        },
+        ConfigError::Parse { path, message } => ConfigError::Parse {
+            path,
+            message: hide(message),
+        },
+        other => other,
+    }
+}
+
 /// A URL as an error message may show it: without userinfo (a password)
 /// and without query or fragment (tokens), since the value may have come
 /// from an environment variable and the message lands in logs and
@@ -859,6 +893,12 @@ timeout_ms = 1000
         assert!(err.contains("workspaces[0].servers[0].url"), "{err}");
         assert!(!err.contains("s3cret") && !err.contains("token=abc"), "{err}");
         assert!(err.contains("ftp://***@up.internal/mcp"), "{err}");
+        // A value from the environment is never shown, whatever the key.
+        let env = |v: &str| (v == "LISTEN").then(|| "secret-listen-value".to_owned()).or(Some("x".to_owned()));
+        let listen = GOOD.replace("127.0.0.1:8080", "${LISTEN}");
+        let err = Config::from_toml(Path::new("t.toml"), &listen, &env).unwrap_err().to_string();
+        assert!(err.contains("server.listen") && err.contains("${LISTEN}"), "{err}");
+        assert!(!err.contains("secret-listen-value"), "{err}");
     }
 
     #[test]
