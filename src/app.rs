@@ -30,6 +30,9 @@ pub struct AppState {
     pub verifier: Arc<Verifier>,
     pub limiter: Arc<Limits>,
     pub metrics: Arc<Metrics>,
+    /// The store's shared secret for binding pass-through sessions when
+    /// `server.session_keys` is not set (`gateway::session_bind`).
+    pub session_bind_key: Option<[u8; 32]>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +112,8 @@ impl AppState {
         }
         let verifier = Arc::new(Verifier::new(Arc::clone(&store), Arc::clone(&metrics), options));
         verifier.sync_revocation_seq().await?;
+        let known = verifier.load_filter().await?;
+        tracing::debug!(tokens = known, "filter of existing token hashes loaded");
         let limiter = match (&config.store, config.limits.scope) {
             (StoreConfig::Redis { url, timeout, .. }, LimitScope::Cluster) => {
                 // Its own connection, so limiter traffic never queues behind
@@ -117,8 +122,16 @@ impl AppState {
             }
             _ => Limits::Instance(Limiter::new()),
         };
+        // Not fatal: without it, pass-through sessions are bound under a key
+        // of this process only (they survive neither restarts nor a hop to
+        // another instance).
+        let session_bind_key = store.shared_key().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the store's session-binding key; using one of this process only");
+            None
+        });
         Ok(Arc::new(AppState {
             config: Arc::new(config),
+            session_bind_key,
             store,
             verifier,
             limiter: Arc::new(limiter),

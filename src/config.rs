@@ -327,9 +327,12 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut value = parse_checked(path, text)?;
         apply_env_overrides(path, &mut value, overrides)?;
-        expand_env_at(path, &mut value, "", env)?;
-        let spec: ConfigSpec = value.try_into().map_err(|e| parse_error(path, e))?;
-        spec.into_config(path)
+        // Every value read from the environment, so that no error message
+        // below can show one (a password in a URL, a key in a header).
+        let expanded = expand_env_at(path, &mut value, "", env)?;
+        let hide = |e: ConfigError| hide_expanded(e, &expanded);
+        let spec: ConfigSpec = value.try_into().map_err(|e| parse_error(path, e)).map_err(hide)?;
+        spec.into_config(path).map_err(hide)
     }
 
     pub fn workspace(&self, slug: &str) -> Option<&Arc<Workspace>> {
@@ -374,7 +377,12 @@ impl ConfigSpec {
         };
         match public_url.parse::<Uri>() {
             Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
-            _ => return Err(invalid("server.public_url", format!("`{public_url}` is not an http(s) URL"))),
+            _ => {
+                return Err(invalid(
+                    "server.public_url",
+                    format!("`{}` is not an http(s) URL", redact_url(&public_url)),
+                ));
+            }
         }
         if s.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be greater than 0".into()));
@@ -491,7 +499,10 @@ impl ConfigSpec {
                 if !is_valid_server_name(&srv.name) {
                     return Err(invalid(
                         &format!("{skey}.name"),
-                        format!("`{}` must be 1-32 characters of A-Z, a-z, 0-9 and '-', without '__'", srv.name),
+                        format!(
+                            "`{}` must be 1-32 characters of A-Z, a-z, 0-9, '-' and '_', without '__' and not starting or ending with '_'",
+                            srv.name
+                        ),
                     ));
                 }
                 if !names.insert(srv.name.clone()) {
@@ -500,7 +511,7 @@ impl ConfigSpec {
                 let url: Uri = srv
                     .url
                     .parse()
-                    .map_err(|_| invalid(&format!("{skey}.url"), format!("`{}` is not a URL", srv.url)))?;
+                    .map_err(|_| invalid(&format!("{skey}.url"), format!("`{}` is not a URL", redact_url(&srv.url))))?;
                 check_upstream_port(path, &format!("{skey}.url"), &url)?;
                 match url.scheme_str() {
                     Some("http") if url.host().is_some() => {}
@@ -509,7 +520,12 @@ impl ConfigSpec {
                         "https upstreams are not supported yet; terminate TLS in front of the upstream or use http on a private network"
                             .into(),
                     )),
-                    _ => return Err(invalid(&format!("{skey}.url"), format!("`{}` must be an http:// URL", srv.url))),
+                    _ => {
+                        return Err(invalid(
+                            &format!("{skey}.url"),
+                            format!("`{}` must be an http:// URL", redact_url(&srv.url)),
+                        ));
+                    }
                 }
                 let mut headers = Vec::new();
                 for (name, value) in &srv.headers {
@@ -605,13 +621,23 @@ fn parse_checked(path: &Path, text: &str) -> Result<toml::Value, ConfigError> {
 }
 
 /// Expands `${NAME}` in every string under `value` (whose dotted key is `key`).
-fn expand_env_at(path: &Path, value: &mut toml::Value, key: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+/// Returns each value read from the environment with its variable's name,
+/// for [`hide_expanded`].
+fn expand_env_at(
+    path: &Path,
+    value: &mut toml::Value,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let expanded = std::cell::RefCell::new(Vec::new());
     expand_env(value, key, &|var, key| {
-        env(var).ok_or_else(|| ConfigError::MissingEnv {
+        let v = env(var).ok_or_else(|| ConfigError::MissingEnv {
             path: path.to_owned(),
             var: var.to_owned(),
             key: key.to_owned(),
-        })
+        })?;
+        expanded.borrow_mut().push((v.clone(), var.to_owned()));
+        Ok(v)
     })
     .map_err(|e| match e {
         ExpandError::Missing(err) => err,
@@ -620,7 +646,8 @@ fn expand_env_at(path: &Path, value: &mut toml::Value, key: &str, env: &dyn Fn(&
             key,
             message,
         },
-    })
+    })?;
+    Ok(expanded.into_inner())
 }
 
 /// Prefix of the environment variables that override configuration keys:
@@ -795,7 +822,7 @@ impl StoreSpec {
                     )
                 })?;
                 if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
-                    return Err(invalid("store.url", format!("`{url}` is not a redis:// URL")));
+                    return Err(invalid("store.url", format!("`{}` is not a redis:// URL", redact_url(&url))));
                 }
                 if self.timeout_ms == 0 {
                     return Err(invalid("store.timeout_ms", "must be greater than 0".into()));
@@ -838,13 +865,15 @@ impl StoreContext {
     ) -> Result<StoreContext, ConfigError> {
         let mut value = parse_checked(path, text)?;
         apply_env_overrides(path, &mut value, overrides)?;
-        if let Some(store) = value.get_mut("store") {
-            expand_env_at(path, store, "store", env)?;
-        }
-        let spec: ConfigSpec = value.try_into().map_err(|e| parse_error(path, e))?;
+        let expanded = match value.get_mut("store") {
+            Some(store) => expand_env_at(path, store, "store", env)?,
+            None => Vec::new(),
+        };
+        let hide = |e: ConfigError| hide_expanded(e, &expanded);
+        let spec: ConfigSpec = value.try_into().map_err(|e| parse_error(path, e)).map_err(hide)?;
         Ok(StoreContext {
             source: path.to_owned(),
-            store: spec.store.to_store_config(path)?,
+            store: spec.store.to_store_config(path).map_err(hide)?,
             workspace_slugs: spec.workspaces.into_iter().map(|w| w.slug).collect(),
         })
     }
@@ -876,9 +905,63 @@ pub fn is_valid_slug(s: &str) -> bool {
     !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') && !s.starts_with('-')
 }
 
-/// Server names become tool-name prefixes (`<server>__<tool>`), hence no `__`.
+/// Server names become tool-name prefixes (`<server>__<tool>`), hence no
+/// `__`, and no `_` at either end: with servers `x` and `x_`, `x___t` would
+/// read as `x` + `_t` or as `x_` + `t`.
 fn is_valid_server_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') && !s.contains("__")
+    !s.is_empty()
+        && s.len() <= 32
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !s.contains("__")
+        && !s.starts_with('_')
+        && !s.ends_with('_')
+}
+
+/// `e` with every value that came from an environment variable shown as
+/// `${NAME}` instead (longest first, so that a value containing another is
+/// replaced whole). Values of one or two characters are left alone: they
+/// hide nothing, and replacing them would garble the message.
+fn hide_expanded(e: ConfigError, expanded: &[(String, String)]) -> ConfigError {
+    let hide = |mut message: String| {
+        let mut values: Vec<&(String, String)> = expanded.iter().filter(|(v, _)| v.len() >= 3).collect();
+        values.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+        for (v, name) in values {
+            message = message.replace(v.as_str(), &format!("${{{name}}}"));
+        }
+        message
+    };
+    match e {
+        ConfigError::Invalid { path, key, message } => ConfigError::Invalid {
+            path,
+            key,
+            message: hide(message),
+        },
+        ConfigError::Parse { path, message } => ConfigError::Parse {
+            path,
+            message: hide(message),
+        },
+        other => other,
+    }
+}
+
+/// A URL as an error message may show it: without userinfo (a password)
+/// and without query or fragment (tokens), since the value may have come
+/// from an environment variable and the message lands in logs and
+/// journald. Anything that does not look like a URL is not shown at all.
+fn redact_url(v: &str) -> String {
+    let Some((scheme, rest)) = v.split_once("://") else {
+        return "<value not shown>".into();
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_owned(),
+    };
+    format!("{scheme}://{host}{path}")
 }
 
 enum ExpandError {
@@ -1028,6 +1111,42 @@ timeout_ms = 1000
         let err = load(&GOOD.replace("${KEY}\", X", "${MISSING_VAR}\", X")).unwrap_err().to_string();
         assert!(err.contains("MISSING_VAR"), "{err}");
         assert!(err.contains("workspaces[0].servers[0].headers.Authorization"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_key_and_never_show_credentials() {
+        // Through an environment variable, as a deployment would set them.
+        let env = |v: &str| match v {
+            "REDIS_URL" => Some("rediss//:hunter2@redis.internal:6379/0".to_owned()),
+            "UP_URL" => Some("ftp://user:s3cret@up.internal/mcp?token=abc".to_owned()),
+            _ => Some("x".to_owned()),
+        };
+        let redis = GOOD.replace("backend = \"sqlite\"", "backend = \"redis\"\nurl = \"${REDIS_URL}\"");
+        let err = Config::from_toml(Path::new("t.toml"), &redis, &env).unwrap_err().to_string();
+        assert!(err.contains("store.url"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let up = GOOD.replace("http://127.0.0.1:8765/mcp", "${UP_URL}");
+        let err = Config::from_toml(Path::new("t.toml"), &up, &env).unwrap_err().to_string();
+        assert!(err.contains("workspaces[0].servers[0].url"), "{err}");
+        assert!(!err.contains("s3cret") && !err.contains("token=abc"), "{err}");
+        assert!(err.contains("ftp://***@up.internal/mcp"), "{err}");
+        // A value from the environment is never shown, whatever the key.
+        let env = |v: &str| (v == "LISTEN").then(|| "secret-listen-value".to_owned()).or(Some("x".to_owned()));
+        let listen = GOOD.replace("127.0.0.1:8080", "${LISTEN}");
+        let err = Config::from_toml(Path::new("t.toml"), &listen, &env).unwrap_err().to_string();
+        assert!(err.contains("server.listen") && err.contains("${LISTEN}"), "{err}");
+        assert!(!err.contains("secret-listen-value"), "{err}");
+    }
+
+    #[test]
+    fn server_names_cannot_start_or_end_with_an_underscore() {
+        for bad in ["x_", "_x", "a__b"] {
+            let err = load(&GOOD.replace("name = \"demo\"", &format!("name = \"{bad}\"")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("workspaces[0].servers[0].name"), "{bad}: {err}");
+        }
+        assert!(load(&GOOD.replace("name = \"demo\"", "name = \"a_b-c\"")).is_ok());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -20,9 +20,9 @@ use serde_json::json;
 
 use crate::app::AppState;
 use crate::auth::lifecycle::{self, NewTokenRequest};
-use crate::auth::{CachedToken, VerifyError};
+use crate::auth::{CachedToken, self_check};
 use crate::config::Workspace;
-use crate::error::{ApiError, full};
+use crate::error::ApiError;
 use crate::store::ListFilter;
 use crate::token::{self, TokenKind, now_unix};
 
@@ -68,7 +68,7 @@ impl FromRequestParts<SharedState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, ApiError> {
         state.metrics.admin_request();
-        let t = verify_any(state, &parts.headers).await?;
+        let t = verify_any(state, parts).await?;
         if t.kind != TokenKind::Admin {
             state.verifier.reject(crate::telemetry::AuthFailureReason::WrongKind);
             return Err(ApiError::unauthorized());
@@ -80,65 +80,18 @@ impl FromRequestParts<SharedState> for Admin {
     }
 }
 
-async fn verify_any(state: &AppState, headers: &HeaderMap) -> Result<Arc<CachedToken>, ApiError> {
-    let Some(raw) = headers.get(header::AUTHORIZATION).and_then(crate::gateway::bearer) else {
-        state.verifier.reject(crate::telemetry::AuthFailureReason::Missing);
-        return Err(ApiError::unauthorized());
-    };
-    match state.verifier.verify(raw, now_unix()).await {
-        Ok(t) => Ok(t),
-        Err(VerifyError::Rejected(_)) => Err(ApiError::unauthorized()),
-        Err(VerifyError::StoreUnavailable) => Err(ApiError::unavailable()),
-    }
+async fn verify_any(state: &AppState, parts: &Parts) -> Result<Arc<CachedToken>, ApiError> {
+    let client = parts.extensions.get::<crate::server::PeerAddr>().map(|p| p.0.ip());
+    self_check::verify_bearer(state, &parts.headers, client).await
 }
 
-/// `GET /v1/tokens/self` on either listener: lets any token check itself.
-pub async fn token_self_response(state: &AppState, headers: &HeaderMap) -> http::Response<crate::error::Body> {
-    let checked = match verify_any(state, headers).await {
-        Ok(t) => self_body(state, &t).await,
-        Err(e) => Err(e),
-    };
-    let (status, body) = match checked {
-        Ok(body) => (StatusCode::OK, body),
-        Err(e) => (e.status, json!({"error": {"code": e.code, "message": e.message}})),
-    };
-    let mut resp = http::Response::new(full(serde_json::to_vec(&body).expect("json")));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    if status == StatusCode::UNAUTHORIZED {
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static(r#"Bearer realm="portcullis", error="invalid_token""#),
-        );
-    }
-    resp
-}
-
-/// The token's own view of itself. The index keeps no names (memory per
-/// token), so the name is read from the store: this endpoint is rare.
-async fn self_body(state: &AppState, t: &CachedToken) -> Result<serde_json::Value, ApiError> {
-    let name = match state.store.get(&t.id).await {
-        Ok(Some(r)) => r.name,
-        // Revoked and deleted cannot be: verification just passed; a record
-        // gone in between is not worth a special answer.
-        Ok(None) => String::new(),
-        Err(e) => return Err(e.into()),
-    };
-    Ok(json!({
-        "valid": true,
-        "id": &*t.id,
-        "name": name,
-        "kind": t.kind,
-        "workspace": t.workspace.as_deref(),
-        "expires_at": t.expires_at.map(token::format_rfc3339),
-    }))
-}
-
-async fn token_self(State(state): State<SharedState>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+/// `GET /v1/tokens/self` here accepts both kinds of token (contract §4).
+async fn token_self(State(state): State<SharedState>, req: axum::extract::Request) -> Response {
     state.metrics.admin_request();
-    let t = verify_any(&state, &headers).await?;
-    Ok(Json(self_body(&state, &t).await?))
+    let client = req.extensions().get::<crate::server::PeerAddr>().map(|p| p.0.ip());
+    self_check::respond(&state, req.headers(), client, self_check::Listener::Admin)
+        .await
+        .map(axum::body::Body::new)
 }
 
 async fn readyz(State(state): State<SharedState>) -> Response {
@@ -170,19 +123,20 @@ async fn metrics(State(state): State<SharedState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-/// The workspace named in the path, if configured and within the admin's scope.
+/// The workspace named in the path, if within the admin's scope and
+/// configured. The scope is checked first: a scoped admin gets 403 for any
+/// other slug, configured or not, so it cannot enumerate workspaces.
 fn workspace<'a>(state: &'a AppState, admin: &Admin, ws: &str) -> Result<&'a Arc<Workspace>, ApiError> {
-    let w = state
-        .config
-        .workspace(ws)
-        .ok_or_else(|| ApiError::not_found("workspace_not_found", format!("no workspace `{ws}` is configured")))?;
     if !admin.may_manage(ws) {
         return Err(ApiError::forbidden(format!(
             "this admin token is scoped to workspace `{}`",
             admin.workspace.as_deref().unwrap_or_default()
         )));
     }
-    Ok(w)
+    state
+        .config
+        .workspace(ws)
+        .ok_or_else(|| ApiError::not_found("workspace_not_found", format!("no workspace `{ws}` is configured")))
 }
 
 async fn list_workspaces(State(state): State<SharedState>, admin: Admin) -> Json<serde_json::Value> {
@@ -213,6 +167,22 @@ fn port_and_path(u: &http::Uri) -> String {
     format!("{port}{}", u.path())
 }
 
+/// Refuses control characters (C0, DEL, C1) and the format characters that
+/// change how text is displayed rather than what it says: zero-width
+/// characters, bidirectional overrides, embeddings and isolates, line and
+/// paragraph separators, invisible operators and the byte-order mark. They
+/// have no place in a name, an id or an address, and in a terminal or a log
+/// they can forge output. 422 naming the field.
+pub fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
+    match value.chars().find(|&c| crate::token::is_forbidden_char(c)) {
+        None => Ok(()),
+        Some(c) => Err(ApiError::unprocessable(format!(
+            "`{field}` must not contain control or format characters (found U+{:04X})",
+            c as u32
+        ))),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
@@ -229,9 +199,21 @@ const MAX_EXPIRES_IN: u64 = 10 * 365 * 24 * 3600;
 
 async fn create_token(State(state): State<SharedState>, admin: Admin, Path(ws): Path<String>, body: Bytes) -> Result<Response, ApiError> {
     let w = workspace(&state, &admin, &ws)?;
-    let req: CreateBody = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let mut req: CreateBody = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    // Every string is checked for control and format characters before
+    // anything else looks at it (or echoes it in an error message).
+    check_text("name", &req.name)?;
+    if let Some(m) = &req.member_id {
+        check_text("member_id", m)?;
+    }
+    if let Some(e) = &req.email {
+        check_text("email", e)?;
+    }
+    for s in req.allowed_servers.iter().flatten() {
+        check_text("allowed_servers", s)?;
+    }
     let name = req.name.trim();
-    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+    if name.is_empty() || name.chars().count() > 200 {
         return Err(ApiError::unprocessable("`name` must be 1-200 printable characters"));
     }
     if req.expires_in.is_some_and(|s| s > MAX_EXPIRES_IN) {
@@ -256,7 +238,17 @@ async fn create_token(State(state): State<SharedState>, admin: Admin, Path(ws): 
             return Err(ApiError::unprocessable(format!("`email` `{e}` is not an email address")));
         }
     }
-    if let Some(list) = &req.allowed_servers {
+    if let Some(list) = &mut req.allowed_servers {
+        if list.len() > w.servers.len() {
+            return Err(ApiError::unprocessable(format!(
+                "`allowed_servers` names at most the workspace's {} server(s)",
+                w.servers.len()
+            )));
+        }
+        // De-duplicated, first occurrence kept: the list is stored and
+        // copied into the index with the token.
+        let mut seen = std::collections::HashSet::new();
+        list.retain(|s| seen.insert(s.clone()));
         if list.is_empty() {
             return Err(ApiError::unprocessable(
                 "`allowed_servers` must name at least one server; omit it to allow all",

@@ -14,11 +14,14 @@
 //! - Expiry is checked on every request, not when an entry is filled.
 
 pub mod lifecycle;
+mod miss_budget;
 mod negative;
+pub mod self_check;
 pub mod sync;
 
-use std::sync::Arc;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -29,6 +32,7 @@ use crate::store::{StoreError, TokenStore};
 use crate::telemetry::{AuthFailureReason, IndexLookup, Metrics};
 use crate::token::{self, TokenHash, TokenKind, TokenRecord};
 
+pub use miss_budget::{HashFilter, MissBudget};
 pub use negative::NegativeCache;
 
 /// What the index keeps per token: enough to authorise a request without the
@@ -203,8 +207,12 @@ pub struct Verifier {
     /// Acknowledgements of recent revocations: seq -> instances that applied it.
     acks: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
     acked: tokio::sync::Notify,
-    /// Budget of store reads for misses (see `IndexOptions::miss_reads_per_second`).
-    miss_budget: Option<governor::DefaultDirectRateLimiter>,
+    /// Budgets of store reads for misses (see `IndexOptions::miss_reads_per_second`
+    /// and [`miss_budget`]).
+    miss_budget: MissBudget,
+    /// The token hashes that exist, when the store can list them (set once
+    /// at start by [`Verifier::load_filter`]).
+    filter: OnceLock<HashFilter>,
     options: IndexOptions,
 }
 
@@ -222,8 +230,8 @@ impl Verifier {
             confirmed_at_ms: AtomicI64::new(0),
             acks: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             acked: tokio::sync::Notify::new(),
-            miss_budget: std::num::NonZeroU32::new(options.miss_reads_per_second)
-                .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n))),
+            miss_budget: MissBudget::new(options.miss_reads_per_second),
+            filter: OnceLock::new(),
             options,
         }
     }
@@ -236,9 +244,33 @@ impl Verifier {
         Ok(())
     }
 
+    /// Loads the filter of existing token hashes from the store (see
+    /// [`miss_budget`]). A store that cannot list its hashes leaves the
+    /// index without one: every miss is then budgeted per client address.
+    /// Call before serving; tokens created meanwhile are added by
+    /// [`Verifier::forget_unknown`] only once the filter is set, and a
+    /// token missing from the filter is still found (at a lower priority).
+    pub async fn load_filter(&self) -> Result<usize, StoreError> {
+        let Some(hashes) = self.store.all_hashes().await? else {
+            return Ok(0);
+        };
+        let filter = HashFilter::with_capacity(hashes.len());
+        for h in &hashes {
+            filter.insert(h);
+        }
+        let _ = self.filter.set(filter);
+        Ok(hashes.len())
+    }
+
     /// Verifies `raw` and returns the token's cached record. The caller checks
     /// kind and workspace. `now` is Unix seconds.
     pub async fn verify(&self, raw: &str, now: i64) -> Result<Arc<CachedToken>, VerifyError> {
+        self.verify_from(raw, now, None).await
+    }
+
+    /// [`Verifier::verify`] for a request from `client`: a miss of a hash
+    /// the filter does not know is charged to that address's budget.
+    pub async fn verify_from(&self, raw: &str, now: i64, client: Option<IpAddr>) -> Result<Arc<CachedToken>, VerifyError> {
         if token::parse(raw).is_err() {
             return Err(self.reject(AuthFailureReason::Malformed));
         }
@@ -257,7 +289,7 @@ impl Verifier {
                     return Err(self.reject(AuthFailureReason::Unknown));
                 }
                 self.metrics.index_lookup(IndexLookup::Miss);
-                match self.fill(&hash, now).await {
+                match self.fill(&hash, now, client).await {
                     Ok(Some(e)) => e,
                     Ok(None) => return Err(self.reject(AuthFailureReason::Unknown)),
                     Err(()) => return Err(VerifyError::StoreUnavailable),
@@ -363,16 +395,18 @@ impl Verifier {
     }
 
     /// Reads the store for a miss, collapsing concurrent misses of one hash.
-    async fn fill(&self, hash: &TokenHash, now: i64) -> Result<Option<Arc<CachedToken>>, ()> {
+    async fn fill(&self, hash: &TokenHash, now: i64, client: Option<IpAddr>) -> Result<Option<Arc<CachedToken>>, ()> {
         let cell: Fill = Arc::clone(self.inflight.entry(*hash).or_default().value());
-        let result = cell.get_or_init(|| self.read_through(hash, now)).await.clone();
+        let result = cell.get_or_init(|| self.read_through(hash, now, client)).await.clone();
         // Only the cell we used is removed; a newer one may already be there.
         self.inflight.remove_if(hash, |_, v| Arc::ptr_eq(v, &cell));
         result
     }
 
-    async fn read_through(&self, hash: &TokenHash, now: i64) -> Result<Option<Arc<CachedToken>>, ()> {
-        if self.miss_budget.as_ref().is_some_and(|b| b.check().is_err()) {
+    async fn read_through(&self, hash: &TokenHash, now: i64, client: Option<IpAddr>) -> Result<Option<Arc<CachedToken>>, ()> {
+        let filter = self.filter.get();
+        let known = filter.is_some_and(|f| f.may_contain(hash));
+        if !self.miss_budget.allow(known, filter.is_none(), client, now) {
             self.metrics.miss_budget_exhausted();
             return Err(());
         }
@@ -402,6 +436,12 @@ impl Verifier {
                         continue;
                     }
                     v.insert(Arc::clone(&fresh));
+                    // Found though the filter did not know it (created
+                    // elsewhere): known from now on, so that after an idle
+                    // eviction it is not budgeted with the unknown again.
+                    if let Some(f) = filter {
+                        f.insert(hash);
+                    }
                     return Ok(Some(fresh));
                 }
             }
@@ -418,8 +458,12 @@ impl Verifier {
         }
     }
 
-    /// A token was just created: forget any "unknown" verdict for its hash.
+    /// A token was just created: forget any "unknown" verdict for its hash,
+    /// and add it to the filter of hashes that exist.
     pub fn forget_unknown(&self, hash: &TokenHash) {
+        if let Some(f) = self.filter.get() {
+            f.insert(hash);
+        }
         self.negative.remove(hash);
     }
 

@@ -18,11 +18,13 @@
 mod forward;
 mod keepalive;
 mod request_id;
+mod session_bind;
 
 pub(crate) use keepalive::KeepAlive;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -64,6 +66,8 @@ pub struct Gateway {
     state: Arc<AppState>,
     routes: HashMap<String, Route>,
     request_ids: RequestIds,
+    /// Binds pass-through sessions to their token (see `session_bind`).
+    sessions: session_bind::SessionBinder,
 }
 
 /// What the pipeline learned, for the access log and metrics.
@@ -74,6 +78,8 @@ struct Outcome {
     token: Option<Arc<CachedToken>>,
     /// The cluster limiter was unreachable and this instance decided alone.
     limit_fallback: bool,
+    /// The client's address (budgets store reads on index misses).
+    client: Option<IpAddr>,
 }
 
 impl Gateway {
@@ -107,17 +113,33 @@ impl Gateway {
                 )
             })
             .collect();
+        let sessions = match (&state.config.server.session_keys[..], state.session_bind_key) {
+            ([], Some(k)) => session_bind::SessionBinder::new(&[k]),
+            (keys, _) => session_bind::SessionBinder::new(keys),
+        };
         Gateway {
             state,
             routes,
             request_ids: RequestIds::new(),
+            sessions,
         }
     }
 
-    /// Entry point for every data-plane request.
-    /// Generic over the request body: hyper's `Incoming`, or the fast path's
-    /// body already read (`server::fast`).
+    /// Entry point for every data-plane request from hyper, whose requests
+    /// carry the client's address as a `server::PeerAddr` extension.
     pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<Body>, Infallible>
+    where
+        B: RequestBody,
+    {
+        let client = req.extensions().get::<crate::server::PeerAddr>().map(|p| p.0.ip());
+        self.handle_from(req, client).await
+    }
+
+    /// Entry point with the client's address given (the fast path knows it
+    /// per connection, and an extension would cost an allocation per
+    /// request). Generic over the request body: hyper's `Incoming`, or the
+    /// fast path's body already read (`server::fast`).
+    pub async fn handle_from<B>(self: Arc<Self>, req: Request<B>, client: Option<IpAddr>) -> Result<Response<Body>, Infallible>
     where
         B: RequestBody,
     {
@@ -137,7 +159,10 @@ impl Gateway {
         let this = Arc::clone(&self);
         let rid = request_id.clone();
         async move {
-            let mut outcome = Outcome::default();
+            let mut outcome = Outcome {
+                client,
+                ..Outcome::default()
+            };
             let mut resp = this.route(req, &rid, &mut outcome).await;
             if outcome.limit_fallback {
                 // Tells the client (and operators reading traces) that the
@@ -190,7 +215,8 @@ impl Gateway {
         }
         tracing::Span::current().record("path", path);
         if path == "/v1/tokens/self" && req.method() == Method::GET {
-            return crate::admin::token_self_response(&self.state, req.headers()).await;
+            return crate::auth::self_check::respond(&self.state, req.headers(), outcome.client, crate::auth::self_check::Listener::Data)
+                .await;
         }
         // MCP clients (mcp-remote) probe OAuth metadata at connect time. These
         // are static tokens, so answer a quick, unauthenticated 404 that sends
@@ -217,7 +243,7 @@ impl Gateway {
     {
         let fail = |e: GatewayError| (e, None);
         // 1. authenticate
-        let token = self.authenticate(req.headers()).await.map_err(fail)?;
+        let token = self.authenticate(req.headers(), outcome.client).await.map_err(fail)?;
         outcome.token = Some(Arc::clone(&token));
         // 2. workspace: an unknown slug is indistinguishable from a wrong token.
         let route = match self.routes.get(slug) {
@@ -258,7 +284,7 @@ impl Gateway {
         }
         let limited = verdict.err();
         // 5. body
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let body = if method == Method::POST {
             self.read_body(&parts.headers, body).await.map_err(fail)?
         } else {
@@ -291,6 +317,13 @@ impl Gateway {
                 .await;
             return resp.map_err(|e| (e, jsonrpc::request_id(&body).map(|r| r.to_owned())));
         }
+        // The client's session id opens to the upstream's own only for the
+        // token that opened the session; any other is 404 here.
+        let ws = &*route.workspace.slug;
+        let sent = self
+            .sessions
+            .inbound(ws, &token.id, &mut parts.headers)
+            .map_err(|e| (e, jsonrpc::request_id(&body).map(|r| r.to_owned())))?;
         let resp = forward::forward(
             &self.state,
             &route.workspace,
@@ -303,11 +336,15 @@ impl Gateway {
             request_id,
         )
         .await;
-        resp.map_err(|e| (e, jsonrpc::request_id(&body).map(|r| r.to_owned())))
+        let mut resp = resp.map_err(|e| (e, jsonrpc::request_id(&body).map(|r| r.to_owned())))?;
+        let upstream_sent = parts.headers.get(&session_bind::MCP_SESSION_ID);
+        self.sessions
+            .outbound(ws, &token.id, sent.as_ref().zip(upstream_sent), resp.headers_mut());
+        Ok(resp)
     }
 
     /// Extracts and verifies the bearer token; only workspace tokens pass.
-    async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<CachedToken>, GatewayError> {
+    async fn authenticate(&self, headers: &HeaderMap, client: Option<IpAddr>) -> Result<Arc<CachedToken>, GatewayError> {
         let verifier = &self.state.verifier;
         let Some(value) = headers.get(AUTHORIZATION) else {
             verifier.reject(AuthFailureReason::Missing);
@@ -317,7 +354,7 @@ impl Gateway {
             verifier.reject(AuthFailureReason::Malformed);
             return Err(GatewayError::Unauthorized { header_missing: false });
         };
-        match verifier.verify(raw, now_unix()).await {
+        match verifier.verify_from(raw, now_unix(), client).await {
             Ok(t) if t.kind == TokenKind::Workspace => Ok(t),
             Ok(_) => {
                 verifier.reject(AuthFailureReason::WrongKind);

@@ -29,11 +29,10 @@ impl RequestIds {
     }
 
     pub fn take_or_generate(&self, headers: &HeaderMap) -> HeaderValue {
-        if let Some(v) = headers.get(&X_REQUEST_ID) {
-            // Only short, visible ASCII is echoed: the id goes into logs.
-            if !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
-                return v.clone();
-            }
+        if let Some(v) = headers.get(&X_REQUEST_ID)
+            && is_acceptable(v.as_bytes())
+        {
+            return v.clone();
         }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         // Hex digits written into a stack buffer: one allocation (the
@@ -43,6 +42,14 @@ impl RequestIds {
         hex(n, &mut buf[16..]);
         HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
     }
+}
+
+/// A client's id is kept only if it is 1-128 of `[A-Za-z0-9._-]`: it goes
+/// into every log line of the request and upstream, and a quote, brace,
+/// `=` or space could forge a field there (`r1"}token_id="tkn_x"`).
+/// Anything else is replaced, not escaped, so no consumer has to escape it.
+fn is_acceptable(v: &[u8]) -> bool {
+    (1..=128).contains(&v.len()) && v.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// `v` as 16 lowercase hex digits into `out`.
@@ -77,7 +84,17 @@ mod tests {
         assert_eq!(a.to_str().unwrap()[..16], format!("{:016x}", ids.prefix));
         h.insert("x-request-id", HeaderValue::from_static("abc-123"));
         assert_eq!(ids.take_or_generate(&h), "abc-123");
-        h.insert("x-request-id", HeaderValue::from_static("has space"));
-        assert_ne!(ids.take_or_generate(&h), "has space");
+        h.insert("x-request-id", HeaderValue::from_static("A.b_c-9"));
+        assert_eq!(ids.take_or_generate(&h), "A.b_c-9");
+        for junk in ["has space", r#"r1"}token_id="tkn_FORGED""#, "a=b", "a,b", "{x}", "a\\b", "a/b"] {
+            h.insert("x-request-id", HeaderValue::from_str(junk).unwrap());
+            let got = ids.take_or_generate(&h);
+            assert_ne!(got, junk);
+            assert_eq!(got.len(), 32, "a fresh id replaces {junk}");
+        }
+        h.insert("x-request-id", HeaderValue::from_str(&"a".repeat(128)).unwrap());
+        assert_eq!(ids.take_or_generate(&h).len(), 128);
+        h.insert("x-request-id", HeaderValue::from_str(&"a".repeat(129)).unwrap());
+        assert_eq!(ids.take_or_generate(&h).len(), 32);
     }
 }

@@ -42,6 +42,19 @@ use crate::error::{Body, GatewayError, full};
 use crate::telemetry::UpstreamFailure;
 use crate::upstream::{Body as UpstreamBody, Upstream, UpstreamError};
 
+/// `<server>__<rest>` → (index of server, rest), on the longest server name
+/// that is a prefix: with servers `x` and `x_`, `x___t` is `x_`'s `t`, never
+/// `x`'s `_t`. (Configuration also refuses names that start or end with `_`,
+/// so two names cannot overlap this way; the longest match keeps the split
+/// right whatever the names.)
+fn split_prefixed<'n, 'a>(names: impl Iterator<Item = &'n str>, exposed: &'a str) -> Option<(usize, &'a str)> {
+    names
+        .enumerate()
+        .filter(|(_, n)| exposed.strip_prefix(n).is_some_and(|r| r.starts_with("__")))
+        .max_by_key(|(_, n)| n.len())
+        .map(|(i, n)| (i, &exposed[n.len() + 2..]))
+}
+
 /// Handshake revisions we negotiate, newest first.
 pub const SUPPORTED_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 /// The stateless revision: no handshake, no session, `_meta` on every request.
@@ -142,11 +155,22 @@ pub struct Aggregator {
     /// Exposed name (after the prefix) → upstream name, for names that had
     /// to be shortened; per server.
     mangled: Vec<DashMap<String, String>>,
-    /// Resource URI → server, from the latest merged resource list.
-    owners: DashMap<String, usize>,
+    /// Per server, the resource URIs of its latest list (`None`: never
+    /// listed here). Each server's own set, never a merged one: which
+    /// server a plain URI routes to depends on the reading token's servers
+    /// (the first of them, in configuration order, that lists it), so that
+    /// nothing one token lists changes where another token's reads go.
+    resources: Vec<std::sync::RwLock<Option<ServerUris>>>,
     /// What each upstream announced at its first handshake here (for
     /// `server/discover`, which has no handshake of its own).
     capabilities: Vec<std::sync::OnceLock<Value>>,
+}
+
+/// The resource URIs one server listed last.
+struct ServerUris {
+    uris: HashSet<Box<str>>,
+    /// False when the list was longer than what is kept.
+    complete: bool,
 }
 
 /// What one request knows about its session.
@@ -175,7 +199,7 @@ impl Aggregator {
             keepalive,
             renewed: DashMap::new(),
             mangled: (0..n).map(|_| DashMap::new()).collect(),
-            owners: DashMap::new(),
+            resources: (0..n).map(|_| std::sync::RwLock::new(None)).collect(),
             capabilities: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
         });
         spawn_health(Arc::downgrade(&agg));
@@ -188,6 +212,10 @@ impl Aggregator {
 
     fn index_of(&self, name: &str) -> Option<usize> {
         self.workspace.servers.iter().position(|s| s.name == name)
+    }
+
+    fn split_prefixed<'a>(&self, exposed: &'a str) -> Option<(usize, &'a str)> {
+        split_prefixed(self.workspace.servers.iter().map(|s| s.name.as_str()), exposed)
     }
 
     fn allowed(token: &CachedToken, name: &str) -> bool {
@@ -761,13 +789,20 @@ impl Aggregator {
     }
 
     fn unprefix_id(&self, id: &Value) -> Option<(usize, Value)> {
-        let (server, rest) = id.as_str()?.split_once("__")?;
-        Some((self.index_of(server)?, serde_json::from_str(rest).ok()?))
+        let (i, rest) = self.split_prefixed(id.as_str()?)?;
+        Some((i, serde_json::from_str(rest).ok()?))
     }
 
     // ------------------------------------------------------------------ lists
 
     async fn list(&self, ctx: &Ctx<'_>, kind: ListKind, params: &Value) -> Result<Value, GatewayError> {
+        Ok(self.list_owned(ctx, kind, params).await?.0)
+    }
+
+    /// The merged list, and for resources the server each plain URI of it
+    /// belongs to (the first usable server, in configuration order, that
+    /// lists it).
+    async fn list_owned(&self, ctx: &Ctx<'_>, kind: ListKind, params: &Value) -> Result<(Value, HashMap<String, usize>), GatewayError> {
         if params.get("cursor").is_some_and(|c| !c.is_null()) {
             // Every page of every upstream is merged into one answer, so no
             // cursor is ever issued: one sent back is not ours.
@@ -788,6 +823,9 @@ impl Aggregator {
                     continue;
                 }
             };
+            if kind == ListKind::Resources {
+                self.remember_resources(i, &list);
+            }
             for mut item in list {
                 match kind {
                     ListKind::Tools | ListKind::Prompts => {
@@ -815,15 +853,40 @@ impl Aggregator {
                 items.push(item);
             }
         }
-        if kind == ListKind::Resources {
-            if self.owners.len() + owners.len() > MAP_CAP {
-                self.owners.clear();
+        Ok((json!({ kind.key(): items }), owners))
+    }
+
+    /// Replaces server `i`'s remembered resource URIs with those of the
+    /// list it just returned (at most `MAP_CAP`; beyond that the set is
+    /// marked incomplete and a lookup that misses lists again).
+    fn remember_resources(&self, i: usize, list: &[Value]) {
+        let mut uris = HashSet::new();
+        let mut complete = true;
+        for uri in list.iter().filter_map(|item| item.get("uri").and_then(Value::as_str)) {
+            if uris.len() >= MAP_CAP {
+                complete = false;
+                break;
             }
-            for (uri, i) in owners {
-                self.owners.insert(uri, i);
+            uris.insert(Box::<str>::from(uri));
+        }
+        // Held for an assignment only; no await inside.
+        *self.resources[i].write().unwrap_or_else(|p| p.into_inner()) = Some(ServerUris { uris, complete });
+    }
+
+    /// The owner of a plain `uri` for this session, from what was listed
+    /// before, when that is conclusive: the first usable server (in
+    /// configuration order) that lists it, provided every usable server
+    /// before it has a complete list here that does not.
+    fn known_owner(&self, ctx: &Ctx<'_>, uri: &str) -> Option<usize> {
+        for &i in &ctx.usable {
+            let guard = self.resources[i].read().unwrap_or_else(|p| p.into_inner());
+            match guard.as_ref() {
+                Some(s) if s.uris.contains(uri) => return Some(i),
+                Some(s) if s.complete => continue,
+                _ => return None,
             }
         }
-        Ok(json!({ kind.key(): items }))
+        None
     }
 
     /// Every page of one upstream's list. A server without that kind of list
@@ -881,8 +944,8 @@ impl Aggregator {
             kind: if kind == ListKind::Tools { "tool" } else { "prompt" },
             name: exposed.to_owned(),
         };
-        let (server, rest) = exposed.split_once("__").ok_or_else(unknown)?;
-        let i = self.index_of(server).ok_or_else(unknown)?;
+        let (i, rest) = self.split_prefixed(exposed).ok_or_else(unknown)?;
+        let server = self.name(i);
         if !Self::allowed(token, server) {
             return Err(GatewayError::Forbidden);
         }
@@ -922,12 +985,13 @@ impl Aggregator {
             }
             return Ok((i, original.to_owned()));
         }
-        let known = |s: &Self| s.owners.get(uri).map(|i| *i).filter(|i| ctx.usable.contains(i));
-        if let Some(i) = known(self) {
+        if let Some(i) = self.known_owner(ctx, uri) {
             return Ok((i, uri.to_owned()));
         }
-        self.list(ctx, ListKind::Resources, &json!({})).await?;
-        if let Some(i) = known(self) {
+        // Not known (yet): list this session's servers afresh and take the
+        // owner from that very list.
+        let (_, owners) = self.list_owned(ctx, ListKind::Resources, &json!({})).await?;
+        if let Some(&i) = owners.get(uri) {
             return Ok((i, uri.to_owned()));
         }
         // Not listed: a URI built from a template.
@@ -935,7 +999,8 @@ impl Aggregator {
     }
 
     /// The server whose resource template matches `uri` best (longest
-    /// literal prefix); the first usable server when none does.
+    /// literal prefix). None matching: -32602 (a guess would send the URI
+    /// to a server that never offered it).
     async fn template_owner(&self, ctx: &Ctx<'_>, uri: &str) -> Result<usize, GatewayError> {
         let results = join_all(ctx.usable.iter().map(|&i| self.list_one(ctx, i, ListKind::Templates))).await;
         let mut best: Option<(usize, usize)> = None;
@@ -951,9 +1016,7 @@ impl Aggregator {
                 }
             }
         }
-        best.map(|(i, _)| i)
-            .or_else(|| ctx.usable.first().copied())
-            .ok_or(GatewayError::InvalidParams)
+        best.map(|(i, _)| i).ok_or(GatewayError::InvalidParams)
     }
 
     // ------------------------------------------------------------------ streaming
@@ -1519,6 +1582,21 @@ impl http_body::Body for ChannelBody {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn prefixed_names_split_on_the_longest_server_name() {
+        let names = ["x", "x_", "ab"];
+        let split = |e| split_prefixed(names.iter().copied(), e);
+        assert_eq!(split("x___t"), Some((1, "t")));
+        assert_eq!(split("x__t"), Some((0, "t")));
+        assert_eq!(split("x__\"7\""), Some((0, "\"7\"")));
+        assert_eq!(split("ab__c__d"), Some((2, "c__d")));
+        assert_eq!(split("y__t"), None);
+        assert_eq!(split("x_t"), None);
+        // In reverse configuration order too.
+        let names = ["x_", "x"];
+        assert_eq!(split_prefixed(names.iter().copied(), "x___t"), Some((0, "t")));
+    }
+
     use super::*;
 
     #[test]

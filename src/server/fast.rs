@@ -90,6 +90,7 @@ pub async fn serve(
     shutdown: &CancellationToken,
 ) -> Option<(TcpStream, Bytes)> {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let peer = io.peer_addr().ok().map(|a| a.ip());
     // One timer and one shutdown waiter per connection, re-armed per
     // request: creating and dropping them for every request cost more than
     // the rest of this loop.
@@ -160,7 +161,7 @@ pub async fn serve(
         *req.method_mut() = Method::POST;
         *req.uri_mut() = head.uri;
         *req.headers_mut() = headers;
-        let resp = match Arc::clone(&fast.gateway).handle(req).await {
+        let resp = match Arc::clone(&fast.gateway).handle_from(req, peer).await {
             Ok(r) => r,
             Err(never) => match never {},
         };

@@ -61,6 +61,34 @@ pub struct ConnOptions {
     pub shutdown_grace: Duration,
 }
 
+/// The address a request's connection comes from, put in the request's
+/// extensions on hyper's path by [`WithPeer`] (the fast path hands it to
+/// `Gateway::handle_from` directly): the token index budgets store reads
+/// per client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// A connection's service, adding its [`PeerAddr`] to every request.
+#[derive(Clone)]
+struct WithPeer<S> {
+    inner: S,
+    peer: SocketAddr,
+}
+
+impl<S> Service<http::Request<Incoming>> for WithPeer<S>
+where
+    S: Service<http::Request<Incoming>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, mut req: http::Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(PeerAddr(self.peer));
+        self.inner.call(req)
+    }
+}
+
 /// Serves `listener` until `shutdown` is cancelled, then drains connections
 /// for up to the grace period.
 pub async fn serve<S, B>(name: &'static str, listener: TcpListener, service: S, opts: ConnOptions, shutdown: CancellationToken)
@@ -121,7 +149,10 @@ async fn serve_limited<S, B>(
         let watcher = graceful.watcher();
         let (builder, service, fast, stop, header_timeout) = (
             Arc::clone(&builder),
-            service.clone(),
+            WithPeer {
+                inner: service.clone(),
+                peer,
+            },
             fast.clone(),
             shutdown.clone(),
             opts.header_read_timeout,

@@ -100,6 +100,20 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn revocation_seq(&self) -> Result<u64, StoreError>;
     /// Revocations with `seq > after`, oldest first, at most `limit`.
     async fn revocations_since(&self, after: u64, limit: usize) -> Result<Vec<Revocation>, StoreError>;
+    /// Every stored token hash, to build the index's filter of hashes that
+    /// exist at start. `None`: this store does not list them (the index
+    /// then budgets every miss per client address).
+    async fn all_hashes(&self) -> Result<Option<Vec<TokenHash>>, StoreError> {
+        Ok(None)
+    }
+    /// A random 32-byte secret kept in the store, made by the first process
+    /// that asks and the same for every process using the store (and after
+    /// restarts). Binds pass-through sessions to their token when
+    /// `server.session_keys` is not set (`gateway::session_bind`). `None`:
+    /// this store keeps none.
+    async fn shared_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(None)
+    }
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Revocations pushed as they happen, for stores shared between

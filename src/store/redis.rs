@@ -328,9 +328,23 @@ impl TokenStore for RedisStore {
     }
 
     async fn list(&self, filter: ListFilter<'_>, page_size: usize, cursor: Option<&str>) -> Result<Page, StoreError> {
+        // The cursor is the id of the last row of the previous page (random:
+        // it tells nothing about how many tokens there are), which must be a
+        // token of the same listing; paging runs on its creation `seq`.
         let max = match cursor {
             None => "+inf".to_string(),
-            Some(c) => format!("({}", c.parse::<u64>().ok().filter(|v| *v > 0).ok_or(StoreError::InvalidCursor)?),
+            Some(c) => {
+                if !crate::token::is_valid_id(c) {
+                    return Err(StoreError::InvalidCursor);
+                }
+                let f: HashMap<String, String> = self.conn.clone().hgetall(key(&format!("token:{c}"))).await.map_err(unavailable)?;
+                let rec = record_from_fields(&f).ok_or(StoreError::InvalidCursor)?;
+                if rec.kind != filter.kind || (filter.workspace.is_some() && rec.workspace.as_deref() != filter.workspace) {
+                    return Err(StoreError::InvalidCursor);
+                }
+                let seq = f.get("seq").and_then(|v| v.parse::<u64>().ok()).ok_or(StoreError::InvalidCursor)?;
+                format!("({seq}")
+            }
         };
         let v: Value = self
             .scripts
@@ -352,7 +366,7 @@ impl TokenStore for RedisStore {
         }
         let more = rows.len() > page_size;
         rows.truncate(page_size);
-        let next_cursor = if more { rows.last().map(|(_, s)| s.clone()) } else { None };
+        let next_cursor = if more { rows.last().map(|(r, _)| r.id.clone()) } else { None };
         Ok(Page {
             tokens: rows.into_iter().map(|(r, _)| r).collect(),
             next_cursor,
@@ -448,6 +462,41 @@ impl TokenStore for RedisStore {
             }
         }
         Ok(out)
+    }
+
+    /// `secret:session-bind`, set once by whichever instance asks first.
+    async fn shared_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh).map_err(|e| StoreError::Unavailable(format!("OS random source: {e}")))?;
+        let k = key("secret:session-bind");
+        let mut conn = self.conn.clone();
+        let _: Value = redis::cmd("SET")
+            .arg(&k)
+            .arg(hex(&fresh))
+            .arg("NX")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let v: Option<String> = conn.get(&k).await.map_err(unavailable)?;
+        Ok(v.as_deref().and_then(unhex))
+    }
+
+    /// Every `hash:{hex}` key, by SCAN (a cursor over the keyspace, so
+    /// Redis is never blocked): the filter of existing hashes at start. A
+    /// token created afterwards on another instance is not in this
+    /// instance's filter, and is still read (see `auth::miss_budget`).
+    async fn all_hashes(&self) -> Result<Option<Vec<TokenHash>>, StoreError> {
+        let mut conn = self.conn.clone();
+        let opts = redis::ScanOptions::default().with_pattern(key("hash:*")).with_count(1000);
+        let mut keys: redis::AsyncIter<String> = conn.scan_options(opts).await.map_err(unavailable)?;
+        let prefix = key("hash:");
+        let mut out = Vec::new();
+        while let Some(k) = keys.next_item().await {
+            if let Some(h) = k.map_err(unavailable)?.strip_prefix(&prefix).and_then(unhex) {
+                out.push(h);
+            }
+        }
+        Ok(Some(out))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -60,8 +60,9 @@ impl SqliteStore {
     /// Opens (creating file and directory if needed) and migrates the database.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+            create_private_dir(dir).map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
+        make_private(path).map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", path.display())))?;
         let writer = open_connection(path)?;
         migrate(&writer)?;
         let reader = open_connection(path)?;
@@ -91,6 +92,49 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
     }
+}
+
+/// Creates the store's directory (and missing parents) readable by the
+/// owner only: the database holds token hashes and emails. An existing
+/// directory is left as it is (it may be shared on purpose).
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// Creates the database file 0600 before SQLite does (SQLite would use
+/// the umask, typically 0644), and takes group and other access away from
+/// an existing one and its `-wal` and `-shm` files. SQLite creates the
+/// `-wal` and `-shm` files with the database file's own permissions.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if path == Path::new(":memory:") {
+            return Ok(());
+        }
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let p = std::path::PathBuf::from(p);
+            if let Ok(meta) = std::fs::metadata(&p)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(meta.permissions().mode() & 0o700))?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -201,6 +245,42 @@ impl TokenStore for SqliteStore {
         .await
     }
 
+    async fn all_hashes(&self) -> Result<Option<Vec<TokenHash>>, StoreError> {
+        Self::with(&self.reader, |c| {
+            let mut s = c.prepare("SELECT hash FROM tokens").map_err(unavailable)?;
+            let rows = s.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for r in rows {
+                if let Ok(h) = TokenHash::try_from(r.map_err(unavailable)?.as_slice()) {
+                    out.push(h);
+                }
+            }
+            Ok(Some(out))
+        })
+        .await
+    }
+
+    async fn shared_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh).map_err(|e| StoreError::Unavailable(format!("OS random source: {e}")))?;
+        Self::with(&self.writer, move |c| {
+            // Created here rather than by a migration: it is the store's own
+            // secret, not token data, and older binaries simply ignore it.
+            c.execute_batch("CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
+                .map_err(unavailable)?;
+            c.execute(
+                "INSERT OR IGNORE INTO secrets (name, value) VALUES ('session_bind', ?1)",
+                [&fresh[..]],
+            )
+            .map_err(unavailable)?;
+            let v: Vec<u8> = c
+                .query_row("SELECT value FROM secrets WHERE name = 'session_bind'", [], |r| r.get(0))
+                .map_err(unavailable)?;
+            Ok(<[u8; 32]>::try_from(v.as_slice()).ok())
+        })
+        .await
+    }
+
     async fn get(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
         let id = id.to_owned();
         Self::with(&self.reader, move |c| {
@@ -212,35 +292,38 @@ impl TokenStore for SqliteStore {
     }
 
     async fn list(&self, filter: ListFilter<'_>, page_size: usize, cursor: Option<&str>) -> Result<Page, StoreError> {
-        // The cursor is the `seq` of the last row of the previous page. Rows
-        // are only ever appended with larger `seq`, so paging stays correct
-        // while tokens are being created.
-        let before: i64 = match cursor {
-            None => i64::MAX,
-            Some(c) => c.parse().ok().filter(|v: &i64| *v > 0).ok_or(StoreError::InvalidCursor)?,
-        };
+        // The cursor is the id of the last row of the previous page: random,
+        // so it tells nothing about how many tokens there are, and it must
+        // be a token of the same listing (kind and workspace). Paging runs
+        // on that row's `seq`; rows are only ever appended with larger
+        // `seq`, so paging stays correct while tokens are being created.
         let kind = filter.kind.as_str();
         let workspace = filter.workspace.map(str::to_owned);
+        let cursor = cursor.map(str::to_owned);
         let limit = page_size as i64 + 1;
         Self::with(&self.reader, move |c| {
+            let before: i64 = match cursor {
+                None => i64::MAX,
+                Some(id) => c
+                    .prepare_cached("SELECT seq FROM tokens WHERE id = ?1 AND kind = ?2 AND (?3 IS NULL OR workspace = ?3)")
+                    .and_then(|mut s| s.query_row(params![id, kind, workspace], |r| r.get::<_, i64>(0)).optional())
+                    .map_err(unavailable)?
+                    .ok_or(StoreError::InvalidCursor)?,
+            };
             let mut stmt = c
                 .prepare_cached(&format!(
-                    "SELECT {COLUMNS}, seq FROM tokens WHERE kind = ?1 AND (?2 IS NULL OR workspace = ?2) AND seq < ?3 ORDER BY seq DESC LIMIT ?4"
+                    "SELECT {COLUMNS} FROM tokens WHERE kind = ?1 AND (?2 IS NULL OR workspace = ?2) AND seq < ?3 ORDER BY seq DESC LIMIT ?4"
                 ))
                 .map_err(unavailable)?;
-            let rows = stmt
-                .query_map(params![kind, workspace, before, limit], |r| Ok((record_from_row(r)?, r.get::<_, i64>(14)?)))
+            let mut tokens = stmt
+                .query_map(params![kind, workspace, before, limit], record_from_row)
                 .map_err(unavailable)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(unavailable)?;
-            let more = rows.len() > page_size;
-            let mut tokens = Vec::with_capacity(page_size);
-            let mut last_seq = None;
-            for (rec, seq) in rows.into_iter().take(page_size) {
-                last_seq = Some(seq);
-                tokens.push(rec);
-            }
-            Ok(Page { tokens, next_cursor: if more { last_seq.map(|s| s.to_string()) } else { None } })
+            let more = tokens.len() > page_size;
+            tokens.truncate(page_size);
+            let next_cursor = if more { tokens.last().map(|r| r.id.clone()) } else { None };
+            Ok(Page { tokens, next_cursor })
         })
         .await
     }

@@ -7,7 +7,7 @@
 
 mod record;
 
-pub use record::{TokenKind, TokenRecord, TokenStatus, TokenView, format_rfc3339, now_unix};
+pub use record::{TokenKind, TokenRecord, TokenStatus, TokenView, format_rfc3339, is_forbidden_char, now_unix};
 
 use sha2::{Digest, Sha256};
 

@@ -135,6 +135,18 @@ pub fn format_rfc3339(secs: i64) -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
 }
 
+/// Characters no stored string may hold (the admin API refuses them with
+/// 422, `admin::check_text`) and that the CLI escapes when it prints:
+/// control characters (C0, DEL, C1) and format characters that change how
+/// text is displayed rather than what it says.
+pub fn is_forbidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2028}' | '\u{2029}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}'
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

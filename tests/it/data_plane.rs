@@ -145,6 +145,13 @@ async fn the_upstream_sees_its_own_credentials_never_the_clients() {
         .await;
     let (t, _) = gw.create_token("demo", json!({})).await;
     let auth = format!("Bearer {t}");
+    // The client holds the upstream's session sealed for its token
+    // (tests/it/isolation.rs); the upstream gets its own id back.
+    let sealed = gw
+        .post("demo", Some(&t), echo_call(0, "x"))
+        .await
+        .header("mcp-session-id")
+        .to_owned();
     let r = send(
         Method::POST,
         &gw.ws_url("demo"),
@@ -152,7 +159,7 @@ async fn the_upstream_sees_its_own_credentials_never_the_clients() {
             ("authorization", &auth),
             ("content-type", "application/json"),
             ("accept", "application/json, text/event-stream"),
-            ("mcp-session-id", "sess-1"),
+            ("mcp-session-id", &sealed),
             ("mcp-protocol-version", "2025-06-18"),
             ("mcp-method", "tools/call"),
             ("mcp-name", "echo"),
@@ -173,15 +180,15 @@ async fn the_upstream_sees_its_own_credentials_never_the_clients() {
         "client-req-42",
         "the gateway's request id wins over the upstream's"
     );
-    assert_eq!(r.header("mcp-session-id"), "upstream-session-1");
+    assert_eq!(r.header("mcp-session-id"), sealed, "the client's own id comes back");
     let seen = up.requests();
-    assert_eq!(seen.len(), 1);
-    let h = &seen[0].headers;
+    assert_eq!(seen.len(), 2);
+    let h = &seen[1].headers;
     assert_eq!(h["authorization"], format!("Bearer {DEMO_KEY}"));
     assert_eq!(h["x-upstream-extra"], "configured");
     assert_eq!(h["host"], up.authority.as_str(), "Host is the upstream's own authority");
     for (k, v) in [
-        ("mcp-session-id", "sess-1"),
+        ("mcp-session-id", "upstream-session-1"),
         ("mcp-protocol-version", "2025-06-18"),
         ("mcp-method", "tools/call"),
         ("mcp-name", "echo"),
@@ -201,7 +208,7 @@ async fn the_upstream_sees_its_own_credentials_never_the_clients() {
             "{name} carries the client token"
         );
     }
-    assert_eq!(seen[0].body, echo_call(1, "x").as_bytes());
+    assert_eq!(seen[1].body, echo_call(1, "x").as_bytes());
 }
 
 #[tokio::test]
@@ -485,11 +492,16 @@ async fn get_and_delete_are_forwarded() {
     let gw = Setup::new(&up.url).start().await;
     let (t, _) = gw.create_token("demo", json!({})).await;
     let auth = format!("Bearer {t}");
+    let sealed = gw
+        .post("demo", Some(&t), echo_call(0, "x"))
+        .await
+        .header("mcp-session-id")
+        .to_owned();
     for m in [Method::GET, Method::DELETE] {
         let r = send(
             m.clone(),
             &gw.ws_url("demo"),
-            &[("authorization", &auth), ("mcp-session-id", "s1")],
+            &[("authorization", &auth), ("mcp-session-id", &sealed)],
             "",
         )
         .await;
@@ -498,9 +510,9 @@ async fn get_and_delete_are_forwarded() {
     let seen = up.requests();
     assert_eq!(
         seen.iter().map(|s| s.method.clone()).collect::<Vec<_>>(),
-        [Method::GET, Method::DELETE]
+        [Method::POST, Method::GET, Method::DELETE]
     );
-    assert!(seen.iter().all(|s| s.headers["mcp-session-id"] == "s1"));
+    assert!(seen[1..].iter().all(|s| s.headers["mcp-session-id"] == "upstream-session-1"));
 }
 
 /// The real SQLite store, whose miss reads can be switched to fail.

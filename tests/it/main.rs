@@ -9,6 +9,7 @@ mod data_plane;
 mod docs;
 mod fast_path;
 mod harness;
+mod isolation;
 mod lb;
 mod lifecycle;
 mod limits_headers;

@@ -1,0 +1,115 @@
+//! `GET /v1/tokens/self`: a token checks itself, on either listener.
+//!
+//! The admin listener accepts workspace and admin tokens (contract §4). The
+//! data listener accepts workspace tokens only, and counts the call against
+//! the token's rate limit like any data-plane request: it is reachable from
+//! everywhere the MCP endpoint is, and each call reads the store once (the
+//! name is not in the index), so an admin token must not be probed there
+//! and no token may use it for free.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use serde_json::json;
+
+use super::{CachedToken, VerifyError};
+use crate::app::AppState;
+use crate::error::{ApiError, Body, full};
+use crate::telemetry::AuthFailureReason;
+use crate::token::{self, TokenKind, now_unix};
+
+/// Which listener is asking: what it accepts differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Data,
+    Admin,
+}
+
+/// The bearer token of `headers`, verified (any kind).
+pub async fn verify_bearer(state: &AppState, headers: &HeaderMap, client: Option<IpAddr>) -> Result<Arc<CachedToken>, ApiError> {
+    let Some(raw) = headers.get(http::header::AUTHORIZATION).and_then(crate::gateway::bearer) else {
+        state.verifier.reject(AuthFailureReason::Missing);
+        return Err(ApiError::unauthorized());
+    };
+    match state.verifier.verify_from(raw, now_unix(), client).await {
+        Ok(t) => Ok(t),
+        Err(VerifyError::Rejected(_)) => Err(ApiError::unauthorized()),
+        Err(VerifyError::StoreUnavailable) => Err(ApiError::unavailable()),
+    }
+}
+
+/// The answer to `GET /v1/tokens/self` on `listener`.
+pub async fn respond(state: &AppState, headers: &HeaderMap, client: Option<IpAddr>, listener: Listener) -> Response<Body> {
+    let mut retry_after = None;
+    let checked = async {
+        let t = verify_bearer(state, headers, client).await?;
+        if listener == Listener::Data {
+            if t.kind != TokenKind::Workspace {
+                state.verifier.reject(AuthFailureReason::WrongKind);
+                return Err(ApiError::unauthorized());
+            }
+            let workspace = t.workspace.as_deref().and_then(|w| state.config.workspace(w));
+            let per_minute = state.config.requests_per_minute(workspace.map(|w| &**w), t.requests_per_minute);
+            if let (_, Err(l)) = state.limiter.check(t.limiter_key, per_minute).await {
+                if let Some(w) = workspace {
+                    state.metrics.rate_limited(w.index);
+                }
+                retry_after = Some(l.retry_after_secs);
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("rate limit of {} requests per minute exceeded", l.limit),
+                ));
+            }
+        }
+        body(state, &t).await
+    }
+    .await;
+    let (status, body) = match checked {
+        Ok(body) => (StatusCode::OK, body),
+        Err(e) => (e.status, json!({"error": {"code": e.code, "message": e.message}})),
+    };
+    let mut resp = Response::new(full(serde_json::to_vec(&body).expect("json")));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    match status {
+        StatusCode::UNAUTHORIZED => {
+            let realm = match listener {
+                Listener::Data => r#"Bearer realm="portcullis", error="invalid_token""#,
+                Listener::Admin => r#"Bearer realm="portcullis-admin""#,
+            };
+            h.insert(WWW_AUTHENTICATE, HeaderValue::from_static(realm));
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        _ => {}
+    }
+    if let Some(secs) = retry_after {
+        h.insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+/// The token's own view of itself. The index keeps no names (memory per
+/// token), so the name is read from the store: this endpoint is rare.
+async fn body(state: &AppState, t: &CachedToken) -> Result<serde_json::Value, ApiError> {
+    let name = match state.store.get(&t.id).await {
+        Ok(Some(r)) => r.name,
+        // Revoked and deleted cannot be: verification just passed; a record
+        // gone in between is not worth a special answer.
+        Ok(None) => String::new(),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(json!({
+        "valid": true,
+        "id": &*t.id,
+        "name": name,
+        "kind": t.kind,
+        "workspace": t.workspace.as_deref(),
+        "expires_at": t.expires_at.map(token::format_rfc3339),
+    }))
+}
