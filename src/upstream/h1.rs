@@ -133,6 +133,22 @@ pub fn header_line(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// A `Content-Length` value: ASCII digits only, at least one, no sign, no
+/// whitespace, no list (RFC 9110 §8.6: `1*DIGIT`), as hyper reads it. Both
+/// hops use this one reading, so the gateway never frames a message
+/// differently from hyper on the same listener, nor from a proxy in front.
+pub fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, &d| {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
 /// `n` in decimal digits (`write!` goes through the formatting machinery:
 /// a third of this function's cost per request).
 pub fn decimal(mut n: u64, out: &mut Vec<u8>) {
@@ -524,6 +540,33 @@ mod tests {
         assert!(decode_in_steps(Decoder::Length(5), b"hel", 1).is_err());
         let (body, _) = decode_in_steps(Decoder::UntilClose, b"all of it", 4).unwrap();
         assert_eq!(body, b"all of it");
+    }
+
+    #[test]
+    fn content_length_is_plain_digits_only() {
+        for (v, n) in [
+            ("0", Some(0)),
+            ("5", Some(5)),
+            ("007", Some(7)),
+            ("18446744073709551615", Some(u64::MAX)),
+        ] {
+            assert_eq!(content_length(v.as_bytes()), n, "{v:?}");
+        }
+        for v in [
+            "",
+            "+5",
+            "-5",
+            " 5",
+            "5 ",
+            "1 0",
+            "5,5",
+            "0x5",
+            "5.0",
+            "18446744073709551616",
+            "\u{0665}",
+        ] {
+            assert_eq!(content_length(v.as_bytes()), None, "{v:?}");
+        }
     }
 
     #[test]

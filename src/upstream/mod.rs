@@ -35,7 +35,7 @@ use tokio::net::TcpSocket;
 
 use crate::config::UpstreamServer;
 use h1::{Conn, Decoder, Stage, Step};
-pub(crate) use h1::{decimal, header_line};
+pub(crate) use h1::{content_length, decimal, header_line};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {

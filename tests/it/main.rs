@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod data_plane;
 mod fast_path;
+mod framing;
 mod harness;
 mod lb;
 mod lifecycle;
