@@ -106,3 +106,122 @@ async fn a_refused_request_whose_body_is_here_keeps_the_connection_in_step() {
     assert_eq!(statuses, ["403", "401", "200", "200"], "{text}");
     assert!(text.contains(r#""id":3"#) && text.contains(r#""id":4"#), "{text}");
 }
+
+/// A hand-written upstream: answers every request on a connection with
+/// `answer` and records each request head it read.
+async fn raw_upstream(answer: &'static [u8]) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let heads: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let seen = std::sync::Arc::clone(&heads);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let seen = std::sync::Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // One request: head, then its content-length body.
+                    let end = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < end + len {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + len);
+                    seen.lock().unwrap().push(head);
+                    // An answer that says `connection: close` is the last.
+                    let last = answer.windows(17).any(|w| w == b"connection: close");
+                    if s.write_all(answer).await.is_err() || last {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, heads)
+}
+
+/// The upstream's answer: a length beside chunked coding, and a header its
+/// `Connection` names.
+const SMUGGLY: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5\r\nconnection: keep-alive, X-Hop-Secret\r\nx-hop-secret: s\r\ntransfer-encoding: chunked\r\n\r\n24\r\n{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\r\n0\r\n\r\n";
+
+#[tokio::test]
+async fn a_length_beside_a_coding_and_connection_named_headers_stop_at_the_hop_on_both_paths() {
+    let (url, heads) = raw_upstream(SMUGGLY).await;
+    let gw = Setup::new(&url).start().await;
+    let (t, _) = gw.create_token("demo", json!({})).await;
+    let body = echo_call(1, "x");
+    // hyper's path: a chunked request body; the fast path: the plain shape.
+    // Both ask for `Mcp-Param-Hop` to stay on the first hop.
+    let chunked = format!(
+        "POST /ws/demo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nConnection: keep-alive, Mcp-Param-Hop\r\nMcp-Param-Hop: 1\r\nMcp-Param-Kept: 2\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let plain = post(&t, &body, "Mcp-Param-Kept: 2\r\n");
+    for (path, wire) in [("hyper", chunked), ("fast", plain)] {
+        let mut s = TcpStream::connect(gw.data).await.unwrap();
+        s.write_all(wire.as_bytes()).await.unwrap();
+        // Read the whole answer; both paths keep the connection open, so
+        // stop at the end of the chunked body.
+        let mut buf = Vec::new();
+        while !buf.ends_with(b"0\r\n\r\n") {
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+                .await
+                .expect("a whole answer")
+                .unwrap();
+            assert!(n > 0, "{path}: closed early: {}", String::from_utf8_lossy(&buf));
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&buf).to_lowercase();
+        assert!(text.starts_with("http/1.1 200 ok\r\n"), "{path}: {text}");
+        assert!(!text.contains("content-length: 5"), "{path}: {text}");
+        assert!(!text.contains("x-hop-secret"), "{path}: {text}");
+        assert!(text.contains(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#), "{path}: {text}");
+    }
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 2);
+    assert!(!heads[0].contains("mcp-param-hop"), "{}", heads[0]);
+    assert!(heads[0].contains("mcp-param-kept: 2"), "{}", heads[0]);
+}
+
+#[tokio::test]
+async fn an_upstream_body_cut_short_is_counted_and_a_signed_length_is_hypers_400() {
+    let (url, _) =
+        raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{\"jso").await;
+    let gw = Setup::new(&url).start().await;
+    let (t, _) = gw.create_token("demo", json!({})).await;
+    // The upstream closes after 5 of 100 bytes: the client's answer is cut
+    // short (the fast path ends the connection).
+    let mut s = TcpStream::connect(gw.data).await.unwrap();
+    s.write_all(post(&t, &echo_call(1, "x"), "").as_bytes()).await.unwrap();
+    let text = read_to_close(&mut s).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("{\"jso"), "{text}");
+    let m = send(http::Method::GET, &gw.admin_url("/metrics"), &[], "").await;
+    let m = String::from_utf8_lossy(&m.body).into_owned();
+    assert!(m.contains("portcullis_upstream_body_aborts_total{workspace=\"demo\"} 1\n"), "{m}");
+
+    // `+N` is not a length: the fast path leaves it to hyper, whose 400 it is.
+    let mut s = TcpStream::connect(gw.data).await.unwrap();
+    let wire = post(&t, "{}", "").replace("Content-Length: 2", "Content-Length: +2");
+    s.write_all(wire.as_bytes()).await.unwrap();
+    let text = read_to_close(&mut s).await;
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+}
