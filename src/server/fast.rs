@@ -70,20 +70,21 @@ pub struct FastPath {
 }
 
 /// A request head of the fast path's shape, parsed.
-struct Head {
-    len: usize,
-    body_len: usize,
-    uri: Uri,
+pub(crate) struct Head {
+    /// Bytes of the head, blank line included.
+    pub(crate) len: usize,
+    pub(crate) body_len: usize,
+    pub(crate) uri: Uri,
     /// Each header's name and where its value lies in the head: the values
     /// become slices of the received bytes, not copies.
-    fields: Vec<(HeaderName, usize, usize)>,
+    pub(crate) fields: Vec<(HeaderName, usize, usize)>,
     /// The client asked to close after this exchange.
-    close: bool,
+    pub(crate) close: bool,
 }
 
 // Boxing `Head` would cost an allocation per request to save a move.
 #[allow(clippy::large_enum_variant)]
-enum Parsed {
+pub(crate) enum Parsed {
     Fast(Head),
     Partial,
     /// Not the fast path's shape (or not valid): hyper's to answer.
@@ -114,7 +115,7 @@ pub async fn serve(
         timer.as_mut().reset(tokio::time::Instant::now() + header_timeout);
         let head = loop {
             if !buf.is_empty() {
-                match parse(&buf, fast.max_body) {
+                match parse_head(&buf, fast.max_body) {
                     Parsed::Fast(head) => break head,
                     Parsed::Partial if buf.len() < MAX_HEAD => {}
                     _ => return handoff(io, buf, shutdown),
@@ -265,11 +266,16 @@ fn handoff(io: TcpStream, buf: BytesMut, shutdown: &CancellationToken) -> Option
     (!shutdown.is_cancelled()).then(|| (io, buf.freeze()))
 }
 
-fn parse(buf: &[u8], max_body: u64) -> Parsed {
+/// Parses a request head at the start of `buf` and decides whether it has
+/// the fast path's shape (the stable entry point of the differential tests
+/// and fuzzers).
+pub(crate) fn parse_head(buf: &[u8], max_body: u64) -> Parsed {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, &mut slots) {
-        Ok(httparse::Status::Complete(len)) => len,
+        // A head past hyper's limit is hyper's (431), however the reads fell.
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+        Ok(httparse::Status::Complete(_)) => return Parsed::Other,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Other,
     };
@@ -486,11 +492,14 @@ impl AsyncWrite for Rewind {
 }
 
 #[cfg(test)]
+mod differential;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     fn shape(req: &str) -> &'static str {
-        match parse(req.as_bytes(), 1000) {
+        match parse_head(req.as_bytes(), 1000) {
             Parsed::Fast(h) if h.close => "fast, close",
             Parsed::Fast(_) => "fast",
             Parsed::Partial => "partial",

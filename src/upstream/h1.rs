@@ -197,7 +197,7 @@ impl Conn {
         loop {
             if !self.buf.is_empty() {
                 answered = true;
-                match self.parse_head(head_request)? {
+                match parse_head(&mut self.buf, head_request)? {
                     Parsed::Head(head) => return Ok(head),
                     Parsed::Interim => continue,
                     Parsed::Partial => {}
@@ -212,129 +212,130 @@ impl Conn {
             }
         }
     }
-
-    /// Parses a complete head at the start of the buffer and consumes it.
-    fn parse_head(&mut self, head_request: bool) -> Result<Parsed, Failure> {
-        let bad = |detail: String| Failure::new(Stage::Answer, detail);
-        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut []);
-        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, &self.buf, &mut slots) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if self.buf.len() >= MAX_HEAD => {
-                return Err(bad(format!("response head larger than {MAX_HEAD} bytes")));
-            }
-            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-            Err(e) => return Err(bad(format!("invalid response head: {e}"))),
-        };
-        let code = resp.code.unwrap_or(0);
-        let status = StatusCode::from_u16(code).map_err(|_| bad(format!("invalid status {code}")))?;
-        if status.is_informational() {
-            if status == StatusCode::SWITCHING_PROTOCOLS {
-                return Err(bad(
-                    "the upstream switched protocols, which a pass-through hop does not carry".into()
-                ));
-            }
-            self.buf.advance(len);
-            return Ok(Parsed::Interim);
-        }
-        let http11 = resp.version == Some(1);
-        // Names and where each value lies in the head: the values become
-        // slices of the received bytes below, not copies.
-        let mut fields = Vec::with_capacity(resp.headers.len());
-        let base = self.buf.as_ptr() as usize;
-        let mut length: Option<u64> = None;
-        // Transfer codings seen, over every `Transfer-Encoding` line.
-        let mut codings = 0usize;
-        let mut chunked = false;
-        let mut close = !http11;
-        // Where the `Connection` values that name other headers lie (rare:
-        // allocated only when one does).
-        let mut named: Vec<(usize, usize)> = Vec::new();
-        for h in resp.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad(format!("invalid header name {:?}", h.name)))?;
-            let start = h.value.as_ptr() as usize - base;
-            if name == CONTENT_LENGTH {
-                let n = content_length(h.value).ok_or_else(|| bad("invalid content-length".into()))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(bad("conflicting content-length headers".into()));
-                }
-                length = Some(n);
-            } else if name == TRANSFER_ENCODING {
-                // Only `chunked`, once and last, is a framing we can pass on
-                // decoded: another coding (`gzip`) would reach the client
-                // still encoded but no longer labelled (RFC 9112 §6.1).
-                for coding in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()) {
-                    codings += 1;
-                    chunked = coding.eq_ignore_ascii_case(b"chunked");
-                }
-                // Framing of this hop only: consumed here, not passed on.
-                continue;
-            } else if name == CONNECTION {
-                for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
-                        named.push((start, start + h.value.len()));
-                        break;
-                    }
-                }
-                continue;
-            } else if name.as_str() == "keep-alive" {
-                continue;
-            }
-            fields.push((name, start, start + h.value.len()));
-        }
-        if codings > 0 && !(chunked && codings == 1) {
-            return Err(bad("unsupported transfer coding from the upstream".into()));
-        }
-        let no_body = head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-        let decoder = if no_body {
-            Decoder::Done
-        } else if chunked {
-            Decoder::Chunked(Chunk::Size)
-        } else if let Some(n) = length {
-            if n == 0 { Decoder::Done } else { Decoder::Length(n) }
-        } else {
-            Decoder::UntilClose
-        };
-        // A length beside a coding does not describe this body: it would
-        // make the next hop cut the body short (RFC 9112 §6.3); the server
-        // side frames it as it sends it.
-        if chunked && length.is_some() {
-            fields.retain(|(name, ..)| *name != CONTENT_LENGTH);
-        }
-        let head = self.buf.split_to(len).freeze();
-        // Room for what the gateway adds (`x-request-id`, a limiter
-        // header): a full map would be reallocated and rehashed for it.
-        let mut headers = HeaderMap::with_capacity(fields.len() + 2);
-        for (name, start, end) in fields {
-            let value =
-                HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(|_| bad(format!("invalid value of header {name}")))?;
-            headers.append(name, value);
-        }
-        // Headers named in `Connection` describe this hop only (RFC 9110
-        // §7.6.1): not passed on.
-        for (start, end) in named {
-            for token in head[start..end].split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if let Ok(token) = std::str::from_utf8(token)
-                    && !token.is_empty()
-                {
-                    headers.remove(token);
-                }
-            }
-        }
-        // A message with both a length and a coding may be an attempt to
-        // smuggle a second response: use it, then close (RFC 9112 §6.3).
-        let reusable = !close && !matches!(decoder, Decoder::UntilClose) && !(length.is_some() && chunked);
-        let mut parts = http::Response::new(()).into_parts().0;
-        parts.status = status;
-        parts.version = if http11 { Version::HTTP_11 } else { Version::HTTP_10 };
-        parts.headers = headers;
-        Ok(Parsed::Head(Head { parts, decoder, reusable }))
-    }
 }
 
-enum Parsed {
+/// Parses a complete response head at the start of `buf` and consumes it
+/// (the head decoder of the upstream hop; also the differential tests' and
+/// fuzzers' entry point).
+pub(crate) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Failure> {
+    let bad = |detail: String| Failure::new(Stage::Answer, detail);
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Err(bad(format!("response head larger than {MAX_HEAD} bytes")));
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(e) => return Err(bad(format!("invalid response head: {e}"))),
+    };
+    let code = resp.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| bad(format!("invalid status {code}")))?;
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(bad(
+                "the upstream switched protocols, which a pass-through hop does not carry".into()
+            ));
+        }
+        buf.advance(len);
+        return Ok(Parsed::Interim);
+    }
+    let http11 = resp.version == Some(1);
+    // Names and where each value lies in the head: the values become
+    // slices of the received bytes below, not copies.
+    let mut fields = Vec::with_capacity(resp.headers.len());
+    let base = buf.as_ptr() as usize;
+    let mut length: Option<u64> = None;
+    // Transfer codings seen, over every `Transfer-Encoding` line.
+    let mut codings = 0usize;
+    let mut chunked = false;
+    let mut close = !http11;
+    // Where the `Connection` values that name other headers lie (rare:
+    // allocated only when one does).
+    let mut named: Vec<(usize, usize)> = Vec::new();
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad(format!("invalid header name {:?}", h.name)))?;
+        let start = h.value.as_ptr() as usize - base;
+        if name == CONTENT_LENGTH {
+            let n = content_length(h.value).ok_or_else(|| bad("invalid content-length".into()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(bad("conflicting content-length headers".into()));
+            }
+            length = Some(n);
+        } else if name == TRANSFER_ENCODING {
+            // Only `chunked`, once and last, is a framing we can pass on
+            // decoded: another coding (`gzip`) would reach the client
+            // still encoded but no longer labelled (RFC 9112 §6.1).
+            for coding in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()) {
+                codings += 1;
+                chunked = coding.eq_ignore_ascii_case(b"chunked");
+            }
+            // Framing of this hop only: consumed here, not passed on.
+            continue;
+        } else if name == CONNECTION {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                    named.push((start, start + h.value.len()));
+                    break;
+                }
+            }
+            continue;
+        } else if name.as_str() == "keep-alive" {
+            continue;
+        }
+        fields.push((name, start, start + h.value.len()));
+    }
+    if codings > 0 && !(chunked && codings == 1) {
+        return Err(bad("unsupported transfer coding from the upstream".into()));
+    }
+    let no_body = head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let decoder = if no_body {
+        Decoder::Done
+    } else if chunked {
+        Decoder::Chunked(Chunk::Size)
+    } else if let Some(n) = length {
+        if n == 0 { Decoder::Done } else { Decoder::Length(n) }
+    } else {
+        Decoder::UntilClose
+    };
+    // A length beside a coding does not describe this body: it would
+    // make the next hop cut the body short (RFC 9112 §6.3); the server
+    // side frames it as it sends it.
+    if chunked && length.is_some() {
+        fields.retain(|(name, ..)| *name != CONTENT_LENGTH);
+    }
+    let head = buf.split_to(len).freeze();
+    // Room for what the gateway adds (`x-request-id`, a limiter
+    // header): a full map would be reallocated and rehashed for it.
+    let mut headers = HeaderMap::with_capacity(fields.len() + 2);
+    for (name, start, end) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(|_| bad(format!("invalid value of header {name}")))?;
+        headers.append(name, value);
+    }
+    // Headers named in `Connection` describe this hop only (RFC 9110
+    // §7.6.1): not passed on.
+    for (start, end) in named {
+        for token in head[start..end].split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if let Ok(token) = std::str::from_utf8(token)
+                && !token.is_empty()
+            {
+                headers.remove(token);
+            }
+        }
+    }
+    // A message with both a length and a coding may be an attempt to
+    // smuggle a second response: use it, then close (RFC 9112 §6.3).
+    let reusable = !(close || matches!(decoder, Decoder::UntilClose) || (length.is_some() && chunked));
+    let mut parts = http::Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = if http11 { Version::HTTP_11 } else { Version::HTTP_10 };
+    parts.headers = headers;
+    Ok(Parsed::Head(Head { parts, decoder, reusable }))
+}
+
+pub(crate) enum Parsed {
     Head(Head),
     /// A 1xx response was consumed; the final one follows.
     Interim,
