@@ -263,6 +263,11 @@ pub(crate) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parse
             }
             length = Some(n);
         } else if name == TRANSFER_ENCODING {
+            // HTTP/1.0 has no transfer codings: the framing is faulty
+            // (RFC 9112 §6.1), as hyper also says.
+            if !http11 {
+                return Err(bad("transfer-encoding in an HTTP/1.0 response".into()));
+            }
             // Only `chunked`, once and last, is a framing we can pass on
             // decoded: another coding (`gzip`) would reach the client
             // still encoded but no longer labelled (RFC 9112 §6.1).
@@ -422,6 +427,11 @@ impl Decoder {
                         };
                         if line.is_empty() {
                             *self = Decoder::Done;
+                        } else if !is_field_line(&line) {
+                            // Dropped, but read as hyper reads them: a
+                            // malformed trailer (a fold, no name) breaks
+                            // the body there too.
+                            return Err("invalid trailer field");
                         } else {
                             *seen += line.len() + 2;
                         }
@@ -538,6 +548,17 @@ fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
     }
 }
 
+/// `name: value` as a field line (RFC 9112 §5): a token, a colon, then
+/// visible characters, blanks and obs-text only.
+fn is_field_line(line: &[u8]) -> bool {
+    let name = line.iter().take_while(|&&b| is_tchar(b)).count();
+    name > 0
+        && line.get(name) == Some(&b':')
+        && line[name + 1..]
+            .iter()
+            .all(|&b| b == b'\t' || b == b' ' || b.is_ascii_graphic() || b >= 0x80)
+}
+
 /// `tchar` (RFC 9110 §5.6.2).
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -561,6 +582,9 @@ fn quoted_string(s: &[u8]) -> Option<&[u8]> {
         }
     }
 }
+
+#[cfg(test)]
+mod differential;
 
 #[cfg(test)]
 mod tests {
