@@ -147,7 +147,7 @@ pub async fn serve(
         for (name, start, end) in head.fields {
             match HeaderValue::from_maybe_shared(message.slice(start..end)) {
                 Ok(value) => headers.append(name, value),
-                // Cannot happen (see `parse`); if it did, nothing was
+                // Cannot happen (see `parse_head`); if it did, nothing was
                 // answered yet and closing is safe.
                 Err(_) => return None,
             };
@@ -169,8 +169,8 @@ pub async fn serve(
         // the head, a body too slow or cut short): skipped if it is all
         // here already, so the next pipelined request parses where it
         // starts; otherwise the connection ends after this answer.
-        let unread_here = rest > buf.len();
-        if unread_here {
+        let still_to_come = rest > buf.len();
+        if still_to_come {
             close = true;
         } else {
             buf.advance(rest);
@@ -178,7 +178,7 @@ pub async fn serve(
         if write_response(&mut io, resp, close).await.is_err() {
             return None;
         }
-        if unread_here {
+        if still_to_come {
             linger(io, rest).await;
             return None;
         }
