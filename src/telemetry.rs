@@ -247,6 +247,8 @@ struct WorkspaceMetrics {
     statuses: [AtomicU64; STATUSES.len() + 1],
     rate_limited: AtomicU64,
     upstream_errors: [AtomicU64; 2],
+    /// Upstream bodies that broke off after their head was sent on.
+    upstream_body_aborts: AtomicU64,
     servers: Vec<(String, Histogram)>,
 }
 
@@ -257,6 +259,7 @@ impl WorkspaceMetrics {
             statuses: Default::default(),
             rate_limited: AtomicU64::new(0),
             upstream_errors: Default::default(),
+            upstream_body_aborts: AtomicU64::new(0),
             servers: servers.into_iter().map(|s| (s, Histogram::new())).collect(),
         }
     }
@@ -325,6 +328,11 @@ impl Metrics {
         if let Some((_, h)) = self.workspace(Some(workspace)).servers.get(server) {
             h.observe(d);
         }
+    }
+
+    /// An upstream response body broke off after its head was passed on.
+    pub fn upstream_body_aborted(&self, workspace: usize) {
+        self.workspace(Some(workspace)).upstream_body_aborts.fetch_add(1, Relaxed);
     }
 
     pub fn upstream_failure(&self, workspace: usize, kind: UpstreamFailure) {
@@ -400,6 +408,15 @@ impl Metrics {
                     w.upstream_errors[i].load(Relaxed)
                 );
             }
+        }
+        o.push_str("# HELP portcullis_upstream_body_aborts_total Upstream response bodies that broke off after the response head was passed on (the client saw a cut-short answer).\n# TYPE portcullis_upstream_body_aborts_total counter\n");
+        for w in &self.workspaces[..self.workspaces.len() - 1] {
+            let _ = writeln!(
+                o,
+                "portcullis_upstream_body_aborts_total{{workspace=\"{}\"}} {}",
+                w.slug,
+                w.upstream_body_aborts.load(Relaxed)
+            );
         }
         o.push_str("# HELP portcullis_upstream_response_seconds Time from forwarding to the upstream's response headers.\n# TYPE portcullis_upstream_response_seconds histogram\n");
         for w in &self.workspaces {

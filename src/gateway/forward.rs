@@ -38,6 +38,16 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// The comma-separated tokens of a header value, trimmed.
+fn tokens(v: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
+}
+
+/// `Connection` options that name no header.
+fn is_connection_keyword(t: &[u8]) -> bool {
+    t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive")
+}
+
 pub(super) async fn forward(
     state: &AppState,
     workspace: &Workspace,
@@ -53,9 +63,19 @@ pub(super) async fn forward(
     // (it is the gateway's credential or policy); values of one name keep
     // their order. One pass over the client's headers (a handful) with
     // string compares, instead of a hashed lookup per pass-through name.
-    let passed = client_headers
-        .iter()
-        .filter(|(name, _)| is_pass_through(name) && !server.headers.iter().any(|(n, _)| n == *name));
+    //
+    // Headers the client's `Connection` names are for the hop to us only
+    // (RFC 9110 §7.6.1), even if their name is on the pass-through list.
+    let connection = client_headers.get_all(header::CONNECTION);
+    let options = connection.iter().any(|v| tokens(v).any(|t| !is_connection_keyword(t)));
+    let passed = client_headers.iter().filter(|(name, _)| {
+        is_pass_through(name)
+            && !server.headers.iter().any(|(n, _)| n == *name)
+            && !(options
+                && connection
+                    .iter()
+                    .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(name.as_str().as_bytes()))))
+    });
     // The request id is always the gateway's.
     let configured = server.headers.iter().filter(|(n, _)| *n != X_REQUEST_ID).map(|(n, v)| (n, v));
     let headers = passed.chain(configured).chain(std::iter::once((&X_REQUEST_ID, request_id)));
@@ -95,6 +115,20 @@ pub(super) async fn forward(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
+    // An upstream body that breaks after its head went out cannot become an
+    // error status any more; the client sees the response cut short. Say
+    // so, in the request's span, and count it.
+    let (metrics, span, ws, upstream_server) = (
+        std::sync::Arc::clone(&state.metrics),
+        tracing::Span::current(),
+        workspace.index,
+        std::sync::Arc::clone(&upstream.server),
+    );
+    let incoming = incoming.map_err(move |e| {
+        metrics.upstream_body_aborted(ws);
+        span.in_scope(|| tracing::warn!(server = %upstream_server.name, error = %e, "upstream response body aborted"));
+        e
+    });
     let keepalive = state.config.server.sse_keepalive;
     let body = if is_event_stream && !keepalive.is_zero() {
         super::keepalive::KeepAlive::new(incoming, keepalive).boxed()

@@ -10,7 +10,9 @@
 //! 3. **origin**: a browser `Origin` must be allowed (DNS rebinding).
 //! 4. **limit**: counted before the body is read, so a limited client cannot
 //!    make us buffer bodies for free; the verdict is held until the body's id
-//!    is known, because the 429 echoes it.
+//!    is known, because the 429 echoes it — but only for a small body (at
+//!    most [`SMALL_BODY`]) or one already received; a larger one is refused
+//!    at once with `id: null`.
 //! 5. **body**: bounded read (413), time-limited (408), JSON-RPC shape (400).
 //! 6. **forward**: strip the client's credentials, add the upstream's own,
 //!    stream the answer back as it arrives.
@@ -57,10 +59,23 @@ struct Route {
 }
 
 /// A request body the gateway can read: hyper's `Incoming`, or the fast
-/// path's body already read (`server::fast`).
-pub trait RequestBody: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static {}
+/// path's body, read from the connection only when the pipeline asks for it
+/// (`server::fast`). Not `'static`: the fast path's borrows its connection.
+pub trait RequestBody: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send {
+    /// Whether the whole body has already been received, so that reading it
+    /// waits on nothing (a body that cannot tell says no).
+    fn arrived(&self) -> bool {
+        false
+    }
+}
 
-impl<B> RequestBody for B where B: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static {}
+impl RequestBody for hyper::body::Incoming {}
+
+/// A 429 reads the body to echo its id only if it is at most this long (or
+/// already received): a rate-limited client must not make the gateway wait
+/// for, or hold, a large body, nor get the limit's verdict only once it has
+/// sent one.
+const SMALL_BODY: u64 = 16 * 1024;
 
 pub struct Gateway {
     state: Arc<AppState>,
@@ -285,6 +300,17 @@ impl Gateway {
         let limited = verdict.err();
         // 5. body
         let (mut parts, body) = req.into_parts();
+        if let Some(l) = &limited
+            && !body.arrived()
+            && body.size_hint().upper().is_none_or(|n| n > SMALL_BODY)
+        {
+            // Large and still to come: refused from the head, `id: null`.
+            self.state.metrics.rate_limited(route.workspace.index);
+            return Err(fail(GatewayError::RateLimited {
+                limit: l.limit,
+                retry_after_secs: l.retry_after_secs,
+            }));
+        }
         let body = if method == Method::POST {
             self.read_body(&parts.headers, body).await.map_err(fail)?
         } else {
@@ -374,8 +400,7 @@ impl Gateway {
         // Refuse on the declared length without reading anything.
         let declared = headers
             .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+            .and_then(|v| crate::upstream::content_length(v.as_bytes()));
         if declared.is_some_and(|n| n > max) {
             return Err(GatewayError::TooLarge);
         }

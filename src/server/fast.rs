@@ -9,37 +9,48 @@
 //!
 //! Anything else on the connection — another method or path, a chunked or
 //! oversized body, `Expect`, `Upgrade`, a `Connection` option, HTTP/1.0, an
-//! HTTP/2 preface, a malformed or too large head, a body slower than the
-//! body-read timeout — hands the connection, with every byte read so far, to
-//! hyper for the rest of its life ([`Rewind`]): hyper then answers exactly
-//! as it would have from the start. So the fast path needs no error answers
-//! of its own, and what it does accept it serves with the gateway's own
-//! handler, limits and error bodies.
+//! HTTP/2 preface, a `Content-Length` that is not plain digits, a malformed
+//! or too large head — hands the connection, with every byte read so far,
+//! to hyper for the rest of its life ([`Rewind`]): hyper then answers
+//! exactly as it would have from the start (400, 413, 431, ...). So the
+//! fast path has no framing errors of its own to answer.
+//!
+//! What it does accept goes to the gateway's own handler with a body that
+//! is read from the connection only when the pipeline asks for it
+//! ([`FastBody`]): the token, workspace, `Origin`, method and rate limit
+//! are checked from the head first, so a refused client costs one head
+//! read, and the gateway's refusal (401, 403, 405, 429; 408 or 400 for a
+//! body too slow or cut short) is written here. When such an answer leaves
+//! body bytes not yet received, it says `connection: close` and the
+//! connection ends (after a short, bounded drain so the answer is not lost
+//! to a reset); a body already received in full is skipped and the
+//! connection carries on.
 //!
 //! Bounds: the head as hyper's (64 KiB), the body `server.max_body_bytes`
-//! (larger declared lengths go to hyper, which answers 413), the header-read
-//! timeout from the moment the connection waits for a request (as hyper's),
-//! the body-read timeout for the rest of a body.
+//! (larger declared lengths go to hyper, which answers 413) and read as it
+//! arrives, one read's room at a time (never `Content-Length` up front), the
+//! header-read timeout from the moment the connection waits for a request
+//! (as hyper's), the gateway's body-read timeout for the body.
 
 use std::cell::RefCell;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body::Body as _;
-use http_body_util::{BodyExt, Full};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Body;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, RequestBody};
 
 /// Largest request head (hyper's `max_buf_size` on this listener).
 const MAX_HEAD: usize = 64 * 1024;
@@ -59,20 +70,21 @@ pub struct FastPath {
 }
 
 /// A request head of the fast path's shape, parsed.
-struct Head {
-    len: usize,
-    body_len: usize,
-    uri: Uri,
+pub(crate) struct Head {
+    /// Bytes of the head, blank line included.
+    pub(crate) len: usize,
+    pub(crate) body_len: usize,
+    pub(crate) uri: Uri,
     /// Each header's name and where its value lies in the head: the values
     /// become slices of the received bytes, not copies.
-    fields: Vec<(HeaderName, usize, usize)>,
+    pub(crate) fields: Vec<(HeaderName, usize, usize)>,
     /// The client asked to close after this exchange.
-    close: bool,
+    pub(crate) close: bool,
 }
 
 // Boxing `Head` would cost an allocation per request to save a move.
 #[allow(clippy::large_enum_variant)]
-enum Parsed {
+pub(crate) enum Parsed {
     Fast(Head),
     Partial,
     /// Not the fast path's shape (or not valid): hyper's to answer.
@@ -104,7 +116,7 @@ pub async fn serve(
         timer.as_mut().reset(tokio::time::Instant::now() + header_timeout);
         let head = loop {
             if !buf.is_empty() {
-                match parse(&buf, fast.max_body) {
+                match parse_head(&buf, fast.max_body) {
                     Parsed::Fast(head) => break head,
                     Parsed::Partial if buf.len() < MAX_HEAD => {}
                     _ => return handoff(io, buf, shutdown),
@@ -125,39 +137,28 @@ pub async fn serve(
                 _ => return None,
             }
         };
-        // The rest of the body, if it did not come with the head.
-        let total = head.len + head.body_len;
-        if buf.len() < total {
-            buf.reserve(total - buf.len());
-            let rest = async {
-                while buf.len() < total {
-                    if io.read_buf(&mut buf).await? == 0 {
-                        return Err(io::ErrorKind::UnexpectedEof.into());
-                    }
-                }
-                Ok::<_, io::Error>(())
-            };
-            match tokio::time::timeout(fast.body_read_timeout, rest).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return None,
-                // Slow: hyper reads on and the gateway answers 408 (or 401,
-                // for a bad token) as it always would.
-                Err(_) => return handoff(io, buf, shutdown),
-            }
-        }
-        let close = head.close;
-        let mut message = buf.split_to(total).freeze();
-        let body = message.split_off(head.len);
+        // The head's bytes become the header values (slices, not copies);
+        // the body stays in `buf`, or on the socket, until the gateway
+        // reads it — after authentication, workspace, `Origin`, method and
+        // rate limit, so a refused client costs one head read (as on
+        // hyper's path) and the buffer only ever holds bytes received.
+        let mut close = head.close;
+        let message = buf.split_to(head.len).freeze();
         let mut headers = HeaderMap::with_capacity(head.fields.len());
         for (name, start, end) in head.fields {
             match HeaderValue::from_maybe_shared(message.slice(start..end)) {
                 Ok(value) => headers.append(name, value),
-                // Cannot happen (see `parse`); if it did, nothing was
+                // Cannot happen (see `parse_head`); if it did, nothing was
                 // answered yet and closing is safe.
                 Err(_) => return None,
             };
         }
-        let mut req = Request::new(Full::new(body));
+        let mut rest = head.body_len;
+        let mut req = Request::new(FastBody {
+            io: &mut io,
+            buf: &mut buf,
+            rest: &mut rest,
+        });
         *req.method_mut() = Method::POST;
         *req.uri_mut() = head.uri;
         *req.headers_mut() = headers;
@@ -165,13 +166,98 @@ pub async fn serve(
             Ok(r) => r,
             Err(never) => match never {},
         };
+        // A body the gateway did not read in full (a refusal answered from
+        // the head, a body too slow or cut short): skipped if it is all
+        // here already, so the next pipelined request parses where it
+        // starts; otherwise the connection ends after this answer.
+        let still_to_come = rest > buf.len();
+        if still_to_come {
+            close = true;
+        } else {
+            buf.advance(rest);
+        }
         if write_response(&mut io, resp, close).await.is_err() {
+            return None;
+        }
+        if still_to_come {
+            linger(io, rest).await;
             return None;
         }
         if close || shutdown.is_cancelled() {
             return None;
         }
     }
+}
+
+/// The body of a fast-path request: what came with the head, then the
+/// socket, read only as the gateway polls it. Never reserves room for more
+/// than one read: the announced length is a claim, not bytes received.
+struct FastBody<'a> {
+    io: &'a mut TcpStream,
+    buf: &'a mut BytesMut,
+    /// Body bytes not yet handed out; the serve loop reads it afterwards.
+    rest: &'a mut usize,
+}
+
+impl http_body::Body for FastBody<'_> {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        let this = self.get_mut();
+        if *this.rest == 0 {
+            return Poll::Ready(None);
+        }
+        if this.buf.is_empty() {
+            this.buf.reserve(READ_CHUNK.min(*this.rest));
+            match ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *this.io), cx, this.buf)) {
+                Ok(0) => return Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into()))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+        }
+        let n = (*this.rest).min(this.buf.len());
+        *this.rest -= n;
+        Poll::Ready(Some(Ok(Frame::data(this.buf.split_to(n).freeze()))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        *self.rest == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(*self.rest as u64)
+    }
+}
+
+impl RequestBody for FastBody<'_> {
+    fn arrived(&self) -> bool {
+        self.buf.len() >= *self.rest
+    }
+}
+
+/// Most body bytes read and dropped after a refusal, and for how long: the
+/// client gets its answer and our FIN before a close with unread bytes
+/// would reset the connection (and could destroy the answer in flight),
+/// without letting a refused client occupy the connection for long.
+const LINGER_BYTES: usize = 256 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(1);
+
+async fn linger(mut io: TcpStream, rest: usize) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let mut left = rest.min(LINGER_BYTES);
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        while left > 0 {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 /// Hands the connection to hyper, unless shutdown has begun (a connection
@@ -181,11 +267,16 @@ fn handoff(io: TcpStream, buf: BytesMut, shutdown: &CancellationToken) -> Option
     (!shutdown.is_cancelled()).then(|| (io, buf.freeze()))
 }
 
-fn parse(buf: &[u8], max_body: u64) -> Parsed {
+/// Parses a request head at the start of `buf` and decides whether it has
+/// the fast path's shape (the stable entry point of the differential tests
+/// and fuzzers).
+pub(crate) fn parse_head(buf: &[u8], max_body: u64) -> Parsed {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, &mut slots) {
-        Ok(httparse::Status::Complete(len)) => len,
+        // A head past hyper's limit is hyper's (431), however the reads fell.
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+        Ok(httparse::Status::Complete(_)) => return Parsed::Other,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Other,
     };
@@ -209,7 +300,9 @@ fn parse(buf: &[u8], max_body: u64) -> Parsed {
         // ASCII, space, tab, obs-text), so the value is checked already.
         let start = h.value.as_ptr() as usize - buf.as_ptr() as usize;
         if name == CONTENT_LENGTH {
-            let n = std::str::from_utf8(h.value).ok().and_then(|v| v.parse::<u64>().ok());
+            // Digits only: `+5`, ` 5 `, `5,5` are hyper's (which answers
+            // 400 or reads a list as hyper does).
+            let n = crate::upstream::content_length(h.value);
             match (n, body_len) {
                 // One valid length, not above the limit (hyper answers
                 // what is above it, and the gateway says 413).
@@ -400,11 +493,14 @@ impl AsyncWrite for Rewind {
 }
 
 #[cfg(test)]
+mod differential;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     fn shape(req: &str) -> &'static str {
-        match parse(req.as_bytes(), 1000) {
+        match parse_head(req.as_bytes(), 1000) {
             Parsed::Fast(h) if h.close => "fast, close",
             Parsed::Fast(_) => "fast",
             Parsed::Partial => "partial",
@@ -424,6 +520,12 @@ mod tests {
             ("no length", "POST /ws/demo HTTP/1.1\r\nHost: x\r\n\r\n".to_owned()),
             ("two lengths", format!("{post}Content-Length: 2\r\n\r\n")),
             ("bad length", "POST /ws/demo HTTP/1.1\r\nContent-Length: 2x\r\n\r\n".to_owned()),
+            // Not plain digits: hyper answers 400 (issue 11).
+            ("plus sign", "POST /ws/demo HTTP/1.1\r\nContent-Length: +2\r\n\r\n".to_owned()),
+            ("minus sign", "POST /ws/demo HTTP/1.1\r\nContent-Length: -0\r\n\r\n".to_owned()),
+            ("inner space", "POST /ws/demo HTTP/1.1\r\nContent-Length: 1 0\r\n\r\n".to_owned()),
+            ("empty length", "POST /ws/demo HTTP/1.1\r\nContent-Length: \r\n\r\n".to_owned()),
+            ("listed length", "POST /ws/demo HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\n".to_owned()),
             ("over max_body", "POST /ws/demo HTTP/1.1\r\nContent-Length: 1001\r\n\r\n".to_owned()),
             ("expect", format!("{post}Expect: 100-continue\r\n\r\n")),
             ("upgrade", format!("{post}Connection: upgrade\r\nUpgrade: h2c\r\n\r\n")),
@@ -504,6 +606,51 @@ mod tests {
         }
         let mut out = Vec::new();
         assert!(write_response(&mut out, Response::new(Lying(short).boxed()), false).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_as_it_arrives_never_reserved_from_its_announced_length() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        // A head announced 4 MiB; 10 bytes came.
+        client.write_all(b"0123456789").await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut rest = 4 << 20;
+        let mut body = FastBody {
+            io: &mut server,
+            buf: &mut buf,
+            rest: &mut rest,
+        };
+        assert!(!body.arrived());
+        assert_eq!(body.size_hint().exact(), Some(4 << 20));
+        let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&frame[..], b"0123456789");
+        assert_eq!(rest, (4 << 20) - 10);
+        assert!(buf.capacity() <= READ_CHUNK, "{} bytes reserved for 10 received", buf.capacity());
+        // The end of the body comes only from the connection: cut short, it
+        // is an error, not a short body.
+        drop(client);
+        let mut body = FastBody {
+            io: &mut server,
+            buf: &mut buf,
+            rest: &mut rest,
+        };
+        assert!(body.frame().await.unwrap().is_err());
+
+        // What came with the head is handed out without a read, and no more
+        // than the body's length of it (the rest is the next request).
+        let mut buf = BytesMut::from(&b"{}POST /ws/next"[..]);
+        let mut rest = 2;
+        let mut body = FastBody {
+            io: &mut server,
+            buf: &mut buf,
+            rest: &mut rest,
+        };
+        assert!(body.arrived());
+        assert_eq!(&body.frame().await.unwrap().unwrap().into_data().unwrap()[..], b"{}");
+        assert!(body.is_end_stream() && body.frame().await.is_none());
+        assert_eq!(&buf[..], b"POST /ws/next");
     }
 
     #[tokio::test]

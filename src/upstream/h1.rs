@@ -133,6 +133,22 @@ pub fn header_line(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// A `Content-Length` value: ASCII digits only, at least one, no sign, no
+/// whitespace, no list (RFC 9110 §8.6: `1*DIGIT`), as hyper reads it. Both
+/// hops use this one reading, so the gateway never frames a message
+/// differently from hyper on the same listener, nor from a proxy in front.
+pub fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, &d| {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
 /// `n` in decimal digits (`write!` goes through the formatting machinery:
 /// a third of this function's cost per request).
 pub fn decimal(mut n: u64, out: &mut Vec<u8>) {
@@ -155,12 +171,19 @@ impl Conn {
     }
 
     /// Whether an idle connection can carry a request: false once the
-    /// upstream closed it (or, wrongly, sent something). Costs no system call
-    /// unless the runtime saw the socket become readable since the last read
-    /// (tokio clears readiness on a short read, which ends every response).
+    /// upstream closed it, or sent anything unasked (a late or extra
+    /// response, which would otherwise be read as the next request's
+    /// answer). One non-blocking `MSG_PEEK` on the socket itself: the
+    /// runtime's readiness flag is not enough, since bytes that arrived
+    /// after the last read are only flagged once the reactor has run.
+    /// What remains is the race after this check: bytes the upstream sends
+    /// between the peek and our write are still read as the answer.
     pub fn is_usable(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+        matches!(socket2::SockRef::from(&self.io).peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Writes `wire` (from [`encode`]) and reads the response head,
@@ -174,7 +197,7 @@ impl Conn {
         loop {
             if !self.buf.is_empty() {
                 answered = true;
-                match self.parse_head(head_request)? {
+                match parse_head(&mut self.buf, head_request)? {
                     Parsed::Head(head) => return Ok(head),
                     Parsed::Interim => continue,
                     Parsed::Partial => {}
@@ -189,103 +212,135 @@ impl Conn {
             }
         }
     }
-
-    /// Parses a complete head at the start of the buffer and consumes it.
-    fn parse_head(&mut self, head_request: bool) -> Result<Parsed, Failure> {
-        let bad = |detail: String| Failure::new(Stage::Answer, detail);
-        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut []);
-        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, &self.buf, &mut slots) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if self.buf.len() >= MAX_HEAD => {
-                return Err(bad(format!("response head larger than {MAX_HEAD} bytes")));
-            }
-            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-            Err(e) => return Err(bad(format!("invalid response head: {e}"))),
-        };
-        let code = resp.code.unwrap_or(0);
-        let status = StatusCode::from_u16(code).map_err(|_| bad(format!("invalid status {code}")))?;
-        if status.is_informational() {
-            if status == StatusCode::SWITCHING_PROTOCOLS {
-                return Err(bad(
-                    "the upstream switched protocols, which a pass-through hop does not carry".into()
-                ));
-            }
-            self.buf.advance(len);
-            return Ok(Parsed::Interim);
-        }
-        let http11 = resp.version == Some(1);
-        // Names and where each value lies in the head: the values become
-        // slices of the received bytes below, not copies.
-        let mut fields = Vec::with_capacity(resp.headers.len());
-        let base = self.buf.as_ptr() as usize;
-        let mut length: Option<u64> = None;
-        let mut chunked = false;
-        let mut other_coding = false;
-        let mut close = !http11;
-        for h in resp.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad(format!("invalid header name {:?}", h.name)))?;
-            if name == CONTENT_LENGTH {
-                let n = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                    .ok_or_else(|| bad("invalid content-length".into()))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(bad("conflicting content-length headers".into()));
-                }
-                length = Some(n);
-            } else if name == TRANSFER_ENCODING {
-                // Only the last coding decides the framing (RFC 9112 §6.3).
-                chunked = h
-                    .value
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-                other_coding |= !chunked;
-                // Framing of this hop only: consumed here, not passed on.
-                continue;
-            } else if name == CONNECTION {
-                close |= h.value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
-                continue;
-            } else if name.as_str() == "keep-alive" {
-                continue;
-            }
-            let start = h.value.as_ptr() as usize - base;
-            fields.push((name, start, start + h.value.len()));
-        }
-        let head = self.buf.split_to(len).freeze();
-        // Room for what the gateway adds (`x-request-id`, a limiter
-        // header): a full map would be reallocated and rehashed for it.
-        let mut headers = HeaderMap::with_capacity(fields.len() + 2);
-        for (name, start, end) in fields {
-            let value =
-                HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(|_| bad(format!("invalid value of header {name}")))?;
-            headers.append(name, value);
-        }
-        let no_body = head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-        let decoder = if no_body {
-            Decoder::Done
-        } else if chunked && !other_coding {
-            Decoder::Chunked(Chunk::Size)
-        } else if other_coding {
-            Decoder::UntilClose
-        } else if let Some(n) = length {
-            if n == 0 { Decoder::Done } else { Decoder::Length(n) }
-        } else {
-            Decoder::UntilClose
-        };
-        // A message with both a length and a coding may be an attempt to
-        // smuggle a second response: use it, then close (RFC 9112 §6.3).
-        let reusable = !close && !matches!(decoder, Decoder::UntilClose) && !(length.is_some() && (chunked || other_coding));
-        let mut parts = http::Response::new(()).into_parts().0;
-        parts.status = status;
-        parts.version = if http11 { Version::HTTP_11 } else { Version::HTTP_10 };
-        parts.headers = headers;
-        Ok(Parsed::Head(Head { parts, decoder, reusable }))
-    }
 }
 
-enum Parsed {
+/// Parses a complete response head at the start of `buf` and consumes it
+/// (the head decoder of the upstream hop; also the differential tests' and
+/// fuzzers' entry point).
+pub(crate) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Failure> {
+    let bad = |detail: String| Failure::new(Stage::Answer, detail);
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Err(bad(format!("response head larger than {MAX_HEAD} bytes")));
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(e) => return Err(bad(format!("invalid response head: {e}"))),
+    };
+    let code = resp.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| bad(format!("invalid status {code}")))?;
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(bad(
+                "the upstream switched protocols, which a pass-through hop does not carry".into()
+            ));
+        }
+        buf.advance(len);
+        return Ok(Parsed::Interim);
+    }
+    let http11 = resp.version == Some(1);
+    // Names and where each value lies in the head: the values become
+    // slices of the received bytes below, not copies.
+    let mut fields = Vec::with_capacity(resp.headers.len());
+    let base = buf.as_ptr() as usize;
+    let mut length: Option<u64> = None;
+    // Transfer codings seen, over every `Transfer-Encoding` line.
+    let mut codings = 0usize;
+    let mut chunked = false;
+    let mut close = !http11;
+    // Where the `Connection` values that name other headers lie (rare:
+    // allocated only when one does).
+    let mut named: Vec<(usize, usize)> = Vec::new();
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad(format!("invalid header name {:?}", h.name)))?;
+        let start = h.value.as_ptr() as usize - base;
+        if name == CONTENT_LENGTH {
+            let n = content_length(h.value).ok_or_else(|| bad("invalid content-length".into()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(bad("conflicting content-length headers".into()));
+            }
+            length = Some(n);
+        } else if name == TRANSFER_ENCODING {
+            // HTTP/1.0 has no transfer codings: the framing is faulty
+            // (RFC 9112 §6.1), as hyper also says.
+            if !http11 {
+                return Err(bad("transfer-encoding in an HTTP/1.0 response".into()));
+            }
+            // Only `chunked`, once and last, is a framing we can pass on
+            // decoded: another coding (`gzip`) would reach the client
+            // still encoded but no longer labelled (RFC 9112 §6.1).
+            for coding in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()) {
+                codings += 1;
+                chunked = coding.eq_ignore_ascii_case(b"chunked");
+            }
+            // Framing of this hop only: consumed here, not passed on.
+            continue;
+        } else if name == CONNECTION {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                    named.push((start, start + h.value.len()));
+                    break;
+                }
+            }
+            continue;
+        } else if name.as_str() == "keep-alive" {
+            continue;
+        }
+        fields.push((name, start, start + h.value.len()));
+    }
+    if codings > 0 && !(chunked && codings == 1) {
+        return Err(bad("unsupported transfer coding from the upstream".into()));
+    }
+    let no_body = head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let decoder = if no_body {
+        Decoder::Done
+    } else if chunked {
+        Decoder::Chunked(Chunk::Size)
+    } else if let Some(n) = length {
+        if n == 0 { Decoder::Done } else { Decoder::Length(n) }
+    } else {
+        Decoder::UntilClose
+    };
+    // A length beside a coding does not describe this body: it would
+    // make the next hop cut the body short (RFC 9112 §6.3); the server
+    // side frames it as it sends it.
+    if chunked && length.is_some() {
+        fields.retain(|(name, ..)| *name != CONTENT_LENGTH);
+    }
+    let head = buf.split_to(len).freeze();
+    // Room for what the gateway adds (`x-request-id`, a limiter
+    // header): a full map would be reallocated and rehashed for it.
+    let mut headers = HeaderMap::with_capacity(fields.len() + 2);
+    for (name, start, end) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(|_| bad(format!("invalid value of header {name}")))?;
+        headers.append(name, value);
+    }
+    // Headers named in `Connection` describe this hop only (RFC 9110
+    // §7.6.1): not passed on.
+    for (start, end) in named {
+        for token in head[start..end].split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if let Ok(token) = std::str::from_utf8(token)
+                && !token.is_empty()
+            {
+                headers.remove(token);
+            }
+        }
+    }
+    // A message with both a length and a coding may be an attempt to
+    // smuggle a second response: use it, then close (RFC 9112 §6.3).
+    let reusable = !(close || matches!(decoder, Decoder::UntilClose) || (length.is_some() && chunked));
+    let mut parts = http::Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = if http11 { Version::HTTP_11 } else { Version::HTTP_10 };
+    parts.headers = headers;
+    Ok(Parsed::Head(Head { parts, decoder, reusable }))
+}
+
+pub(crate) enum Parsed {
     Head(Head),
     /// A 1xx response was consumed; the final one follows.
     Interim,
@@ -372,6 +427,11 @@ impl Decoder {
                         };
                         if line.is_empty() {
                             *self = Decoder::Done;
+                        } else if !is_field_line(&line) {
+                            // Dropped, but read as hyper reads them: a
+                            // malformed trailer (a fold, no name) breaks
+                            // the body there too.
+                            return Err("invalid trailer field");
                         } else {
                             *seen += line.len() + 2;
                         }
@@ -414,8 +474,11 @@ fn take(buf: &mut BytesMut, rest: &mut u64) -> Bytes {
     buf.split_to(n).freeze()
 }
 
-/// One line (CRLF or bare LF ended, ending removed) from the front of `buf`,
-/// or `None` until it is complete; longer than `max` is an error.
+/// One line (ended by CRLF, which is removed) from the front of `buf`, or
+/// `None` until it is complete; longer than `max` is an error, and so is a
+/// CR or LF anywhere but in the final CRLF: chunk framing is read as hyper
+/// reads it, strictly, so a stray CR cannot be read one way here and
+/// another way by the next hop.
 fn line(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, &'static str> {
     let window = &buf[..buf.len().min(max.saturating_add(2))];
     let Some(end) = window.iter().position(|&b| b == b'\n') else {
@@ -425,27 +488,103 @@ fn line(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, &'static str> {
             Ok(None)
         };
     };
-    let mut line = buf.split_to(end + 1);
-    line.truncate(end);
-    if line.last() == Some(&b'\r') {
-        line.truncate(end - 1);
+    if end == 0 || window[end - 1] != b'\r' {
+        return Err("chunk framing line not ended by CRLF");
     }
+    if window[..end - 1].contains(&b'\r') {
+        return Err("stray CR in a chunk framing line");
+    }
+    let mut line = buf.split_to(end + 1);
+    line.truncate(end - 1);
     Ok(Some(line.freeze()))
 }
 
-/// The size in a chunk-size line: hex digits, then optional extensions.
+/// The size in a chunk-size line (RFC 9112 §7.1): hex digits, then optional
+/// extensions `BWS ; BWS name [BWS = BWS value]` (name a token, value a
+/// token or quoted string), which are checked and ignored. Trailing spaces
+/// or tabs are allowed, as hyper allows them.
 fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    let rest = line[digits..].trim_ascii_start();
-    if digits == 0 || !(rest.is_empty() || rest[0] == b';') {
+    if digits == 0 {
         return Err("invalid chunk size");
     }
-    if digits > 15 {
-        return Err("chunk size too large");
+    let size = line[..digits].iter().try_fold(0u64, |n, &d| {
+        let v = (d as char).to_digit(16)?;
+        n.checked_mul(16)?.checked_add(u64::from(v))
+    });
+    let size = size.ok_or("chunk size too large")?;
+    let mut rest = &line[digits..];
+    let bws = |r: &mut &[u8]| {
+        while let [b' ' | b'\t', tail @ ..] = *r {
+            *r = tail;
+        }
+    };
+    let token = |r: &mut &[u8]| {
+        let n = r.iter().take_while(|&&b| is_tchar(b)).count();
+        *r = &r[n..];
+        n > 0
+    };
+    loop {
+        bws(&mut rest);
+        let Some((&b';', tail)) = rest.split_first() else {
+            return if rest.is_empty() { Ok(size) } else { Err("invalid chunk size") };
+        };
+        rest = tail;
+        bws(&mut rest);
+        if !token(&mut rest) {
+            return Err("invalid chunk extension");
+        }
+        let mut after = rest;
+        bws(&mut after);
+        if let Some((&b'=', tail)) = after.split_first() {
+            rest = tail;
+            bws(&mut rest);
+            if rest.first() == Some(&b'"') {
+                rest = quoted_string(rest).ok_or("invalid chunk extension")?;
+            } else if !token(&mut rest) {
+                return Err("invalid chunk extension");
+            }
+        }
     }
-    let hex = std::str::from_utf8(&line[..digits]).map_err(|_| "invalid chunk size")?;
-    u64::from_str_radix(hex, 16).map_err(|_| "invalid chunk size")
 }
+
+/// `name: value` as a field line (RFC 9112 §5): a token, a colon, then
+/// visible characters, blanks and obs-text only.
+fn is_field_line(line: &[u8]) -> bool {
+    let name = line.iter().take_while(|&&b| is_tchar(b)).count();
+    name > 0
+        && line.get(name) == Some(&b':')
+        && line[name + 1..]
+            .iter()
+            .all(|&b| b == b'\t' || b == b' ' || b.is_ascii_graphic() || b >= 0x80)
+}
+
+/// `tchar` (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// What follows a quoted string at the start of `s` (RFC 9110 §5.6.4).
+fn quoted_string(s: &[u8]) -> Option<&[u8]> {
+    let mut i = 1;
+    loop {
+        match *s.get(i)? {
+            b'"' => return Some(&s[i + 1..]),
+            b'\\' => {
+                let q = *s.get(i + 1)?;
+                if !(q == b'\t' || q == b' ' || q.is_ascii_graphic() || q >= 0x80) {
+                    return None;
+                }
+                i += 2;
+            }
+            b'\t' | b' ' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e | 0x80..=0xff => i += 1,
+            _ => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod differential;
 
 #[cfg(test)]
 mod tests {
@@ -482,9 +621,10 @@ mod tests {
             assert_eq!(body, b"helloabcdefghijklmnopqrstuvwxyz", "step {step}");
             assert!(clean);
         }
-        // Bare LF line endings are accepted, as hyper does.
-        let (body, _) = decode_in_steps(Decoder::Chunked(Chunk::Size), b"3\nabc\n0\n\n", 1).unwrap();
-        assert_eq!(body, b"abc");
+        // Extensions of the RFC's grammar, and trailing blanks, are fine.
+        let wire = b"3 ; a ; b = c ; q=\"x\\\"y;z\"\t\r\nabc\r\n0;last\r\n\r\n";
+        let (body, clean) = decode_in_steps(Decoder::Chunked(Chunk::Size), wire, 1).unwrap();
+        assert_eq!((body.as_slice(), clean), (&b"abc"[..], true));
     }
 
     #[test]
@@ -495,6 +635,21 @@ mod tests {
             b"ffffffffffffffffff\r\n",
             b"-1\r\n",
             b"3 x\r\nabc\r\n",
+            // Issue 11: a stray CR, bare LF endings, malformed extensions.
+            b"55 \r\r\n",
+            b"3\nabc\n0\n\n",
+            b"3\r\nabc\n0\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nx: y\n\r\n",
+            b"3\rx\r\nabc\r\n",
+            b"3;\r\nabc\r\n",
+            b"3;=x\r\nabc\r\n",
+            b"3;a=\r\nabc\r\n",
+            b"3;a=\"open\r\nabc\r\n",
+            b"3;a b\r\nabc\r\n",
+            b"3;a=b c\r\nabc\r\n",
+            b"+3\r\nabc\r\n",
+            b"0x3\r\nabc\r\n",
+            b"10000000000000000\r\n",
         ] {
             assert!(decode_in_steps(Decoder::Chunked(Chunk::Size), wire, 1).is_err(), "{wire:?}");
         }
@@ -524,6 +679,33 @@ mod tests {
         assert!(decode_in_steps(Decoder::Length(5), b"hel", 1).is_err());
         let (body, _) = decode_in_steps(Decoder::UntilClose, b"all of it", 4).unwrap();
         assert_eq!(body, b"all of it");
+    }
+
+    #[test]
+    fn content_length_is_plain_digits_only() {
+        for (v, n) in [
+            ("0", Some(0)),
+            ("5", Some(5)),
+            ("007", Some(7)),
+            ("18446744073709551615", Some(u64::MAX)),
+        ] {
+            assert_eq!(content_length(v.as_bytes()), n, "{v:?}");
+        }
+        for v in [
+            "",
+            "+5",
+            "-5",
+            " 5",
+            "5 ",
+            "1 0",
+            "5,5",
+            "0x5",
+            "5.0",
+            "18446744073709551616",
+            "\u{0665}",
+        ] {
+            assert_eq!(content_length(v.as_bytes()), None, "{v:?}");
+        }
     }
 
     #[test]

@@ -35,7 +35,7 @@ use tokio::net::TcpSocket;
 
 use crate::config::UpstreamServer;
 use h1::{Conn, Decoder, Stage, Step};
-pub(crate) use h1::{decimal, header_line};
+pub(crate) use h1::{content_length, decimal, header_line};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -485,6 +485,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_pooled_connection_that_received_a_late_extra_response_is_not_reused() {
+        // A plain-threads upstream: its first connection answers, then sends
+        // a whole unasked response a moment later and says when it has. The
+        // test's runtime blocks on that word, so its reactor has not run
+        // since the stray bytes arrived: the pool cannot rely on readiness
+        // the runtime has not seen yet.
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (sent_tx, sent_rx) = std::sync::mpsc::channel::<()>();
+        let count = Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                let Ok(mut s) = stream else { return };
+                count.fetch_add(1, Ordering::SeqCst);
+                let sent_tx = sent_tx.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    // Each request of this test is one small write.
+                    while matches!(s.read(&mut buf), Ok(k) if k > 0) {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh");
+                        if n == 0 {
+                            std::thread::sleep(Duration::from_millis(300));
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale");
+                            let _ = sent_tx.send(());
+                        }
+                    }
+                });
+            }
+        });
+        let up = upstream(format!("http://{addr}/mcp").parse().unwrap());
+        assert_eq!(text(up.send(post("{}")).await.unwrap()).await, "fresh");
+        sent_rx.recv().unwrap();
+        // A POST on a connection that looks fine is sent once and not
+        // retried, so the stale bytes must be caught before it is written.
+        assert_eq!(text(up.send(post("{}")).await.unwrap()).await, "fresh");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
     async fn refused_connection_is_unavailable() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -630,8 +671,15 @@ mod tests {
 
     #[tokio::test]
     async fn malformed_or_oversized_answers_are_errors_and_close_the_connection() {
-        let answers: [&'static [u8]; 4] = [
+        let answers: [&'static [u8]; 9] = [
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+            // Issue 11: lengths that are not plain digits, codings we would
+            // pass on decoded but unlabelled.
+            b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
             b"HTTP/1.1 2000 OK\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
             b"NOT HTTP\r\n\r\n",
@@ -673,6 +721,27 @@ mod tests {
         .await;
         let resp = upstream(url).send(post("{}")).await.unwrap();
         assert!(resp.into_body().collect().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn hop_headers_and_a_length_that_does_not_frame_the_body_are_not_passed_on() {
+        let (url, _) = raw(|_, mut s| async move {
+            let mut buf = Vec::new();
+            if read_request(&mut s, &mut buf).await.is_some() {
+                write(
+                    &mut s,
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive, X-Hop-Secret\r\nx-hop-secret: 1\r\nx-kept: 2\r\ntransfer-encoding: chunked\r\n\r\n11\r\n{\"jsonrpc\":\"2.0\"}\r\n0\r\n\r\n",
+                )
+                .await;
+            }
+        })
+        .await;
+        let resp = upstream(url).send(post("{}")).await.unwrap();
+        let h = resp.headers();
+        assert!(h.get("content-length").is_none(), "{h:?}");
+        assert!(h.get("x-hop-secret").is_none(), "{h:?}");
+        assert_eq!(h["x-kept"], "2");
+        assert_eq!(text(resp).await, r#"{"jsonrpc":"2.0"}"#);
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ mod cluster;
 mod data_plane;
 mod docs;
 mod fast_path;
+mod framing;
 mod harness;
 mod isolation;
 mod lb;
