@@ -13,6 +13,10 @@ pub enum TokenCommand {
         /// Base URL of the gateway's data listener.
         #[arg(long, env = "PORTCULLIS_GATEWAY_URL", default_value = "http://127.0.0.1:8080")]
         gateway_url: String,
+        /// Base URL of the admin API, where an admin token (mwa_…) is checked:
+        /// the data listener accepts only workspace tokens.
+        #[arg(long, env = "PORTCULLIS_ADMIN_URL", default_value = "http://127.0.0.1:9090")]
+        admin_url: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -20,16 +24,27 @@ pub enum TokenCommand {
 }
 
 pub async fn run(cmd: TokenCommand) -> CliResult {
-    let TokenCommand::Validate { gateway_url, json } = cmd;
+    let TokenCommand::Validate {
+        gateway_url,
+        admin_url,
+        json,
+    } = cmd;
     let token = std::env::var("PORTCULLIS_TOKEN")
         .ok()
         .filter(|t| !t.is_empty())
         .ok_or_else(|| CliError::usage("PORTCULLIS_TOKEN is not set; export the token to check"))?;
-    let client = ApiClient::new(&gateway_url, token, "gateway")?;
+    // The data listener's self-check answers workspace tokens only (an admin
+    // token must not be probed there, without a limit); an admin token is
+    // checked where it works, at the admin API.
+    let client = if token.starts_with("mwa_") {
+        ApiClient::new(&admin_url, token, "admin API")?
+    } else {
+        ApiClient::new(&gateway_url, token, "gateway")?
+    };
     let (status, v) = client.call(Method::GET, "/v1/tokens/self", None).await?;
     if status.is_success() {
-        // An admin token is valid here (the endpoint answers both kinds), but
-        // it does not open /ws/*: say so rather than let "valid" mislead.
+        // An admin token is valid at the admin API, but it does not open
+        // /ws/*: say so rather than let "valid" mislead.
         let admin = v["kind"] == "admin";
         const ADMIN_NOTE: &str = "admin tokens (mwa_) work on the admin API only; they do not open /ws/* (the data plane needs a workspace token, mwt_…, from `portcullis workspace token create`)";
         if json {

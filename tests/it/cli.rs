@@ -1108,14 +1108,29 @@ async fn durations_pagination_and_admin_tokens_at_the_gateway() {
 
     // An admin token checked at the gateway: valid, but it does not open /ws/*.
     let mut c = bin();
-    c.args(["token", "validate", "--gateway-url", &format!("http://{}", gw.data)])
-        .env("PORTCULLIS_TOKEN", &admin_token);
+    c.args([
+        "token",
+        "validate",
+        "--gateway-url",
+        &format!("http://{}", gw.data),
+        "--admin-url",
+        &format!("http://{}", gw.admin),
+    ])
+    .env("PORTCULLIS_TOKEN", &admin_token);
     let o = run(c).await;
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("do not open /ws/*"), "{}", stdout(&o));
     let mut c = bin();
-    c.args(["token", "validate", "--json", "--gateway-url", &format!("http://{}", gw.data)])
-        .env("PORTCULLIS_TOKEN", &admin_token);
+    c.args([
+        "token",
+        "validate",
+        "--json",
+        "--gateway-url",
+        &format!("http://{}", gw.data),
+        "--admin-url",
+        &format!("http://{}", gw.admin),
+    ])
+    .env("PORTCULLIS_TOKEN", &admin_token);
     let v = json_out(&run(c).await);
     assert_eq!(v["kind"], "admin");
     assert_eq!(v["opens_data_plane"], false);
