@@ -11,3 +11,4 @@ mod harness;
 mod lb;
 mod lifecycle;
 mod store;
+mod stream_revocation;
