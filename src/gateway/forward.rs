@@ -40,6 +40,10 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the request's parts, borrowed from the pipeline; a struct for one call site would only rename them"
+)]
 pub(super) async fn forward(
     state: &AppState,
     workspace: &Workspace,

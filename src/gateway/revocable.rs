@@ -181,7 +181,8 @@ mod tests {
         Some(RawValue::from_string(s.into()).unwrap())
     }
 
-    const UNAUTHORIZED: &str = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"error\":{\"code\":-31001,\"message\":\"Unauthorized\"}}\n\n";
+    const UNAUTHORIZED: &str =
+        "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"error\":{\"code\":-31001,\"message\":\"Unauthorized\"}}\n\n";
 
     #[tokio::test]
     async fn a_revocation_cuts_the_stream_with_a_last_error_event() {
@@ -262,6 +263,9 @@ mod tests {
         let past = expiry_instant(0).unwrap();
         assert!(past >= now && past <= Instant::now(), "already expired: now");
         let far = expiry_instant(i64::MAX / 1000);
-        assert!(far.is_none_or(|t| t > now + Duration::from_secs(1 << 40)), "centuries away: never, in effect");
+        assert!(
+            far.is_none_or(|t| t > now + Duration::from_secs(1 << 40)),
+            "centuries away: never, in effect"
+        );
     }
 }

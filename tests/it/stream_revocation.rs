@@ -141,7 +141,10 @@ impl Events {
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let resp = client().request(b.body(Full::new(Bytes::from(body))).unwrap()).await.expect("request");
+        let resp = client()
+            .request(b.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+            .expect("request");
         assert_eq!(resp.status(), 200);
         let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
         assert!(ct.as_deref().is_some_and(|c| c.starts_with("text/event-stream")), "{ct:?}");
@@ -213,7 +216,11 @@ fn refs<'a>(h: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
 }
 
 fn call(id: i64, tool: &str) -> String {
-    rpc(json!(id), "tools/call", json!({"name": tool, "arguments": {}, "_meta": {"progressToken": "p"}}))
+    rpc(
+        json!(id),
+        "tools/call",
+        json!({"name": tool, "arguments": {}, "_meta": {"progressToken": "p"}}),
+    )
 }
 
 /// A pass-through `tools/call` answered as an event stream.
