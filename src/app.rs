@@ -33,6 +33,10 @@ pub struct AppState {
     /// The store's shared secret for binding pass-through sessions when
     /// `server.session_keys` is not set (`gateway::session_bind`).
     pub session_bind_key: Option<[u8; 32]>,
+    /// Cancelled at the shutdown grace deadline: responses still streaming
+    /// then end with a last error event (`gateway::Revocable`) instead of
+    /// being cut off mid-stream when their connection is dropped.
+    pub streams_cutoff: CancellationToken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +140,7 @@ impl AppState {
             verifier,
             limiter: Arc::new(limiter),
             metrics,
+            streams_cutoff: CancellationToken::new(),
         }))
     }
 }
@@ -205,6 +210,14 @@ pub async fn start_with_store(config: Config, store: Arc<dyn TokenStore>) -> Res
     tasks.spawn(server::serve("admin", admin_listener, admin_service, opts, shutdown.clone()));
 
     spawn_maintenance(&mut tasks, Arc::clone(&state), shutdown.clone());
+    // Not one of `tasks`: shutdown must not wait out the grace when nothing
+    // is streaming.
+    let (cutoff, grace, stop) = (state.streams_cutoff.clone(), server_cfg.shutdown_grace, shutdown.clone());
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        tokio::time::sleep(grace).await;
+        cutoff.cancel();
+    });
     tracing::info!(data = %data_addr, admin = %admin_addr, data_plane_threads = threads, workspaces = state.config.workspaces.len(), "portcullis is listening");
     Ok(Running {
         data_addr,

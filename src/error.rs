@@ -100,11 +100,9 @@ impl GatewayError {
         self.parts().0
     }
 
-    /// The response for this failure; `id` is the request's JSON-RPC id when
-    /// it could be read.
-    pub fn into_response(self, id: Option<&RawValue>) -> Response<Body> {
-        let (status, code, message) = self.parts();
-        let data = match &self {
+    /// The `data` member of this failure's JSON-RPC error, if it has one.
+    fn data(&self) -> Option<serde_json::Value> {
+        match self {
             GatewayError::RateLimited { retry_after_secs, .. } | GatewayError::ServiceUnavailable { retry_after_secs } => {
                 Some(serde_json::json!({ "retryAfter": retry_after_secs }))
             }
@@ -117,7 +115,24 @@ impl GatewayError {
                 Some(serde_json::json!({ "detail": format!("Unknown {kind}: {}", &name[..end]) }))
             }
             _ => None,
-        };
+        }
+    }
+
+    /// The last event of a response stream this failure cuts short (a
+    /// revoked or expired token, the shutdown grace running out): the
+    /// JSON-RPC error an answer would carry, as one SSE `message` event, so
+    /// that the client's request fails (or its GET stream ends) the same way
+    /// a refused request would. `id` is the request's, where it has one.
+    pub fn stream_end_event(&self, id: Option<&RawValue>) -> Bytes {
+        let (_, code, message) = self.parts();
+        crate::mcp::sse::encode(&jsonrpc::error_body(id, code, message, self.data().as_ref()))
+    }
+
+    /// The response for this failure; `id` is the request's JSON-RPC id when
+    /// it could be read.
+    pub fn into_response(self, id: Option<&RawValue>) -> Response<Body> {
+        let (status, code, message) = self.parts();
+        let data = self.data();
         let mut resp = Response::new(full(jsonrpc::error_body(id, code, message, data.as_ref())));
         *resp.status_mut() = status;
         let h = resp.headers_mut();

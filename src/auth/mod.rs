@@ -27,6 +27,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
 
 use crate::store::{StoreError, TokenStore};
 use crate::telemetry::{AuthFailureReason, IndexLookup, Metrics};
@@ -56,6 +57,15 @@ pub struct CachedToken {
     flushed_last_used: UnixSecs,
     /// Last lookup of any outcome; idle entries are swept.
     last_seen: UnixSecs,
+    /// Cancelled when this entry stops being valid (revoked; later also a
+    /// removed member or grant), to end the responses still streaming for
+    /// it. Created on first use only, by a streaming response subscribing or
+    /// by the revocation itself, so a plain JSON request never touches it.
+    /// Lives on the entry (not in a map keyed by hash) because the entry a
+    /// stream holds is the one a revocation replaces: both reach the same
+    /// `OnceLock`, whichever comes first creates it, so a stream that
+    /// subscribes just after the revocation still finds it cancelled.
+    ended: OnceLock<CancellationToken>,
 }
 
 /// Unix seconds in an `AtomicU32` (half an `AtomicI64`; good until 2106).
@@ -96,6 +106,7 @@ impl CachedToken {
             last_used: UnixSecs::new(last_used),
             flushed_last_used: UnixSecs::new(last_used),
             last_seen: UnixSecs::new(now),
+            ended: OnceLock::new(),
         }
     }
 
@@ -113,7 +124,27 @@ impl CachedToken {
             last_used: UnixSecs::new(self.last_used.load(Ordering::Relaxed)),
             flushed_last_used: UnixSecs::new(self.flushed_last_used.load(Ordering::Relaxed)),
             last_seen: UnixSecs::new(self.last_seen.load(Ordering::Relaxed)),
+            ended: OnceLock::new(),
         }
+    }
+
+    /// The signal that this entry stopped being valid; a streaming response
+    /// waits on it (see `gateway::revocable`).
+    pub fn ended(&self) -> CancellationToken {
+        self.ended.get_or_init(CancellationToken::new).clone()
+    }
+
+    /// Ends every response streaming for this entry. The hook for anything
+    /// that invalidates a token other than expiry (which streams watch for
+    /// themselves): revocation today, member or grant removal later.
+    pub fn end_streams(&self) {
+        self.ended.get_or_init(CancellationToken::new).cancel();
+    }
+
+    /// Whether a request or a stream still holds this entry (the index's own
+    /// reference excluded).
+    fn in_use(self: &Arc<Self>) -> bool {
+        Arc::strong_count(self) > 1
     }
 
     pub fn is_expired(&self, now: i64) -> bool {
@@ -318,31 +349,45 @@ impl Verifier {
     /// accepted only within the configured grace after the last confirmed
     /// sync; otherwise the request fails closed.
     async fn verify_untrusted(&self, hash: &TokenHash, now: i64) -> Result<Arc<CachedToken>, VerifyError> {
-        let read = self.store.find_by_hash(hash).await;
-        self.metrics.store_read(read.is_ok());
-        let entry = match read {
-            Ok(Some(record)) => {
-                if record.revoked_at.is_some() {
-                    // The index may still hold it as active: fix that now.
-                    self.apply_revocation(hash);
-                    return Err(self.reject(AuthFailureReason::Revoked));
+        let entry = loop {
+            let generation = self.generation.load(Ordering::SeqCst);
+            let read = self.store.find_by_hash(hash).await;
+            self.metrics.store_read(read.is_ok());
+            match read {
+                Ok(Some(record)) => {
+                    if record.revoked_at.is_some() {
+                        // The index may still hold it as active: fix that now.
+                        self.apply_revocation(hash);
+                        return Err(self.reject(AuthFailureReason::Revoked));
+                    }
+                    // Only revocation ever changes a token, so an active index
+                    // entry is this record; using it keeps last_used batching.
+                    // Otherwise the record goes into the index, as a fill
+                    // would: a response streaming for it must be reachable by
+                    // the revocation that replaces it (`CachedToken::ended`).
+                    match self.index.entry(*hash) {
+                        Entry::Occupied(e) if !e.get().revoked => break Arc::clone(e.get()),
+                        Entry::Occupied(_) => break Arc::new(CachedToken::from_record(&record, hash, now)),
+                        Entry::Vacant(v) => {
+                            // As in `read_through`: a revocation that raced
+                            // the read has bumped the generation; read again.
+                            if self.generation.load(Ordering::SeqCst) != generation {
+                                continue;
+                            }
+                            break Arc::clone(v.insert(Arc::new(CachedToken::from_record(&record, hash, now))).value());
+                        }
+                    }
                 }
-                // Only revocation ever changes a token, so an active index
-                // entry is this record; using it keeps last_used batching.
-                match self.index.get(hash) {
-                    Some(e) if !e.revoked => Arc::clone(e.value()),
-                    _ => Arc::new(CachedToken::from_record(&record, hash, now)),
-                }
-            }
-            Ok(None) => return Err(self.reject(AuthFailureReason::Unknown)),
-            Err(e) => {
-                let grace_ms = self.options.revocation_grace.as_millis() as i64;
-                let within_grace = grace_ms > 0 && now_ms() - self.confirmed_at_ms.load(Ordering::Acquire) <= grace_ms;
-                match self.index.get(hash) {
-                    Some(cached) if within_grace => Arc::clone(cached.value()),
-                    _ => {
-                        tracing::warn!(error = %e, "revocation state cannot be confirmed; refusing the request");
-                        return Err(VerifyError::StoreUnavailable);
+                Ok(None) => return Err(self.reject(AuthFailureReason::Unknown)),
+                Err(e) => {
+                    let grace_ms = self.options.revocation_grace.as_millis() as i64;
+                    let within_grace = grace_ms > 0 && now_ms() - self.confirmed_at_ms.load(Ordering::Acquire) <= grace_ms;
+                    match self.index.get(hash) {
+                        Some(cached) if within_grace => break Arc::clone(cached.value()),
+                        _ => {
+                            tracing::warn!(error = %e, "revocation state cannot be confirmed; refusing the request");
+                            return Err(VerifyError::StoreUnavailable);
+                        }
                     }
                 }
             }
@@ -379,8 +424,18 @@ impl Verifier {
 
     /// Drops every cached entry: used when revocations may have been missed
     /// beyond what the log can replay.
+    ///
+    /// Responses still streaming for a token in the index end too: which of
+    /// those tokens were revoked cannot be told any more, and a stream could
+    /// not be reached by a later revocation once its entry is gone. Failing
+    /// closed costs their clients one reconnection (and one re-check).
     pub fn flush_index(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+        for e in self.index.iter() {
+            if e.value().in_use() {
+                e.value().end_streams();
+            }
+        }
         self.index.clear();
     }
 
@@ -449,11 +504,19 @@ impl Verifier {
     }
 
     /// Applies a revocation to the index. Call after the store has committed it.
+    ///
+    /// Responses still streaming for the token end: they hold the entry
+    /// replaced here, whose signal fires before the replacement (so before a
+    /// revoke call returns, on this instance and, through the
+    /// acknowledgements, on every other). The entry is always here while a
+    /// stream holds it: the idle sweep keeps entries in use, and a flush ends
+    /// their streams.
     pub fn apply_revocation(&self, hash: &TokenHash) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         if let Some(mut e) = self.index.get_mut(hash)
             && !e.revoked
         {
+            e.end_streams();
             *e = Arc::new(e.revoked_copy());
         }
     }
@@ -523,13 +586,16 @@ impl Verifier {
     }
 
     /// Evicts entries not looked up within the idle TTL, except those whose
-    /// `last_used_at` has not been flushed yet.
+    /// `last_used_at` has not been flushed yet and those a request or stream
+    /// still holds (a stream open for hours makes no lookups, but its entry
+    /// must stay where a revocation finds it).
     pub fn sweep_idle(&self, now: i64) -> usize {
         let cutoff = now - self.options.idle_ttl.as_secs() as i64;
         let before = self.index.len();
         self.index.retain(|_, e| {
             e.last_seen.load(Ordering::Relaxed) >= cutoff
                 || e.last_used.load(Ordering::Relaxed) > e.flushed_last_used.load(Ordering::Relaxed)
+                || e.in_use()
         });
         before - self.index.len()
     }

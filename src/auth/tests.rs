@@ -258,3 +258,59 @@ async fn last_used_is_batched_and_idle_entries_are_swept() {
     // Evicted entries come back on demand.
     f.verifier.verify(&raw, 100_001).await.unwrap();
 }
+
+#[tokio::test]
+async fn revocation_ends_the_streams_of_the_entry_it_replaces() {
+    let f = fixture(true);
+    let (raw, rec) = create(&f, None, 100).await;
+    let streaming = f.verifier.verify(&raw, 100).await.unwrap();
+    let watching = streaming.ended();
+    // A request verified before the revocation whose stream subscribes only
+    // after it: it must find the signal already fired.
+    let late = f.verifier.verify(&raw, 100).await.unwrap();
+    assert!(!watching.is_cancelled());
+    lifecycle::revoke(Some(&f.verifier), &f.store, &rec.id, 101).await.unwrap().unwrap();
+    assert!(watching.is_cancelled(), "fired before the revoke call returned");
+    assert!(late.ended().is_cancelled());
+}
+
+#[tokio::test]
+async fn entries_held_by_a_stream_are_not_swept_and_a_flush_ends_their_streams() {
+    let f = fixture(true);
+    let (raw, _) = create(&f, None, 100).await;
+    let streaming = f.verifier.verify(&raw, 100).await.unwrap();
+    f.verifier.flush_last_used().await.unwrap();
+    assert_eq!(f.verifier.sweep_idle(100_000), 0, "held: kept where a revocation finds it");
+    f.verifier.flush_index();
+    assert!(streaming.ended().is_cancelled(), "flushed: its revocation could no longer reach it");
+    drop(streaming);
+    let idle = fixture(true);
+    let (raw, _) = create(&idle, None, 100).await;
+    drop(idle.verifier.verify(&raw, 100).await.unwrap());
+    idle.verifier.flush_last_used().await.unwrap();
+    assert_eq!(idle.verifier.sweep_idle(100_000), 1, "released: swept");
+}
+
+#[tokio::test]
+async fn an_entry_read_through_while_distrusted_is_indexed_so_a_revocation_reaches_its_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn TokenStore> = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
+    let options = IndexOptions {
+        shared_store: true,
+        ..IndexOptions::default()
+    };
+    let verifier = Verifier::new(Arc::clone(&store), metrics(), options);
+    assert!(!verifier.is_trusted());
+    let req = NewTokenRequest {
+        name: "t".into(),
+        workspace: Some("demo".into()),
+        created_by: "bootstrap".into(),
+        ..Default::default()
+    };
+    let (raw, _) = lifecycle::create(Some(&verifier), &store, req, 100).await.unwrap();
+    let streaming = verifier.verify(&raw, 100).await.unwrap();
+    assert_eq!(verifier.len(), 1);
+    // The revocation as the sync loop applies it, from another instance.
+    verifier.apply_revocation(&token::hash(&raw));
+    assert!(streaming.ended().is_cancelled());
+}

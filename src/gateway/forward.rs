@@ -8,8 +8,10 @@ use http::{HeaderMap, HeaderValue, Method, Response};
 use http_body_util::BodyExt;
 
 use crate::app::AppState;
+use crate::auth::CachedToken;
 use crate::config::Workspace;
 use crate::error::{Body, GatewayError};
+use crate::mcp::jsonrpc;
 use crate::telemetry::UpstreamFailure;
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -48,10 +50,15 @@ fn is_connection_keyword(t: &[u8]) -> bool {
     t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive")
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the request's parts, borrowed from the pipeline; a struct for one call site would only rename them"
+)]
 pub(super) async fn forward(
     state: &AppState,
     workspace: &Workspace,
     upstream: &Upstream,
+    token: &CachedToken,
     method: Method,
     client_headers: &HeaderMap,
     body: Bytes,
@@ -130,8 +137,16 @@ pub(super) async fn forward(
         e
     });
     let keepalive = state.config.server.sse_keepalive;
-    let body = if is_event_stream && !keepalive.is_zero() {
-        super::keepalive::KeepAlive::new(incoming, keepalive).boxed()
+    let body = if is_event_stream {
+        let inner = if keepalive.is_zero() {
+            incoming.boxed()
+        } else {
+            super::keepalive::KeepAlive::new(incoming, keepalive).boxed()
+        };
+        // A stream ends when the token stops being valid; its last event
+        // answers the request's id (none for a GET).
+        let id = jsonrpc::request_id(&body).map(|r| r.to_owned());
+        super::Revocable::new(inner, token, &state.streams_cutoff, id).boxed()
     } else {
         incoming.boxed()
     };

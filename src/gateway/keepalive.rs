@@ -19,34 +19,50 @@ pub struct KeepAlive<B> {
     inner: B,
     sleep: Pin<Box<Sleep>>,
     interval: Duration,
-    /// The last four bytes forwarded, to know whether we are between events.
-    tail: [u8; 4],
+    tail: Tail,
+}
+
+/// The last four bytes of an event stream forwarded so far, to know whether
+/// it stands between events (also used to end a stream cleanly:
+/// `revocable`).
+#[derive(Clone, Copy)]
+pub(super) struct Tail([u8; 4]);
+
+impl Tail {
+    /// As if after a blank line: before the first event is a boundary.
+    pub(super) fn new() -> Self {
+        Tail(*b"\n\n\n\n")
+    }
+
+    pub(super) fn at_boundary(&self) -> bool {
+        let t = &self.0;
+        t[2..] == *b"\n\n" || t[2..] == *b"\r\r" || *t == *b"\r\n\r\n"
+    }
+
+    /// Whether the last line forwarded is complete.
+    pub(super) fn at_line_end(&self) -> bool {
+        matches!(self.0[3], b'\n' | b'\r')
+    }
+
+    pub(super) fn remember(&mut self, data: &[u8]) {
+        if data.len() >= 4 {
+            self.0.copy_from_slice(&data[data.len() - 4..]);
+        } else {
+            for &b in data {
+                self.0.rotate_left(1);
+                self.0[3] = b;
+            }
+        }
+    }
 }
 
 impl<B> KeepAlive<B> {
     pub fn new(inner: B, interval: Duration) -> Self {
-        // Start as if after a blank line: before the first event is a boundary.
         KeepAlive {
             inner,
             sleep: Box::pin(tokio::time::sleep(interval)),
             interval,
-            tail: *b"\n\n\n\n",
-        }
-    }
-
-    fn at_boundary(&self) -> bool {
-        let t = &self.tail;
-        t[2..] == *b"\n\n" || t[2..] == *b"\r\r" || *t == *b"\r\n\r\n"
-    }
-
-    fn remember(&mut self, data: &[u8]) {
-        if data.len() >= 4 {
-            self.tail.copy_from_slice(&data[data.len() - 4..]);
-        } else {
-            for &b in data {
-                self.tail.rotate_left(1);
-                self.tail[3] = b;
-            }
+            tail: Tail::new(),
         }
     }
 }
@@ -63,7 +79,7 @@ where
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.remember(data);
+                    this.tail.remember(data);
                 }
                 let next = Instant::now() + this.interval;
                 this.sleep.as_mut().reset(next);
@@ -75,7 +91,7 @@ where
         while this.sleep.as_mut().poll(cx).is_ready() {
             let next = Instant::now() + this.interval;
             this.sleep.as_mut().reset(next);
-            if this.at_boundary() {
+            if this.tail.at_boundary() {
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(COMMENT)))));
             }
             // Mid-event: wait for the next interval (the loop re-arms the timer).

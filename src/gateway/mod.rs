@@ -21,8 +21,10 @@ mod forward;
 mod keepalive;
 mod request_id;
 mod session_bind;
+mod revocable;
 
 pub(crate) use keepalive::KeepAlive;
+pub(crate) use revocable::Revocable;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -354,6 +356,7 @@ impl Gateway {
             &self.state,
             &route.workspace,
             &route.upstream,
+            &token,
             method,
             &parts.headers,
             // A refcount bump, not a copy: the body is kept to find the id

@@ -29,6 +29,7 @@ use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Limited};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc};
@@ -39,6 +40,7 @@ use crate::app::AppState;
 use crate::auth::CachedToken;
 use crate::config::{FailureMode, UpstreamServer, Workspace};
 use crate::error::{Body, GatewayError, full};
+use crate::gateway::Revocable;
 use crate::telemetry::UpstreamFailure;
 use crate::upstream::{Body as UpstreamBody, Upstream, UpstreamError};
 
@@ -183,6 +185,8 @@ struct Ctx<'a> {
     usable: Vec<usize>,
     /// A request of the stateless revision: routing headers go upstream too.
     stateless: bool,
+    /// The request's token: streams answering it end when it stops being valid.
+    token: &'a CachedToken,
 }
 
 impl Aggregator {
@@ -271,6 +275,7 @@ impl Aggregator {
         let (sealed, session) = self.session(headers, token)?;
         let ctx = Ctx {
             state,
+            token,
             sealed: &sealed,
             session: &session,
             request_id,
@@ -345,6 +350,7 @@ impl Aggregator {
         let key = format!("stateless/{}", token.id);
         let ctx = Ctx {
             state,
+            token,
             sealed: &key,
             session: &session,
             request_id,
@@ -1073,8 +1079,10 @@ impl Aggregator {
             request_id: ctx.request_id.clone(),
             answer_id: id.clone(),
         });
+        // The last event, should the stream be cut, answers the request.
+        let id = msg.get("id").and_then(|id| serde_json::value::to_raw_value(id).ok());
         tokio::spawn(relay(incoming, self.name(i).to_owned(), rewrite, resume, tx));
-        Ok(self.event_stream(rx))
+        Ok(self.event_stream(ctx, rx, id))
     }
 
     /// The client's GET stream: every upstream's GET stream merged, plus
@@ -1129,15 +1137,21 @@ impl Aggregator {
                 }
             }
         });
-        Ok(self.event_stream(rx))
+        Ok(self.event_stream(ctx, rx, None))
     }
 
-    fn event_stream(&self, rx: mpsc::Receiver<Bytes>) -> Response<Body> {
+    /// The client's side of relayed streams. It ends when the token stops
+    /// being valid (see `gateway::Revocable`; the relays then see their
+    /// channel closed and stop), with a last error event answering `id`.
+    fn event_stream(&self, ctx: &Ctx<'_>, rx: mpsc::Receiver<Bytes>, id: Option<Box<RawValue>>) -> Response<Body> {
         let body = ChannelBody(rx);
         let body: Body = if self.keepalive.is_zero() {
-            body.map_err(|never| match never {}).boxed()
+            Revocable::new(body, ctx.token, &ctx.state.streams_cutoff, id)
+                .map_err(|never| match never {})
+                .boxed()
         } else {
-            crate::gateway::KeepAlive::new(body, self.keepalive)
+            let body = crate::gateway::KeepAlive::new(body, self.keepalive);
+            Revocable::new(body, ctx.token, &ctx.state.streams_cutoff, id)
                 .map_err(|never| match never {})
                 .boxed()
         };

@@ -175,11 +175,25 @@ async fn serve_limited<S, B>(
         });
     }
     drop(listener);
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!(listener = name, "all connections drained"),
-        _ = tokio::time::sleep(opts.shutdown_grace) => tracing::warn!(listener = name, grace_ms = opts.shutdown_grace.as_millis() as u64, "grace period over; closing remaining connections"),
+        _ = &mut drained => return tracing::info!(listener = name, "all connections drained"),
+        _ = tokio::time::sleep(opts.shutdown_grace) => {}
+    }
+    // At the grace deadline the data plane's streams are cut with a last
+    // event (`AppState::streams_cutoff`, `gateway::Revocable`); a moment
+    // more lets those events be written and their connections end before
+    // what is left is dropped.
+    tokio::select! {
+        _ = &mut drained => tracing::info!(listener = name, "grace period over; remaining streams ended"),
+        _ = tokio::time::sleep(LAST_WRITE) => tracing::warn!(listener = name, grace_ms = opts.shutdown_grace.as_millis() as u64, "grace period over; closing remaining connections"),
     }
 }
+
+/// How long after the grace deadline connections may take to write the last
+/// event of their cut streams (a client that does not read is then dropped).
+const LAST_WRITE: Duration = Duration::from_millis(500);
 
 /// Binds `n` listening sockets on `addr` for [`serve_per_core`]; a port of 0
 /// is chosen once and shared. Must run inside a tokio runtime (`listen`

@@ -15,3 +15,4 @@ mod lb;
 mod lifecycle;
 mod limits_headers;
 mod store;
+mod stream_revocation;
