@@ -20,8 +20,8 @@
 mod forward;
 mod keepalive;
 mod request_id;
-mod session_bind;
 mod revocable;
+mod session_bind;
 
 pub(crate) use keepalive::KeepAlive;
 pub(crate) use revocable::Revocable;
