@@ -235,6 +235,14 @@ pub struct Verifier {
     trusted: AtomicBool,
     /// Unix ms of the last moment the index was known to be in sync.
     confirmed_at_ms: AtomicI64,
+    /// Cluster mode: when (monotonic ms, [`mono_ms`]) the last successful
+    /// poll of the revocation log began. Every revocation committed before
+    /// that instant is applied here. An index hit is trusted only while this
+    /// is at most [`Verifier::propagation_wait`] old: a revoke call whose push
+    /// some instance missed returns after waiting exactly that long, so an
+    /// instance whose poll ran late (a starved loop, a slow Redis) reads
+    /// through to the store instead of accepting a token revoked meanwhile.
+    caught_up_at_ms: AtomicI64,
     /// Acknowledgements of recent revocations: seq -> instances that applied it.
     acks: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
     acked: tokio::sync::Notify,
@@ -259,6 +267,7 @@ impl Verifier {
             applied_revocation_seq: AtomicU64::new(0),
             trusted: AtomicBool::new(!options.shared_store),
             confirmed_at_ms: AtomicI64::new(0),
+            caught_up_at_ms: AtomicI64::new(i64::MIN / 2),
             acks: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             acked: tokio::sync::Notify::new(),
             miss_budget: MissBudget::new(options.miss_reads_per_second),
@@ -306,7 +315,7 @@ impl Verifier {
             return Err(self.reject(AuthFailureReason::Malformed));
         }
         let hash = token::hash(raw);
-        if !self.trusted.load(Ordering::Acquire) {
+        if !self.trusted.load(Ordering::Acquire) || (self.options.shared_store && !self.caught_up_recently()) {
             return self.verify_untrusted(&hash, now).await;
         }
         let entry = match self.index.get(&hash) {
@@ -393,6 +402,13 @@ impl Verifier {
             }
         };
         self.admit(entry, now)
+    }
+
+    /// Whether the last successful poll of the revocation log began within
+    /// [`Verifier::propagation_wait`] (cluster mode; see `caught_up_at_ms`).
+    fn caught_up_recently(&self) -> bool {
+        let wait = i64::try_from(self.propagation_wait().as_millis()).unwrap_or(i64::MAX);
+        mono_ms() - self.caught_up_at_ms.load(Ordering::Acquire) <= wait
     }
 
     /// Whether index hits are trusted without a store read.
@@ -533,6 +549,15 @@ impl Verifier {
     /// Reads revocations made by other processes from the store's log and
     /// applies them. Returns how many were applied.
     pub async fn poll_revocations(&self) -> Result<usize, StoreError> {
+        // Taken before the log is read: whatever was committed before this
+        // instant is in what the reads below return.
+        let started = mono_ms();
+        let applied = self.poll_revocations_inner().await?;
+        self.caught_up_at_ms.fetch_max(started, Ordering::AcqRel);
+        Ok(applied)
+    }
+
+    async fn poll_revocations_inner(&self) -> Result<usize, StoreError> {
         let mut applied = 0;
         loop {
             let after = self.applied_revocation_seq.load(Ordering::SeqCst);
@@ -650,6 +675,14 @@ impl Verifier {
     pub fn store(&self) -> &Arc<dyn TokenStore> {
         &self.store
     }
+}
+
+/// Milliseconds on a monotonic clock (since the first call): for ages
+/// measured within this process, which a wall-clock step must not stretch or
+/// shrink.
+fn mono_ms() -> i64 {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    i64::try_from(EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis()).unwrap_or(i64::MAX)
 }
 
 fn now_ms() -> i64 {

@@ -314,3 +314,50 @@ async fn an_entry_read_through_while_distrusted_is_indexed_so_a_revocation_reach
     verifier.apply_revocation(&token::hash(&raw));
     assert!(streaming.ended().is_cancelled());
 }
+
+/// Cluster mode: a revocation committed by another instance whose push this
+/// one missed. The revoke call waits `propagation_wait` and returns; from
+/// then on this instance must refuse, even if its poll of the log has not run
+/// (a starved loop under load): an index hit is trusted only while the last
+/// poll began within that wait.
+#[tokio::test]
+async fn an_index_not_caught_up_within_the_propagation_wait_reads_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let gated = Arc::new(GatedStore {
+        inner: SqliteStore::open(&dir.path().join("t.db")).unwrap(),
+        reads: AtomicUsize::new(0),
+        gate: Semaphore::new(Semaphore::MAX_PERMITS),
+    });
+    let store: Arc<dyn TokenStore> = gated.clone();
+    let options = IndexOptions {
+        shared_store: true,
+        revocation_poll: Duration::from_millis(5),
+        ..IndexOptions::default()
+    };
+    let verifier = Verifier::new(Arc::clone(&store), metrics(), options);
+    let req = NewTokenRequest {
+        name: "t".into(),
+        workspace: Some("demo".into()),
+        created_by: "bootstrap".into(),
+        ..Default::default()
+    };
+    let (raw, record) = lifecycle::create(Some(&verifier), &store, req, 100).await.unwrap();
+    // In sync: subscribed and caught up, as the sync loop leaves it.
+    verifier.poll_revocations().await.unwrap();
+    verifier.confirm_in_sync();
+    verifier.verify(&raw, 100).await.unwrap();
+    let reads = gated.reads.load(Ordering::SeqCst);
+    verifier.verify(&raw, 100).await.unwrap();
+    assert_eq!(gated.reads.load(Ordering::SeqCst), reads, "caught up: an index hit, no store read");
+
+    // Revoked elsewhere; the push never arrives and no poll runs. Wait out
+    // the revoke call's own wait, as the other instance's caller does.
+    store.revoke(&record.id, 101).await.unwrap();
+    tokio::time::sleep(verifier.propagation_wait() + Duration::from_millis(5)).await;
+    assert!(verifier.is_trusted(), "the subscription is still live");
+    assert!(matches!(
+        verifier.verify(&raw, 102).await,
+        Err(VerifyError::Rejected(AuthFailureReason::Revoked))
+    ));
+    assert!(gated.reads.load(Ordering::SeqCst) > reads, "read through to the store");
+}
