@@ -18,6 +18,7 @@
 //! - [`telemetry`]: tracing and Prometheus metrics.
 //! - [`demo`]: the bundled demo MCP server.
 //! - [`cli`]: the command line.
+//! - `fuzzing` (hidden): entry points for the fuzz targets in `fuzz/`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -27,6 +28,8 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod limit;
 pub mod mcp;

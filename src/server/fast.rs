@@ -59,20 +59,20 @@ pub struct FastPath {
 }
 
 /// A request head of the fast path's shape, parsed.
-struct Head {
-    len: usize,
-    body_len: usize,
-    uri: Uri,
+pub(crate) struct Head {
+    pub(crate) len: usize,
+    pub(crate) body_len: usize,
+    pub(crate) uri: Uri,
     /// Each header's name and where its value lies in the head: the values
     /// become slices of the received bytes, not copies.
-    fields: Vec<(HeaderName, usize, usize)>,
+    pub(crate) fields: Vec<(HeaderName, usize, usize)>,
     /// The client asked to close after this exchange.
-    close: bool,
+    pub(crate) close: bool,
 }
 
 // Boxing `Head` would cost an allocation per request to save a move.
 #[allow(clippy::large_enum_variant)]
-enum Parsed {
+pub(crate) enum Parsed {
     Fast(Head),
     Partial,
     /// Not the fast path's shape (or not valid): hyper's to answer.
@@ -180,7 +180,7 @@ fn handoff(io: TcpStream, buf: BytesMut, shutdown: &CancellationToken) -> Option
     (!shutdown.is_cancelled()).then(|| (io, buf.freeze()))
 }
 
-fn parse(buf: &[u8], max_body: u64) -> Parsed {
+pub(crate) fn parse(buf: &[u8], max_body: u64) -> Parsed {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, &mut slots) {

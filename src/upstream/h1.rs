@@ -191,7 +191,7 @@ impl Conn {
     }
 
     /// Parses a complete head at the start of the buffer and consumes it.
-    fn parse_head(&mut self, head_request: bool) -> Result<Parsed, Failure> {
+    pub(crate) fn parse_head(&mut self, head_request: bool) -> Result<Parsed, Failure> {
         let bad = |detail: String| Failure::new(Stage::Answer, detail);
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
@@ -285,7 +285,7 @@ impl Conn {
     }
 }
 
-enum Parsed {
+pub(crate) enum Parsed {
     Head(Head),
     /// A 1xx response was consumed; the final one follows.
     Interim,
