@@ -42,9 +42,31 @@ fn plain_length(v: &[u8]) -> bool {
     !v.is_empty() && v.iter().all(u8::is_ascii_digit)
 }
 
+// The two entry points below are the only places that name the parsers'
+// internals; when a parser's entry point moves, only these change.
+
+/// The fast path's request-head parser (`server::fast::parse`).
+fn parse_request_head(buf: &[u8]) -> fast::Parsed {
+    fast::parse(buf, MAX_BODY)
+}
+
+/// The upstream response-head parser (`h1::Conn::parse_head`), on a
+/// buffer: consumes the head (or an interim head) from `buf`.
+fn parse_response_head(buf: &mut BytesMut, head_request: bool) -> Result<h1::Parsed, h1::Failure> {
+    let mut conn = h1::Conn {
+        io: idle_socket(),
+        buf: std::mem::take(buf),
+    };
+    let parsed = conn.parse_head(head_request);
+    let h1::Conn { io, buf: rest } = conn;
+    *buf = rest;
+    return_socket(io);
+    parsed
+}
+
 /// The fast path's request-head parser and framing (`server::fast::parse`).
 pub fn fast_head(data: &[u8]) {
-    let fast::Parsed::Fast(head) = fast::parse(data, MAX_BODY) else {
+    let fast::Parsed::Fast(head) = parse_request_head(data) else {
         return;
     };
     // The head lies inside the bytes read and ends with its blank line.
@@ -88,13 +110,13 @@ pub fn fast_head(data: &[u8]) {
     assert_eq!(lengths, 1, "fast path took a request without exactly one Content-Length");
     // The head is decided by the head alone: the body bytes that came with
     // it change nothing, and no shorter read is taken as a whole head.
-    match fast::parse(&data[..head.len], MAX_BODY) {
+    match parse_request_head(&data[..head.len]) {
         fast::Parsed::Fast(again) => assert_eq!((again.len, again.body_len), (head.len, head.body_len)),
         _ => panic!("the head alone parses differently from the head with its body"),
     }
     for cut in [head.len - 1, head.len / 2] {
         assert!(
-            !matches!(fast::parse(&data[..cut], MAX_BODY), fast::Parsed::Fast(_)),
+            !matches!(parse_request_head(&data[..cut]), fast::Parsed::Fast(_)),
             "{cut} bytes of a {}-byte head already parse as a whole head",
             head.len
         );
@@ -140,14 +162,11 @@ pub fn h1_response(data: &[u8]) {
     };
     let head_request = ctl & 1 == 1;
     let read_size = usize::from(ctl >> 1) + 1;
-    let mut conn = h1::Conn {
-        io: idle_socket(),
-        buf: BytesMut::from(wire),
-    };
+    let mut buf = BytesMut::from(wire);
     let mut result = None;
     // Each interim answer consumes at least its status line.
     for _ in 0..=wire.len() {
-        match conn.parse_head(head_request) {
+        match parse_response_head(&mut buf, head_request) {
             Ok(h1::Parsed::Interim) => continue,
             Ok(h1::Parsed::Head(head)) => result = Some(Ok(head)),
             Ok(h1::Parsed::Partial) => {}
@@ -155,8 +174,6 @@ pub fn h1_response(data: &[u8]) {
         }
         break;
     }
-    let h1::Conn { io, buf } = conn;
-    return_socket(io);
     let Some(Ok(head)) = result else {
         return;
     };
@@ -268,8 +285,10 @@ fn strict_chunked(mut rest: &[u8]) -> Option<(Vec<u8>, usize)> {
         let end = crlf_line(rest)?;
         let line = &rest[..end];
         let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-        let ext = line[digits..].trim_ascii_start();
-        if digits == 0 || digits > 15 || !(ext.is_empty() || ext[0] == b';') {
+        // BWS (spaces and tabs only) is allowed before a `;`, not alone.
+        let after = &line[digits..];
+        let ext = &after[after.iter().take_while(|&&b| b == b' ' || b == b'\t').count()..];
+        if digits == 0 || digits > 15 || !(after.is_empty() || ext.first() == Some(&b';')) {
             return None;
         }
         let size = usize::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()?;
@@ -363,12 +382,14 @@ pub fn token(data: &[u8]) {
     if let Ok(raw) = std::str::from_utf8(data) {
         check_token(raw);
     }
-    // A valid token with one byte replaced as the input says.
+    // A valid token with one byte of its random part or checksum replaced
+    // as the input says (the checksum does not cover the prefix: `mwa_`
+    // for `mwt_` is another kind's well-formed token, whose hash is unknown).
     let valid = format!("mwt_{}{}", "0".repeat(30), checksum_of_zeros());
     assert!(crate::token::parse(&valid).is_ok(), "the reference token is valid");
     if let [pos, byte, ..] = data {
         let mut bytes = valid.into_bytes();
-        let pos = usize::from(*pos) % bytes.len();
+        let pos = 4 + usize::from(*pos) % (bytes.len() - 4);
         if bytes[pos] != *byte {
             bytes[pos] = *byte;
             if let Ok(changed) = String::from_utf8(bytes) {
@@ -449,26 +470,51 @@ pub fn session(data: &[u8]) {
 mod tests {
     use std::path::Path;
 
+    /// Runs every file of `fuzz/<dir>/<target>/` through its target;
+    /// returns the files that failed and how many ran.
+    fn replay(dir: &str) -> (Vec<String>, usize) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join(dir);
+        let (mut failed, mut total) = (Vec::new(), 0);
+        for (name, target) in super::TARGETS {
+            let Ok(entries) = std::fs::read_dir(root.join(name)) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry.unwrap().path();
+                let data = std::fs::read(&path).unwrap();
+                if std::panic::catch_unwind(|| target(&data)).is_err() {
+                    failed.push(path.display().to_string());
+                }
+                total += 1;
+            }
+        }
+        (failed, total)
+    }
+
     /// Replays every committed corpus file (seeds and minimised finds)
     /// through its target: the fuzzers' past finds stay tests.
     #[test]
     fn committed_corpora_pass_their_targets() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
-        let mut total = 0;
-        for (name, target) in super::TARGETS {
-            let dir = root.join(name);
-            let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-            let mut n = 0;
-            for entry in entries {
-                let path = entry.unwrap().path();
-                let data = std::fs::read(&path).unwrap();
-                let outcome = std::panic::catch_unwind(|| target(&data));
-                assert!(outcome.is_ok(), "{} fails its target", path.display());
-                n += 1;
-            }
-            assert!(n > 0, "no corpus for {name}");
-            total += n;
+        for (name, _) in super::TARGETS {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(name);
+            assert!(
+                std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()),
+                "no corpus for {name}"
+            );
         }
+        let (failed, total) = replay("corpus");
+        assert!(failed.is_empty(), "corpus files failing their target: {failed:?}");
         assert!(total >= super::TARGETS.len());
+    }
+
+    /// The crashes found and not fixed yet (fuzz/findings/README.md): each
+    /// moves to the corpus once its fix lands, and this test is then
+    /// expected to find nothing left. Ignored while fixes are pending, so
+    /// that the suite stays green; `cargo test --lib -- --ignored findings`.
+    #[test]
+    #[ignore = "open fuzz findings, fixed in parallel branches (fuzz/findings/README.md)"]
+    fn open_findings_pass_their_targets() {
+        let (failed, _) = replay("findings");
+        assert!(failed.is_empty(), "open findings still failing: {failed:?}");
     }
 }
