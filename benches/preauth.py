@@ -13,6 +13,8 @@ MODE
             (the body is incomplete) and the gateway's memory may grow only
             with the bytes it received
 
+LEGIT_PATH (env, default PATH): where the legitimate client calls.
+
 Bounds (env): ANSWER_MS=2000 (latest answer after the head was sent, far
 below the 30 s body_read_timeout a body-reading gateway would wait),
 MAX_GROWTH_MB=16 (RSS above idle for unauth/limited), for slowbody
@@ -39,6 +41,7 @@ MAX_GROWTH_MB = float(os.environ.get("MAX_GROWTH_MB", "16"))
 PER_CONN_KB = float(os.environ.get("PER_CONN_KB", "16"))
 HARD_CAP_MB = float(os.environ.get("HARD_CAP_MB", "1024"))
 SLOW_BYTES = int(os.environ.get("SLOW_BYTES", "16384"))
+LEGIT_PATH = os.environ.get("LEGIT_PATH", PATH)
 ANNOUNCED = 4 * 1024 * 1024
 EXPECT = {"unauth": 401, "limited": 429, "slowbody": None}[MODE]
 BODY = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}'
@@ -56,9 +59,9 @@ def rss_kb():
     return 0
 
 
-def head(token, length):
+def head(token, length, path=PATH):
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
-    return (f"POST {PATH} HTTP/1.1\r\nHost: {HOST}:{PORT}\r\n{auth}Content-Type: application/json\r\n"
+    return (f"POST {path} HTTP/1.1\r\nHost: {HOST}:{PORT}\r\n{auth}Content-Type: application/json\r\n"
             f"Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\n"
             f"Content-Length: {length}\r\n\r\n").encode()
 
@@ -139,7 +142,7 @@ async def legit():
         try:
             if writer is None:
                 reader, writer = await asyncio.open_connection(HOST, PORT)
-            writer.write(head(LEGIT, len(BODY)) + BODY)
+            writer.write(head(LEGIT, len(BODY), LEGIT_PATH) + BODY)
             await writer.drain()
             status, body = await asyncio.wait_for(read_response(reader), timeout=5)
             if status == 200 and b'"text":"x"' in body:

@@ -345,7 +345,7 @@ EOF
             slowbody) tok=$slow path=/ws/bench ;;
         esac
         rc=0
-        out=$(python3 "$ROOT/benches/preauth.py" "$mode" 127.0.0.1 "$PC_PORT" "$path" "$GW" "$PREAUTH_CONNS" "$PREAUTH_HOLD" "$legit" $tok) || rc=$?
+        out=$(LEGIT_PATH=/ws/bench python3 "$ROOT/benches/preauth.py" "$mode" 127.0.0.1 "$PC_PORT" "$path" "$GW" "$PREAUTH_CONNS" "$PREAUTH_HOLD" "$legit" $tok) || rc=$?
         [ -n "$out" ] || { fail "preauth $mode: no result (exit $rc)"; continue; }
         python3 - "$out" <<'PY'
 import json, sys
