@@ -314,7 +314,7 @@ async fn run() {
             let t0 = Instant::now();
             let (s, body) = call(&http, Method::POST, url, &bg_token, ECHO).await;
             lat.push(t0.elapsed());
-            if s != 200 || !body.windows(4).any(|w| w == b"\"x\"") {
+            if s != 200 || !body.windows(10).any(|w| w == br#""text":"x""#) {
                 failures.push(format!("{name}: request answered {s} {:?}", String::from_utf8_lossy(&body)));
             }
         }

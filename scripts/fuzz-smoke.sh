@@ -61,7 +61,12 @@ for t in $TARGETS; do
     rm -rf "${OUT:?}/$t"
     mkdir -p "$OUT/$t"
     # -V: stop after SECS; -t: a single input taking 1 s is a hang here.
-    cargo afl fuzz -V "$SECS" -t 1000 -i "$ROOT/fuzz/corpus/$t" -o "$OUT/$t" "$CARGO_TARGET_DIR/release/$t" \
+    dict=()
+    case $t in
+        fast_head | h1_response) dict=(-x "$ROOT/fuzz/dict/http.dict") ;;
+        jsonrpc | session) dict=(-x "$ROOT/fuzz/dict/json.dict") ;;
+    esac
+    cargo afl fuzz -V "$SECS" -t 1000 "${dict[@]}" -i "$ROOT/fuzz/corpus/$t" -o "$OUT/$t" "$CARGO_TARGET_DIR/release/$t" \
         </dev/null >"$OUT/$t/afl.log" 2>&1 || { failed+=("$t: afl-fuzz failed (see $OUT/$t/afl.log)"); tail -5 "$OUT/$t/afl.log" >&2; continue; }
     stats="$OUT/$t/default/fuzzer_stats"
     [ -f "$stats" ] || { failed+=("$t: no fuzzer_stats"); continue; }
