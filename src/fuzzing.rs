@@ -440,11 +440,12 @@ pub fn session(data: &[u8]) {
         token_id: text.chars().take(40).collect(),
         version: "2025-06-18".into(),
         // serde_json's own float parsing is not exact (no `float_roundtrip`
-        // feature), so a float may come back one ulp off: use only values
-        // that survive serde_json alone; the decoder is what is checked here.
+        // feature), so a float may come back one ulp off, and `Some(null)`
+        // reads back as `None`: use only values that survive serde_json
+        // alone; the decoder is what is checked here.
         client: serde_json::from_slice::<serde_json::Value>(data)
             .ok()
-            .filter(|v| serde_json::from_str::<serde_json::Value>(&v.to_string()).ok().as_ref() == Some(v)),
+            .filter(|v| !v.is_null() && serde_json::from_str::<serde_json::Value>(&v.to_string()).ok().as_ref() == Some(v)),
         upstreams: vec![session::UpstreamSession {
             server: "a".into(),
             session: Some(text.chars().skip(40).take(200).collect()),
