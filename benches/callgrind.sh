@@ -9,6 +9,11 @@
 # limiter on), switches it off, and prints instructions per request and the
 # top functions (inclusive) into $WORK/callgrind.txt.
 #
+# Every answer is checked (benches/lua/checked.lua: 200 with the echoed
+# text), and one call with curl before and after the counted run: the script
+# exits non-zero, printing no figure, when any answer was wrong or any
+# request failed, since the instructions of wrong answers measure nothing.
+#
 # TARGET=nginx counts nginx instead, configured as load.sh configures it
 # but with one worker and `master_process off` (so that valgrind sees the
 # process that proxies), on the same upstream with the same wrk script: the
@@ -66,12 +71,26 @@ else
     export TOKEN=$tok
     URL="http://127.0.0.1:$PC_PORT/ws/bench"
 fi
+# check_answer: one call must be answered with the echoed text.
+check_answer() {
+    local answer
+    answer=$(curl -s --max-time 30 "$URL" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+        -H 'Accept: application/json, text/event-stream' -H 'MCP-Protocol-Version: 2025-06-18' \
+        -d '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}') || true
+    [[ "$answer" == *'"text":"x"'* ]] || die "$1: wrong answer to tools/call: ${answer:0:300}"
+}
+check_answer "before the run"
 wrk -t1 -c"$CONNS" -d3s -s "$ROOT/benches/lua/legit.lua" "$URL" >/dev/null
 callgrind_control -i on "$GW" >/dev/null
-out=$(wrk -t1 -c"$CONNS" -d"$DURATION" -s "$ROOT/benches/lua/legit.lua" "$URL")
+out=$(wrk -t1 -c"$CONNS" -d"$DURATION" -s "$ROOT/benches/lua/checked.lua" "$URL")
 callgrind_control -i off "$GW" >/dev/null
-read -r _ rps _ _ errs non2xx <<<"$(grep '^RESULT' <<<"$out")"
+read -r _ rps _ _ errs non2xx wrong <<<"$(grep '^RESULT' <<<"$out")"
 reqs=$(grep -oE '^ +[0-9]+ requests in' <<<"$out" | awk '{print $1}')
+check_answer "after the run"
+[ "${reqs:-0}" -gt 0 ] || die "no request completed: $out"
+if [ "$errs" != 0 ] || [ "$non2xx" != 0 ] || [ "$wrong" != 0 ]; then
+    die "wrong answers during the counted run (socket errors $errs, non-2xx $non2xx, wrong answers $wrong of $reqs): no figure"
+fi
 kill "$GW"
 wait "$GW" 2>/dev/null || true
 callgrind_annotate --inclusive=yes "$WORK/callgrind.out" >"$WORK/callgrind.txt" 2>/dev/null || true

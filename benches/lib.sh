@@ -2,7 +2,8 @@
 # shellcheck shell=bash
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BIN="$ROOT/target/release/portcullis"
+# BIN may name another build of the gateway (e.g. to try a bench on a branch).
+BIN="${BIN:-$ROOT/target/release/portcullis}"
 PIDS=()
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

@@ -11,6 +11,14 @@
 //!   and the log poll must catch up);
 //! - per-request latency with `limits.scope = "cluster"` versus `"instance"`
 //!   and the Redis commands each request costs.
+//!
+//! Every answer is checked, and the bench exits non-zero when one is wrong:
+//! a figure measured on wrong answers is no figure. Wrong is: a revoke call
+//! that does not return 200; anything but 200 before the refusal or 401 as
+//! the refusal (a 503 is the store failing, not the token refused); no
+//! refusal within `REFUSAL_DEADLINE`; any limiter or background request
+//! that is not 200; a cluster-scope run whose requests did not each reach
+//! the Redis limiter script, or an instance-scope run whose did.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -91,6 +99,27 @@ async fn create(http: &Http, admin: &str, admin_token: &str) -> (String, String)
     (v["token"].as_str().unwrap().into(), v["info"]["id"].as_str().unwrap().into())
 }
 
+/// How long a revoked token may go on being served before the trial counts
+/// as a failure (the contract says "immediately"; this only bounds the loop).
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Polls `url` with the revoked `token` until it is refused. `Ok(first)`:
+/// refused with 401, `first` when the first poll was; `Err`: a wrong answer
+/// (anything but 200 while still served, or a refusal other than 401) or no
+/// refusal in time.
+async fn await_refusal(http: &Http, url: &str, token: &str) -> Result<bool, String> {
+    let deadline = Instant::now() + REFUSAL_DEADLINE;
+    let mut first = true;
+    while Instant::now() < deadline {
+        match call(http, Method::POST, url, token, ECHO).await.0 {
+            401 => return Ok(first),
+            200 => first = false,
+            s => return Err(format!("status {s} after revocation (only 200 before the refusal or 401 is right)")),
+        }
+    }
+    Err(format!("still served {} s after revocation", REFUSAL_DEADLINE.as_secs()))
+}
+
 fn main() {
     // `cargo bench` passes --bench; nothing to parse.
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -166,12 +195,14 @@ async fn run() {
         for _ in 0..4 {
             let (http, url, t, on) = (http.clone(), url.clone(), bg_token.clone(), Arc::clone(&load_on));
             load.push(tokio::spawn(async move {
-                let mut n = 0u64;
+                let (mut n, mut wrong) = (0u64, 0u64);
                 while on.load(Ordering::Relaxed) {
-                    call(&http, Method::POST, &url, &t, ECHO).await;
+                    if call(&http, Method::POST, &url, &t, ECHO).await.0 != 200 {
+                        wrong += 1;
+                    }
                     n += 1;
                 }
-                n
+                (n, wrong)
             }));
         }
     }
@@ -180,6 +211,7 @@ async fn run() {
     let mut call_latency = Vec::new();
     let mut after_return = Vec::new();
     let mut refused_first = 0;
+    let mut failures: Vec<String> = Vec::new();
     for _ in 0..trials {
         let (t, id) = create(&http, &a_admin, &admin_token).await;
         assert_eq!(call(&http, Method::POST, &b_data, &t, ECHO).await.0, 200);
@@ -195,17 +227,12 @@ async fn run() {
         assert_eq!(s, 200);
         let returned = Instant::now();
         call_latency.push(returned - started);
-        let mut first = true;
-        loop {
-            let (s, _) = call(&http, Method::POST, &b_data, &t, ECHO).await;
-            if s == 401 {
+        match await_refusal(&http, &b_data, &t).await {
+            Ok(first) => {
                 after_return.push(returned.elapsed());
-                if first {
-                    refused_first += 1;
-                }
-                break;
+                refused_first += usize::from(first);
             }
-            first = false;
+            Err(e) => failures.push(format!("propagation trial: {e}")),
         }
     }
 
@@ -223,7 +250,7 @@ async fn run() {
             .await
             .unwrap();
         let started = Instant::now();
-        call(
+        let (s, _) = call(
             &http,
             Method::DELETE,
             &format!("http://{a_admin}/v1/workspaces/demo/tokens/{id}"),
@@ -231,13 +258,13 @@ async fn run() {
             "",
         )
         .await;
+        if s != 200 {
+            failures.push(format!("pub/sub killed: revoke call answered {s}"));
+        }
         dropped_call.push(started.elapsed());
-        loop {
-            let (s, _) = call(&http, Method::POST, &b_data, &t, ECHO).await;
-            if s == 401 || s == 503 {
-                dropped_total.push(started.elapsed());
-                break;
-            }
+        match await_refusal(&http, &b_data, &t).await {
+            Ok(_) => dropped_total.push(started.elapsed()),
+            Err(e) => failures.push(format!("pub/sub killed: {e}")),
         }
         for r in [&a, &b] {
             while !r.state.verifier.is_trusted() {
@@ -248,7 +275,11 @@ async fn run() {
     load_on.store(false, Ordering::Relaxed);
     let mut bg = 0;
     for l in load {
-        bg += l.await.unwrap();
+        let (n, wrong) = l.await.unwrap();
+        bg += n;
+        if wrong > 0 {
+            failures.push(format!("background load: {wrong} of {n} requests not 200"));
+        }
     }
 
     println!("## Revocation propagation ({trials} trials, 2 instances, background load: 8 clients, {bg} requests)\n");
@@ -272,19 +303,31 @@ async fn run() {
     let mut results = Vec::new();
     for (name, url) in [("scope = instance", &a_data), ("scope = cluster", &c_data)] {
         for _ in 0..200 {
-            call(&http, Method::POST, url, &bg_token, ECHO).await;
+            let s = call(&http, Method::POST, url, &bg_token, ECHO).await.0;
+            if s != 200 {
+                failures.push(format!("{name}: warm-up request answered {s}"));
+            }
         }
         let before: String = redis::cmd("INFO").arg("commandstats").query_async(&mut rc).await.unwrap();
         let mut lat = Vec::with_capacity(n);
         for _ in 0..n {
             let t0 = Instant::now();
-            call(&http, Method::POST, url, &bg_token, ECHO).await;
+            let (s, body) = call(&http, Method::POST, url, &bg_token, ECHO).await;
             lat.push(t0.elapsed());
+            if s != 200 || !body.windows(10).any(|w| w == br#""text":"x""#) {
+                failures.push(format!("{name}: request answered {s} {:?}", String::from_utf8_lossy(&body)));
+            }
         }
         let after: String = redis::cmd("INFO").arg("commandstats").query_async(&mut rc).await.unwrap();
         let scripts = calls(&after, "cmdstat_evalsha") + calls(&after, "cmdstat_eval:")
             - calls(&before, "cmdstat_evalsha")
             - calls(&before, "cmdstat_eval:");
+        // The figure is the cluster limiter's only if each request ran its
+        // script (and the instance limiter's only if none did).
+        let cluster = name.ends_with("cluster");
+        if cluster && scripts < n as u64 || !cluster && scripts >= n as u64 {
+            failures.push(format!("{name}: {scripts} limiter script calls for {n} requests"));
+        }
         results.push((name, lat, scripts, total_calls(&after) - total_calls(&before)));
     }
     println!("## Cluster limiter cost ({n} sequential requests, one token, same machine)\n");
@@ -302,6 +345,11 @@ async fn run() {
     stop.cancel();
     let _ = redis.kill();
     let _ = redis.wait();
+    if !failures.is_empty() {
+        failures.truncate(20);
+        eprintln!("WRONG ANSWERS: the figures above are not valid:\n  {}", failures.join("\n  "));
+        std::process::exit(1);
+    }
 }
 
 /// `calls=` of one `INFO commandstats` line, by prefix.

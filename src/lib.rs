@@ -19,6 +19,7 @@
 //! - [`demo`]: the bundled demo MCP server.
 //! - [`cli`]: the command line.
 //! - [`build_info`]: version, commit, build date, backends, MCP revisions.
+//! - `fuzzing` (hidden): entry points for the fuzz targets in `fuzz/`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -29,6 +30,8 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod limit;
 pub mod mcp;

@@ -45,7 +45,15 @@ impl Envelope<'_> {
 
 /// A string, a number or null (JSON-RPC 2.0 §4).
 fn is_valid_id(raw: &str) -> bool {
-    matches!(raw.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9')) || raw == "null"
+    match raw.as_bytes().first() {
+        Some(b'"') => true,
+        // A number must be one clients can read back: beyond f64's range
+        // (`1e400`) serde_json refuses the error body that echoes it, and
+        // other parsers turn it into infinity. Costs one short parse, for
+        // numeric ids only.
+        Some(b'-' | b'0'..=b'9') => raw.parse::<f64>().is_ok_and(f64::is_finite),
+        _ => raw == "null",
+    }
 }
 
 /// What a request body turned out to be.
@@ -152,6 +160,25 @@ mod tests {
         assert!(inspect(br#"{"jsonrpc":"2.0","id":"a","error":{"code":1,"message":"x"}}"#).is_ok());
         assert!(inspect(br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#).is_ok());
         assert!(inspect(br#"{"jsonrpc":"2.0","id":1,"method":"esc\u0061ped"}"#).is_ok());
+    }
+
+    /// Found by the `jsonrpc` fuzz target: an id beyond f64's range was
+    /// accepted and echoed into error bodies that serde_json (and so Rust
+    /// clients) cannot parse ("number out of range").
+    #[test]
+    fn a_numeric_id_beyond_f64_is_invalid_and_never_echoed() {
+        for body in [
+            &br#"{"jsonrpc":"2.0","id":1e400,"method":"ping"}"#[..],
+            br#"{"jsonrpc":"2.0","id":-2E222222222222222222,"method":"ping"}"#,
+        ] {
+            assert_eq!(inspect(body).unwrap_err(), BodyError::InvalidRequest);
+            assert!(request_id(body).is_none());
+            let err = error_body(request_id(body), -32600, "Invalid Request", None);
+            assert!(serde_json::from_slice::<serde_json::Value>(&err).is_ok());
+        }
+        // Large but finite numbers stay valid ids.
+        assert!(inspect(br#"{"jsonrpc":"2.0","id":123456789012345678901234567890,"method":"ping"}"#).is_ok());
+        assert!(inspect(br#"{"jsonrpc":"2.0","id":-1.5e300,"method":"ping"}"#).is_ok());
     }
 
     #[test]

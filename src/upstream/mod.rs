@@ -18,7 +18,7 @@
 //! read (see [`Body`]). The `Host` value and the origin-form target are
 //! computed once per upstream.
 
-mod h1;
+pub(crate) mod h1;
 
 use std::cell::Cell;
 use std::collections::VecDeque;
