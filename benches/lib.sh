@@ -3,7 +3,11 @@
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # BIN may name another build of the gateway (e.g. to try a bench on a branch).
-BIN="${BIN:-$ROOT/target/release/portcullis}"
+# PROFILE=debug builds and runs the debug binary: the test command's smoke
+# runs, which check bounds and answers, not speed, and reuse its build.
+PROFILE="${PROFILE:-release}"
+case "$PROFILE" in release) PROFILE_FLAG=--release ;; debug) PROFILE_FLAG= ;; *) echo "PROFILE must be release or debug" >&2; exit 2 ;; esac
+BIN="${BIN:-$ROOT/target/$PROFILE/portcullis}"
 PIDS=()
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -31,8 +35,8 @@ need() {
 }
 
 build_release() {
-    log "cargo build --release"
-    (cd "$ROOT" && cargo build --release --quiet) || die "release build failed"
+    log "cargo build $PROFILE_FLAG"
+    (cd "$ROOT" && cargo build $PROFILE_FLAG --quiet) || die "$PROFILE build failed"
 }
 
 # wait_port HOST:PORT [seconds]

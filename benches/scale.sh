@@ -78,7 +78,7 @@ FLOOD_CONNS=${FLOOD_CONNS:-32}
 MISS_BUDGET=${MISS_BUDGET:-2000}
 WORK=${WORK:-$ROOT/target/bench-scale}
 LUA=$ROOT/benches/lua
-SEED=$ROOT/target/release/examples/seed_tokens
+SEED=$ROOT/target/$PROFILE/examples/seed_tokens
 
 trap cleanup EXIT
 mkdir -p "$WORK"
@@ -88,7 +88,7 @@ need python3 python3
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 build_release
 UP_PORT=$(free_port) PC_PORT=$(free_port) PC_ADMIN=$(free_port)
-(cd "$ROOT" && cargo build --release --quiet --example seed_tokens) || die "cannot build examples/seed_tokens"
+(cd "$ROOT" && cargo build $PROFILE_FLAG --quiet --example seed_tokens) || die "cannot build examples/seed_tokens"
 
 "$BIN" demo-upstream --listen "127.0.0.1:$UP_PORT" 2>"$WORK/upstream.log" &
 PIDS+=($!)

@@ -43,14 +43,14 @@ FD_SLACK=${FD_SLACK:-20}
 RSS_SLACK_MB=${RSS_SLACK_MB:-32}
 UPSTREAM_CONNS_MAX=${UPSTREAM_CONNS_MAX:-32}
 WORK=${WORK:-$ROOT/target/bench-soak}
-SEED=$ROOT/target/release/examples/seed_tokens
+SEED=$ROOT/target/$PROFILE/examples/seed_tokens
 
 trap cleanup EXIT
 rm -rf "$WORK" && mkdir -p "$WORK"
 need curl curl
 need python3 python3
 build_release
-(cd "$ROOT" && cargo build --release --quiet --example seed_tokens) || die "cannot build examples/seed_tokens"
+(cd "$ROOT" && cargo build $PROFILE_FLAG --quiet --example seed_tokens) || die "cannot build examples/seed_tokens"
 UP_PORT=$(free_port) PC_PORT=$(free_port) PC_ADMIN=$(free_port)
 UP_URL="http://127.0.0.1:$UP_PORT/mcp"
 

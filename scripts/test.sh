@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine (idempotent),
-# then runs all of it: formatting, lints, Rust unit and integration tests, and
+# then runs all of it: formatting, lints, Rust unit and integration tests, a
+# short run of every fuzz target, smoke runs of the pre-auth, flood and soak
+# benchmarks, and
 # the Python/Node tests with the official MCP SDKs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,13 @@ cargo clippy --all-targets --quiet -- -D warnings
 
 echo "==> cargo test"
 cargo test --quiet
+
+echo "==> fuzz smoke (AFL++ on the stable toolchain, a few seconds per target; docs/fuzzing.md)"
+scripts/fuzz-smoke.sh
+
+echo "==> benchmark smokes on the debug build: pre-auth bounds and token flood (benches/scale.sh), soak (benches/soak.sh)"
+PROFILE=debug SMOKE=1 benches/scale.sh
+PROFILE=debug SMOKE=1 benches/soak.sh
 
 echo "==> SDK tests (Python mcp client/server, TypeScript SDK, server-everything)"
 cargo build --quiet
