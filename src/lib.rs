@@ -33,6 +33,7 @@ pub mod gateway;
 pub mod limit;
 pub mod mcp;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod token;

@@ -18,11 +18,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::AppState;
 use crate::auth::lifecycle::{self, NewTokenRequest};
 use crate::auth::{CachedToken, self_check};
 use crate::config::Workspace;
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::store::ListFilter;
 use crate::token::{self, TokenKind, now_unix};
 

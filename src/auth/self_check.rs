@@ -15,8 +15,8 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde_json::json;
 
 use super::{CachedToken, VerifyError};
-use crate::app::AppState;
 use crate::error::{ApiError, Body, full};
+use crate::state::AppState;
 use crate::telemetry::AuthFailureReason;
 use crate::token::{self, TokenKind, now_unix};
 

@@ -7,11 +7,11 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Response};
 use http_body_util::BodyExt;
 
-use crate::app::AppState;
 use crate::auth::CachedToken;
 use crate::config::Workspace;
 use crate::error::{Body, GatewayError};
 use crate::mcp::jsonrpc;
+use crate::state::AppState;
 use crate::telemetry::UpstreamFailure;
 use crate::upstream::{Upstream, UpstreamError};
 

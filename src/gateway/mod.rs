@@ -38,13 +38,13 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use tracing::{Instrument, field};
 
-use crate::app::AppState;
 use crate::auth::{CachedToken, VerifyError};
 use crate::config::Workspace;
 use crate::error::{Body, GatewayError, full};
 use crate::mcp::aggregate::Aggregator;
 use crate::mcp::jsonrpc::{self, BodyError};
 use crate::mcp::session::Sealer;
+use crate::state::AppState;
 use crate::telemetry::AuthFailureReason;
 use crate::token::{TokenKind, now_unix};
 use crate::upstream::Upstream;

@@ -36,11 +36,11 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::session::{Sealer, SessionState, UpstreamSession};
 use super::sse;
-use crate::app::AppState;
 use crate::auth::CachedToken;
 use crate::config::{FailureMode, UpstreamServer, Workspace};
 use crate::error::{Body, GatewayError, full};
 use crate::gateway::Revocable;
+use crate::state::AppState;
 use crate::telemetry::UpstreamFailure;
 use crate::upstream::{Body as UpstreamBody, Upstream, UpstreamError};
 
