@@ -83,6 +83,17 @@ pub fn redis_endpoint(url: &str) -> String {
 }
 
 impl AppState {
+    /// The parts `auth::self_check` reads.
+    pub fn self_check(&self) -> crate::auth::self_check::Deps<'_> {
+        crate::auth::self_check::Deps {
+            config: &self.config,
+            store: &*self.store,
+            verifier: &self.verifier,
+            limiter: &self.limiter,
+            metrics: &self.metrics,
+        }
+    }
+
     pub async fn new(config: Config, store: Arc<dyn TokenStore>) -> Result<Arc<AppState>, StoreError> {
         let metrics = Arc::new(Metrics::new(&config));
         let mut options = IndexOptions {

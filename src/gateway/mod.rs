@@ -232,8 +232,13 @@ impl Gateway {
         }
         tracing::Span::current().record("path", path);
         if path == "/v1/tokens/self" && req.method() == Method::GET {
-            return crate::auth::self_check::respond(&self.state, req.headers(), outcome.client, crate::auth::self_check::Listener::Data)
-                .await;
+            return crate::auth::self_check::respond(
+                self.state.self_check(),
+                req.headers(),
+                outcome.client,
+                crate::auth::self_check::Listener::Data,
+            )
+            .await;
         }
         // MCP clients (mcp-remote) probe OAuth metadata at connect time. These
         // are static tokens, so answer a quick, unauthenticated 404 that sends
@@ -379,7 +384,7 @@ impl Gateway {
             verifier.reject(AuthFailureReason::Missing);
             return Err(GatewayError::Unauthorized { header_missing: true });
         };
-        let Some(raw) = bearer(value) else {
+        let Some(raw) = crate::auth::bearer(value) else {
             verifier.reject(AuthFailureReason::Malformed);
             return Err(GatewayError::Unauthorized { header_missing: false });
         };
@@ -415,25 +420,5 @@ impl Gateway {
             // The client broke off mid-body; nobody will read the answer.
             Ok(Err(_)) => Err(GatewayError::InvalidRequest),
         }
-    }
-}
-
-/// The token of `Authorization: Bearer <token>` (scheme case-insensitive).
-pub fn bearer(value: &HeaderValue) -> Option<&str> {
-    let s = value.to_str().ok()?;
-    let (scheme, rest) = s.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bearer_parsing() {
-        assert_eq!(bearer(&HeaderValue::from_static("Bearer abc")), Some("abc"));
-        assert_eq!(bearer(&HeaderValue::from_static("bearer   abc ")), Some("abc"));
-        assert_eq!(bearer(&HeaderValue::from_static("Basic abc")), None);
-        assert_eq!(bearer(&HeaderValue::from_static("Bearer")), None);
     }
 }
