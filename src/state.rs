@@ -29,7 +29,7 @@ pub struct AppState {
     /// `server.session_keys` is not set (`gateway::session_bind`).
     pub session_bind_key: Option<[u8; 32]>,
     /// Cancelled at the shutdown grace deadline: responses still streaming
-    /// then end with a last error event (`gateway::Revocable`) instead of
+    /// then end with a last error event (`mcp::Revocable`) instead of
     /// being cut off mid-stream when their connection is dropped.
     pub streams_cutoff: CancellationToken,
 }

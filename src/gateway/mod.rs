@@ -18,13 +18,8 @@
 //!    stream the answer back as it arrives.
 
 mod forward;
-mod keepalive;
 mod request_id;
-mod revocable;
 mod session_bind;
-
-pub(crate) use keepalive::KeepAlive;
-pub(crate) use revocable::Revocable;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -39,7 +39,7 @@ use super::sse;
 use crate::auth::CachedToken;
 use crate::config::{FailureMode, UpstreamServer, Workspace};
 use crate::error::{Body, GatewayError, full};
-use crate::gateway::Revocable;
+use crate::mcp::Revocable;
 use crate::state::AppState;
 use crate::telemetry::UpstreamFailure;
 use crate::upstream::{Body as UpstreamBody, Upstream, UpstreamError};
@@ -1141,7 +1141,7 @@ impl Aggregator {
     }
 
     /// The client's side of relayed streams. It ends when the token stops
-    /// being valid (see `gateway::Revocable`; the relays then see their
+    /// being valid (see `mcp::Revocable`; the relays then see their
     /// channel closed and stop), with a last error event answering `id`.
     fn event_stream(&self, ctx: &Ctx<'_>, rx: mpsc::Receiver<Bytes>, id: Option<Box<RawValue>>) -> Response<Body> {
         let body = ChannelBody(rx);
@@ -1150,7 +1150,7 @@ impl Aggregator {
                 .map_err(|never| match never {})
                 .boxed()
         } else {
-            let body = crate::gateway::KeepAlive::new(body, self.keepalive);
+            let body = crate::mcp::KeepAlive::new(body, self.keepalive);
             Revocable::new(body, ctx.token, &ctx.state.streams_cutoff, id)
                 .map_err(|never| match never {})
                 .boxed()

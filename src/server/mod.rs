@@ -182,7 +182,7 @@ async fn serve_limited<S, B>(
         _ = tokio::time::sleep(opts.shutdown_grace) => {}
     }
     // At the grace deadline the data plane's streams are cut with a last
-    // event (`AppState::streams_cutoff`, `gateway::Revocable`); a moment
+    // event (`AppState::streams_cutoff`, `mcp::Revocable`); a moment
     // more lets those events be written and their connections end before
     // what is left is dropped.
     tokio::select! {
