@@ -5,6 +5,7 @@
 //! and `auth::self_check`, so they can all hold it without importing the
 //! wiring in `app`, which only binds listeners, spawns loops and shuts down.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,15 @@ use crate::store::redis::RedisStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{StoreError, TokenStore};
 use crate::telemetry::Metrics;
+
+/// The address a request's connection comes from, put in the request's
+/// extensions on hyper's path by `server::WithPeer` (the fast path hands it to
+/// `Gateway::handle_from` directly): the token index budgets store reads
+/// per client address.
+/// It lives here, below `server` and both planes, because `server` hands
+/// requests to `gateway` (the fast path) and both planes read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// Everything request handlers share.
 pub struct AppState {

@@ -138,12 +138,12 @@ impl Gateway {
     }
 
     /// Entry point for every data-plane request from hyper, whose requests
-    /// carry the client's address as a `server::PeerAddr` extension.
+    /// carry the client's address as a `state::PeerAddr` extension.
     pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<Body>, Infallible>
     where
         B: RequestBody,
     {
-        let client = req.extensions().get::<crate::server::PeerAddr>().map(|p| p.0.ip());
+        let client = req.extensions().get::<crate::state::PeerAddr>().map(|p| p.0.ip());
         self.handle_from(req, client).await
     }
 

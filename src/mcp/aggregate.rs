@@ -58,7 +58,7 @@ fn split_prefixed<'n, 'a>(names: impl Iterator<Item = &'n str>, exposed: &'a str
 }
 
 /// Handshake revisions we negotiate, newest first.
-pub const SUPPORTED_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+pub use crate::build_info::MCP_REVISIONS as SUPPORTED_VERSIONS;
 /// The stateless revision: no handshake, no session, `_meta` on every request.
 pub const STATELESS_VERSION: &str = "2026-07-28";
 /// Pages followed per upstream list before giving up (a looping cursor).
