@@ -11,10 +11,16 @@ pub const BUILD_DATE: &str = env!("PORTCULLIS_BUILD_DATE");
 /// Both backends are always compiled in.
 pub const STORE_BACKENDS: [&str; 2] = ["sqlite", "redis"];
 
-/// MCP revisions the gateway negotiates (aggregating workspaces; a
-/// pass-through workspace carries whatever its upstream speaks).
+/// MCP handshake revisions the gateway negotiates, newest first
+/// (aggregating workspaces; a pass-through workspace carries whatever its
+/// upstream speaks). Defined here, not in `mcp`, which uses it, because
+/// `telemetry` reports it and `mcp` reports to `telemetry`: this way
+/// `build_info` imports nothing of the crate.
+pub const MCP_REVISIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+
+/// MCP revisions the gateway negotiates ([`MCP_REVISIONS`]).
 pub fn mcp_revisions() -> &'static [&'static str] {
-    &crate::mcp::aggregate::SUPPORTED_VERSIONS
+    &MCP_REVISIONS
 }
 
 /// The `portcullis version --json` object (the shape docs/cli.md documents).

@@ -11,7 +11,28 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::value::RawValue;
 
-use crate::mcp::jsonrpc;
+/// The JSON-RPC error body `{"jsonrpc":"2.0","id":…,"error":{…}}`.
+pub fn jsonrpc_error_body(id: Option<&RawValue>, code: i32, message: &str, data: Option<&serde_json::Value>) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct ErrorObject<'a> {
+        code: i32,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<&'a serde_json::Value>,
+    }
+    #[derive(serde::Serialize)]
+    struct ErrorResponse<'a> {
+        jsonrpc: &'static str,
+        id: Option<&'a RawValue>,
+        error: ErrorObject<'a>,
+    }
+    serde_json::to_vec(&ErrorResponse {
+        jsonrpc: "2.0",
+        id,
+        error: ErrorObject { code, message, data },
+    })
+    .expect("serializable")
+}
 
 /// Response body type of the data plane: either our own bytes or an
 /// upstream's streamed body.
@@ -118,14 +139,12 @@ impl GatewayError {
         }
     }
 
-    /// The last event of a response stream this failure cuts short (a
-    /// revoked or expired token, the shutdown grace running out): the
-    /// JSON-RPC error an answer would carry, as one SSE `message` event, so
-    /// that the client's request fails (or its GET stream ends) the same way
-    /// a refused request would. `id` is the request's, where it has one.
-    pub fn stream_end_event(&self, id: Option<&RawValue>) -> Bytes {
+    /// The JSON-RPC error body an answer to this failure carries; `id` is the
+    /// request's, where it has one. A stream cut short sends it as its last
+    /// event (`mcp::Revocable`).
+    pub fn jsonrpc_body(&self, id: Option<&RawValue>) -> Vec<u8> {
         let (_, code, message) = self.parts();
-        crate::mcp::sse::encode(&jsonrpc::error_body(id, code, message, self.data().as_ref()))
+        jsonrpc_error_body(id, code, message, self.data().as_ref())
     }
 
     /// The response for this failure; `id` is the request's JSON-RPC id when
@@ -133,7 +152,7 @@ impl GatewayError {
     pub fn into_response(self, id: Option<&RawValue>) -> Response<Body> {
         let (status, code, message) = self.parts();
         let data = self.data();
-        let mut resp = Response::new(full(jsonrpc::error_body(id, code, message, data.as_ref())));
+        let mut resp = Response::new(full(jsonrpc_error_body(id, code, message, data.as_ref())));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -7,14 +7,21 @@
 //! - [`auth`]: the in-memory hash index, its invalidation, the verify step, and
 //!   token creation/revocation.
 //! - [`limit`]: per-token rate limiting (governor).
+//! - [`state`]: `AppState`, what both planes share, and the store openers;
+//!   below both planes.
 //! - [`gateway`]: the data plane, an ordered pipeline authenticate → limit →
 //!   body → forward.
-//! - [`mcp`]: JSON-RPC envelope handling.
+//! - [`mcp`]: JSON-RPC envelope handling, SSE framing, keep-alive and
+//!   revocable streams, and the aggregating server (`mcp::aggregate`).
 //! - [`upstream`]: pooled HTTP client to upstream servers; knows nothing of tokens.
 //! - [`admin`]: the control-plane HTTP API.
 //! - [`error`]: the one mapping from failures to what clients see.
 //! - [`config`]: the TOML file, validation and runtime types.
-//! - [`app`] and [`server`]: wiring, listeners, background tasks, shutdown.
+//! - [`app`] and [`server`]: wiring, listeners, background tasks, shutdown;
+//!   only [`cli`] imports [`app`].
+//!
+//! Each module imports only those below it; ARCHITECTURE.md ("Invariants")
+//! has the table and `tests/it/layout.rs` enforces it.
 //! - [`telemetry`]: tracing and Prometheus metrics.
 //! - [`demo`]: the bundled demo MCP server.
 //! - [`cli`]: the command line.
@@ -36,6 +43,7 @@ pub mod gateway;
 pub mod limit;
 pub mod mcp;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod token;

@@ -18,11 +18,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::AppState;
 use crate::auth::lifecycle::{self, NewTokenRequest};
 use crate::auth::{CachedToken, self_check};
 use crate::config::Workspace;
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::store::ListFilter;
 use crate::token::{self, TokenKind, now_unix};
 
@@ -81,15 +81,15 @@ impl FromRequestParts<SharedState> for Admin {
 }
 
 async fn verify_any(state: &AppState, parts: &Parts) -> Result<Arc<CachedToken>, ApiError> {
-    let client = parts.extensions.get::<crate::server::PeerAddr>().map(|p| p.0.ip());
-    self_check::verify_bearer(state, &parts.headers, client).await
+    let client = parts.extensions.get::<crate::state::PeerAddr>().map(|p| p.0.ip());
+    self_check::verify_bearer(state.self_check(), &parts.headers, client).await
 }
 
 /// `GET /v1/tokens/self` here accepts both kinds of token (contract §4).
 async fn token_self(State(state): State<SharedState>, req: axum::extract::Request) -> Response {
     state.metrics.admin_request();
-    let client = req.extensions().get::<crate::server::PeerAddr>().map(|p| p.0.ip());
-    self_check::respond(&state, req.headers(), client, self_check::Listener::Admin)
+    let client = req.extensions().get::<crate::state::PeerAddr>().map(|p| p.0.ip());
+    self_check::respond(state.self_check(), req.headers(), client, self_check::Listener::Admin)
         .await
         .map(axum::body::Body::new)
 }

@@ -13,6 +13,7 @@
 //!   with is unchanged, checked under the same shard lock as the insert.
 //! - Expiry is checked on every request, not when an entry is filled.
 
+mod bearer;
 pub mod lifecycle;
 mod miss_budget;
 mod negative;
@@ -33,6 +34,7 @@ use crate::store::{StoreError, TokenStore};
 use crate::telemetry::{AuthFailureReason, IndexLookup, Metrics};
 use crate::token::{self, TokenHash, TokenKind, TokenRecord};
 
+pub use bearer::bearer;
 pub use miss_budget::{HashFilter, MissBudget};
 pub use negative::NegativeCache;
 

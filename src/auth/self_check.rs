@@ -14,11 +14,26 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde_json::json;
 
-use super::{CachedToken, VerifyError};
-use crate::app::AppState;
+use super::{CachedToken, Verifier, VerifyError};
+use crate::config::Config;
 use crate::error::{ApiError, Body, full};
+use crate::limit::Limits;
+use crate::store::TokenStore;
 use crate::telemetry::AuthFailureReason;
+use crate::telemetry::Metrics;
 use crate::token::{self, TokenKind, now_unix};
+
+/// What the answer reads: borrowed from the shared state
+/// (`state::AppState::self_check`), so that `auth` does not import the state
+/// that is built from it (no import cycle between `auth` and `state`).
+#[derive(Clone, Copy)]
+pub struct Deps<'a> {
+    pub config: &'a Config,
+    pub store: &'a dyn TokenStore,
+    pub verifier: &'a Verifier,
+    pub limiter: &'a Limits,
+    pub metrics: &'a Metrics,
+}
 
 /// Which listener is asking: what it accepts differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,8 +43,8 @@ pub enum Listener {
 }
 
 /// The bearer token of `headers`, verified (any kind).
-pub async fn verify_bearer(state: &AppState, headers: &HeaderMap, client: Option<IpAddr>) -> Result<Arc<CachedToken>, ApiError> {
-    let Some(raw) = headers.get(http::header::AUTHORIZATION).and_then(crate::gateway::bearer) else {
+pub async fn verify_bearer(state: Deps<'_>, headers: &HeaderMap, client: Option<IpAddr>) -> Result<Arc<CachedToken>, ApiError> {
+    let Some(raw) = headers.get(http::header::AUTHORIZATION).and_then(super::bearer) else {
         state.verifier.reject(AuthFailureReason::Missing);
         return Err(ApiError::unauthorized());
     };
@@ -41,7 +56,7 @@ pub async fn verify_bearer(state: &AppState, headers: &HeaderMap, client: Option
 }
 
 /// The answer to `GET /v1/tokens/self` on `listener`.
-pub async fn respond(state: &AppState, headers: &HeaderMap, client: Option<IpAddr>, listener: Listener) -> Response<Body> {
+pub async fn respond(state: Deps<'_>, headers: &HeaderMap, client: Option<IpAddr>, listener: Listener) -> Response<Body> {
     let mut retry_after = None;
     let checked = async {
         let t = verify_bearer(state, headers, client).await?;
@@ -96,7 +111,7 @@ pub async fn respond(state: &AppState, headers: &HeaderMap, client: Option<IpAdd
 
 /// The token's own view of itself. The index keeps no names (memory per
 /// token), so the name is read from the store: this endpoint is rare.
-async fn body(state: &AppState, t: &CachedToken) -> Result<serde_json::Value, ApiError> {
+async fn body(state: Deps<'_>, t: &CachedToken) -> Result<serde_json::Value, ApiError> {
     let name = match state.store.get(&t.id).await {
         Ok(Some(r)) => r.name,
         // Revoked and deleted cannot be: verification just passed; a record

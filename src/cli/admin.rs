@@ -84,7 +84,7 @@ async fn open(config: &ConfigArg) -> Result<(StoreContext, Arc<dyn TokenStore>),
         StoreConfig::Sqlite { path } => path.exists(),
         StoreConfig::Redis { .. } => true,
     };
-    let store = crate::app::open_store_at(&ctx.store, &ctx.source)
+    let store = crate::state::open_store_at(&ctx.store, &ctx.source)
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;
     crate::telemetry::announce("INFO", &store_line(&ctx.store, existed));
@@ -99,7 +99,7 @@ pub fn store_line(store: &StoreConfig, existed: bool) -> String {
             "store: SQLite {} (NEW: no store was there, so an empty one was created; if the gateway uses another file, fix store.path or --config)",
             path.display()
         ),
-        StoreConfig::Redis { url, .. } => format!("store: Redis {}", crate::app::redis_endpoint(url)),
+        StoreConfig::Redis { url, .. } => format!("store: Redis {}", crate::state::redis_endpoint(url)),
     }
 }
 
@@ -107,7 +107,7 @@ pub fn store_line(store: &StoreConfig, existed: bool) -> String {
 fn store_json(store: &StoreConfig) -> serde_json::Value {
     match store {
         StoreConfig::Sqlite { path } => json!({"backend": "sqlite", "path": path.display().to_string()}),
-        StoreConfig::Redis { url, .. } => json!({"backend": "redis", "url": crate::app::redis_endpoint(url)}),
+        StoreConfig::Redis { url, .. } => json!({"backend": "redis", "url": crate::state::redis_endpoint(url)}),
     }
 }
 

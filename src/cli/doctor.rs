@@ -151,7 +151,7 @@ async fn store_checks(config: &Config) -> Vec<Check> {
 }
 
 async fn redis_checks(url: &str, timeout: Duration) -> Vec<Check> {
-    let endpoint = crate::app::redis_endpoint(url);
+    let endpoint = crate::state::redis_endpoint(url);
     let conn = async {
         let client = redis::Client::open(url).map_err(|e| e.to_string())?;
         tokio::time::timeout(timeout.max(Duration::from_secs(2)), client.get_multiplexed_async_connection())

@@ -132,7 +132,7 @@ pub async fn demo(path: &Path) -> CliResult {
     };
     let store_desc = match &config.store {
         crate::config::StoreConfig::Sqlite { path } => path.display().to_string(),
-        crate::config::StoreConfig::Redis { url, .. } => crate::app::redis_endpoint(url),
+        crate::config::StoreConfig::Redis { url, .. } => crate::state::redis_endpoint(url),
     };
     // The binary actually running, so the commands printed below work from
     // any directory and whatever the build profile.

@@ -7,11 +7,11 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Response};
 use http_body_util::BodyExt;
 
-use crate::app::AppState;
 use crate::auth::CachedToken;
 use crate::config::Workspace;
 use crate::error::{Body, GatewayError};
 use crate::mcp::jsonrpc;
+use crate::state::AppState;
 use crate::telemetry::UpstreamFailure;
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -141,12 +141,12 @@ pub(super) async fn forward(
         let inner = if keepalive.is_zero() {
             incoming.boxed()
         } else {
-            super::keepalive::KeepAlive::new(incoming, keepalive).boxed()
+            crate::mcp::KeepAlive::new(incoming, keepalive).boxed()
         };
         // A stream ends when the token stops being valid; its last event
         // answers the request's id (none for a GET).
         let id = jsonrpc::request_id(&body).map(|r| r.to_owned());
-        super::Revocable::new(inner, token, &state.streams_cutoff, id).boxed()
+        crate::mcp::Revocable::new(inner, token, &state.streams_cutoff, id).boxed()
     } else {
         incoming.boxed()
     };

@@ -18,13 +18,8 @@
 //!    stream the answer back as it arrives.
 
 mod forward;
-mod keepalive;
 mod request_id;
-mod revocable;
 mod session_bind;
-
-pub(crate) use keepalive::KeepAlive;
-pub(crate) use revocable::Revocable;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -38,13 +33,13 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use tracing::{Instrument, field};
 
-use crate::app::AppState;
 use crate::auth::{CachedToken, VerifyError};
 use crate::config::Workspace;
 use crate::error::{Body, GatewayError, full};
 use crate::mcp::aggregate::Aggregator;
 use crate::mcp::jsonrpc::{self, BodyError};
 use crate::mcp::session::Sealer;
+use crate::state::AppState;
 use crate::telemetry::AuthFailureReason;
 use crate::token::{TokenKind, now_unix};
 use crate::upstream::Upstream;
@@ -143,12 +138,12 @@ impl Gateway {
     }
 
     /// Entry point for every data-plane request from hyper, whose requests
-    /// carry the client's address as a `server::PeerAddr` extension.
+    /// carry the client's address as a `state::PeerAddr` extension.
     pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<Body>, Infallible>
     where
         B: RequestBody,
     {
-        let client = req.extensions().get::<crate::server::PeerAddr>().map(|p| p.0.ip());
+        let client = req.extensions().get::<crate::state::PeerAddr>().map(|p| p.0.ip());
         self.handle_from(req, client).await
     }
 
@@ -232,8 +227,13 @@ impl Gateway {
         }
         tracing::Span::current().record("path", path);
         if path == "/v1/tokens/self" && req.method() == Method::GET {
-            return crate::auth::self_check::respond(&self.state, req.headers(), outcome.client, crate::auth::self_check::Listener::Data)
-                .await;
+            return crate::auth::self_check::respond(
+                self.state.self_check(),
+                req.headers(),
+                outcome.client,
+                crate::auth::self_check::Listener::Data,
+            )
+            .await;
         }
         // MCP clients (mcp-remote) probe OAuth metadata at connect time. These
         // are static tokens, so answer a quick, unauthenticated 404 that sends
@@ -379,7 +379,7 @@ impl Gateway {
             verifier.reject(AuthFailureReason::Missing);
             return Err(GatewayError::Unauthorized { header_missing: true });
         };
-        let Some(raw) = bearer(value) else {
+        let Some(raw) = crate::auth::bearer(value) else {
             verifier.reject(AuthFailureReason::Malformed);
             return Err(GatewayError::Unauthorized { header_missing: false });
         };
@@ -415,25 +415,5 @@ impl Gateway {
             // The client broke off mid-body; nobody will read the answer.
             Ok(Err(_)) => Err(GatewayError::InvalidRequest),
         }
-    }
-}
-
-/// The token of `Authorization: Bearer <token>` (scheme case-insensitive).
-pub fn bearer(value: &HeaderValue) -> Option<&str> {
-    let s = value.to_str().ok()?;
-    let (scheme, rest) = s.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bearer_parsing() {
-        assert_eq!(bearer(&HeaderValue::from_static("Bearer abc")), Some("abc"));
-        assert_eq!(bearer(&HeaderValue::from_static("bearer   abc ")), Some("abc"));
-        assert_eq!(bearer(&HeaderValue::from_static("Basic abc")), None);
-        assert_eq!(bearer(&HeaderValue::from_static("Bearer")), None);
     }
 }

@@ -117,28 +117,10 @@ fn classify(e: serde_json::Error) -> BodyError {
     }
 }
 
-/// The JSON-RPC error body `{"jsonrpc":"2.0","id":…,"error":{…}}`.
-pub fn error_body(id: Option<&RawValue>, code: i32, message: &str, data: Option<&serde_json::Value>) -> Vec<u8> {
-    #[derive(serde::Serialize)]
-    struct ErrorObject<'a> {
-        code: i32,
-        message: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        data: Option<&'a serde_json::Value>,
-    }
-    #[derive(serde::Serialize)]
-    struct ErrorResponse<'a> {
-        jsonrpc: &'static str,
-        id: Option<&'a RawValue>,
-        error: ErrorObject<'a>,
-    }
-    serde_json::to_vec(&ErrorResponse {
-        jsonrpc: "2.0",
-        id,
-        error: ErrorObject { code, message, data },
-    })
-    .expect("serializable")
-}
+/// The JSON-RPC error body. It is encoded in `error`, the one place that
+/// decides what a failing client sees, so that `error` needs nothing from
+/// `mcp` (which uses `error` throughout); the name stays here for callers.
+pub use crate::error::jsonrpc_error_body as error_body;
 
 #[cfg(test)]
 mod tests {

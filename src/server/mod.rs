@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::state::PeerAddr;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::service::Service;
@@ -60,13 +61,6 @@ pub struct ConnOptions {
     /// How long open requests and streams may finish after shutdown begins.
     pub shutdown_grace: Duration,
 }
-
-/// The address a request's connection comes from, put in the request's
-/// extensions on hyper's path by [`WithPeer`] (the fast path hands it to
-/// `Gateway::handle_from` directly): the token index budgets store reads
-/// per client address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddr(pub SocketAddr);
 
 /// A connection's service, adding its [`PeerAddr`] to every request.
 #[derive(Clone)]
@@ -182,7 +176,7 @@ async fn serve_limited<S, B>(
         _ = tokio::time::sleep(opts.shutdown_grace) => {}
     }
     // At the grace deadline the data plane's streams are cut with a last
-    // event (`AppState::streams_cutoff`, `gateway::Revocable`); a moment
+    // event (`AppState::streams_cutoff`, `mcp::Revocable`); a moment
     // more lets those events be written and their connections end before
     // what is left is dropped.
     tokio::select! {

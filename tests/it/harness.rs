@@ -159,7 +159,7 @@ impl Gateway {
         self.running = Some(running);
     }
 
-    pub fn state(&self) -> &Arc<portcullis::app::AppState> {
+    pub fn state(&self) -> &Arc<portcullis::state::AppState> {
         &self.running.as_ref().expect("running").state
     }
 }

@@ -11,6 +11,7 @@ mod fast_path;
 mod framing;
 mod harness;
 mod isolation;
+mod layout;
 mod lb;
 mod lifecycle;
 mod limits_headers;

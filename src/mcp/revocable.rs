@@ -13,7 +13,7 @@
 //!
 //! The cut is checked before every frame, so nothing the upstream sends after
 //! it reaches the client. The client then gets one last SSE event with the
-//! JSON-RPC error a new request would get (`GatewayError::stream_end_event`:
+//! JSON-RPC error a new request would get (`GatewayError::jsonrpc_body`:
 //! -31001 `Unauthorized` for a revoked or expired token, -32603 `Service
 //! unavailable` at shutdown), carrying the request's id where it has one, and
 //! the stream ends; the upstream body is dropped (its connection closed, or
@@ -98,7 +98,10 @@ impl<B> Revocable<B> {
     /// The bytes that end a cut stream: the partial event, if any, closed as
     /// one to discard; then the error event.
     fn last_event(&self, error: &GatewayError) -> Bytes {
-        let event = error.stream_end_event(self.id.as_deref());
+        // The JSON-RPC error an answer would carry, as one SSE `message`
+        // event, so that the client's request fails (or its GET stream ends)
+        // the same way a refused request would.
+        let event = super::sse::encode(&error.jsonrpc_body(self.id.as_deref()));
         if self.tail.at_boundary() {
             return event;
         }
