@@ -339,7 +339,7 @@ pub fn jsonrpc(data: &[u8]) {
 /// (CRC32 detects every single-byte error).
 pub fn token(data: &[u8]) {
     if let Ok(value) = HeaderValue::from_bytes(data)
-        && let Some(raw) = crate::gateway::bearer(&value)
+        && let Some(raw) = crate::auth::bearer(&value)
     {
         check_token(raw);
     }
