@@ -99,3 +99,18 @@ mcp_initialize() {
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
+
+# add_tight_workspace CONFIG UPSTREAM_URL: appends workspace `tight`, limited
+# to 1 request per minute, for the 429 cases of scale.sh and soak.sh.
+add_tight_workspace() {
+    cat >>"$1" <<EOF
+
+[[workspaces]]
+slug = "tight"
+requests_per_minute = 1
+
+[[workspaces.servers]]
+name = "demo"
+url = "$2"
+EOF
+}
