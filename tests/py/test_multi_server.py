@@ -9,6 +9,8 @@ A second gateway process (its own config, SQLite file and `server.session_keys`)
   * `strict`   = `py` + `second` (a *dedicated* Python upstream, killed by one test),
                  `failure_mode = "fail_closed"`.
   * `solo`     = `py` alone: stays a pass-through even in a config with session keys.
+  * `polling`  = `poller` (a *dedicated* Python upstream run with an in-memory event store,
+                 whose `poll` tool ends its SSE stream mid-call) + `py`.
 
 Through `/ws/<slug>` of an aggregating workspace the client must see ONE MCP server
 (serverInfo.name "portcullis"), tools/prompts named `<server>__<name>`, resources with their
@@ -97,7 +99,7 @@ MULTI_CLIENT = TESTS_JS / "multi_client.mjs"
 
 def _multi_config(
     *, listen: int, admin: int, db: Path, keys: list[str], py_url: str, fragile_py_url: str,
-    strict_py_url: str, everything_url: str, dead_port: int,
+    strict_py_url: str, everything_url: str, dead_port: int, poller_url: str,
 ) -> str:
     py_headers = '{ Authorization = "Bearer ${PORTCULLIS_IT_PY_KEY}" }'
     return f"""
@@ -176,6 +178,21 @@ url = {_toml_str(strict_py_url)}
 headers = {py_headers}
 timeout_ms = 5000
 connect_timeout_ms = 1000
+
+[[workspaces]]
+slug = "polling"
+
+[[workspaces.servers]]
+name = "poller"
+url = {_toml_str(poller_url)}
+headers = {py_headers}
+timeout_ms = 30000
+
+[[workspaces.servers]]
+name = "py"
+url = {_toml_str(py_url)}
+headers = {py_headers}
+timeout_ms = 30000
 
 [[workspaces]]
 slug = "solo"
@@ -268,6 +285,21 @@ def strict_py_upstream(procs: ProcessManager, tmp_path_factory) -> RecordingUpst
     return RecordingUpstream("strict-py", port, f"http://127.0.0.1:{port}/mcp", proc, record_path=record)
 
 
+@pytest.fixture(scope="session")
+def poller_py_upstream(procs: ProcessManager, tmp_path_factory) -> RecordingUpstream:
+    """A Python upstream with an in-memory event store, for the `polling` workspace."""
+    port = free_port()
+    record = tmp_path_factory.mktemp("poller-py") / "requests.jsonl"
+    record.touch()
+    proc = procs.start(
+        "poller-py-upstream",
+        [sys.executable, TESTS_PY / "upstream_py.py", "--port", str(port), "--record", record,
+         "--expect-auth", f"Bearer {PY_UPSTREAM_KEY}", "--event-store"],
+    )
+    wait_until(lambda: port_open(port), f"poller python upstream on port {port}", procs=[proc])
+    return RecordingUpstream("poller-py", port, f"http://127.0.0.1:{port}/mcp", proc, record_path=record)
+
+
 @dataclass
 class MultiSetup:
     """Everything needed to start more instances on the same database."""
@@ -282,6 +314,7 @@ class MultiSetup:
 def multi_setup(
     portcullis_bin: Path, tmp_path_factory, py_upstream: RecordingUpstream, everything_upstream: Upstream,
     fragile_py_upstream: RecordingUpstream, strict_py_upstream: RecordingUpstream, dead_port: int,
+    poller_py_upstream: RecordingUpstream,
 ) -> MultiSetup:
     workdir = tmp_path_factory.mktemp("gateway-multi")
     db = workdir / "data" / "portcullis.db"
@@ -294,7 +327,8 @@ def multi_setup(
         workdir=workdir, db=db, env=env,
         config_kwargs=dict(db=db, py_url=py_upstream.url, fragile_py_url=fragile_py_upstream.url,
                            strict_py_url=strict_py_upstream.url,
-                           everything_url=everything_upstream.url, dead_port=dead_port),
+                           everything_url=everything_upstream.url, dead_port=dead_port,
+                           poller_url=poller_py_upstream.url),
     )
 
 
@@ -752,6 +786,52 @@ async def test_progress_before_result_from_both_servers(team_gw, tmp_path):
                                   progress_callback=log)
             assert text_of(r) == "done after 3 steps", r
             assert [p for _, p, _, _ in log.events] == [1, 2, 3], log.events
+
+
+def test_call_stream_closed_by_the_upstream_is_resumed_by_the_gateway(team_gw, poller_py_upstream, py_upstream,
+                                                                      tmp_path):
+    """SEP-1699 polling with the real SDK: `poller__poll` reports progress 1, then the SDK
+    server ends the call's SSE stream (`ctx.close_sse_stream()`), reports progress 2 and 3
+    into its event store and answers. The gateway must resume the upstream stream itself
+    (GET + Last-Event-ID) so that the client gets ONE uninterrupted stream: every report and
+    the answer, in order, none twice. Protocol 2025-11-25: the SDK primes streams (event ids,
+    `retry:`) and lets a tool close its stream only for clients of that revision or later."""
+    tok = team_gw.token("polling")
+    py_mark = py_upstream.mark()
+    s = RawSession(team_gw.ws_url("polling"), tok["token"])
+    s.initialize(version="2025-11-25")
+    assert s.protocol == "2025-11-25"
+    gate = tmp_path / "poll-first-progress-seen"
+    rid = s.next_id()
+    body = jsonrpc("tools/call", {"name": "poller__poll", "arguments": {"steps": 3, "gate": str(gate)},
+                                  "_meta": {"progressToken": "poll-1"}}, id=rid)
+    h = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
+         "Authorization": f"Bearer {s.token}", "Mcp-Session-Id": s.sid, "MCP-Protocol-Version": s.protocol}
+    msgs: list[dict] = []
+    with httpx.Client(timeout=OP_TIMEOUT) as hc, hc.stream("POST", s.url, content=json.dumps(body), headers=h) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream"), r.headers
+        for line in r.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            msg = json.loads(line[len("data:"):])
+            msgs.append(msg)
+            if msg.get("method") == "notifications/progress" and msg["params"]["progress"] == 1:
+                gate.touch()  # the tool ends its stream only once this report reached us
+    # the whole body was read: the gateway ended the stream after the answer
+    progress = [(m["params"]["progressToken"], m["params"]["progress"]) for m in msgs
+                if m.get("method") == "notifications/progress"]
+    assert progress == [("poll-1", 1), ("poll-1", 2), ("poll-1", 3)], msgs
+    answers = [m for m in msgs if "method" not in m]
+    assert len(answers) == 1 and msgs[-1] is answers[0], msgs
+    assert answers[0]["id"] == rid and raw_text(answers[0]["result"]) == "polled after 3 steps", answers
+    # the cut really happened and the gateway resumed: one GET with Last-Event-ID reached the poller
+    resumes = [e for e in poller_py_upstream.records()
+               if e["method"] == "GET" and any(k.lower() == "last-event-id" for k, _ in e["headers"])]
+    assert len(resumes) == 1, resumes
+    # neither the call nor its resumption went to the workspace's other server
+    py_records = py_upstream.records(py_mark)
+    assert not [e for e in py_records if any(k.lower() == "last-event-id" for k, _ in e["headers"])], py_records
 
 
 # --------------------------------------------------------------------------- 5. sampling, elicitation

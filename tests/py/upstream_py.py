@@ -10,6 +10,11 @@ With --expect-auth VALUE the middleware answers 401 to any request whose
 Authorization header is not exactly VALUE, like a real upstream with its own key.
 Requests to a path under /slow get no answer for 30 s (a stuck upstream).
 
+With --event-store the server keeps an in-memory event store (SSE event ids, priming
+events, GET + Last-Event-ID replays; the SDK only does this for clients of protocol
+2025-11-25 and later) and offers one more tool, `poll`, that ends its own SSE stream
+mid-call (SEP-1699 polling) and then finishes: the client has to resume to get the rest.
+
 Run:  python upstream_py.py --port 8123 --record /tmp/requests.jsonl --expect-auth "Bearer k"
 """
 
@@ -25,6 +30,8 @@ import anyio
 import uvicorn
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
+from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
+from mcp_types import JSONRPCError, JSONRPCResponse
 
 server = MCPServer("portcullis-py-upstream", version="1.0.0")
 
@@ -101,6 +108,65 @@ async def complete(ref, argument, context):
     return None
 
 
+class InMemoryEventStore(EventStore):
+    """The SDK defines the EventStore interface but ships no implementation: this one keeps
+    every event of this process in memory (bounded: a test upstream lives for one session).
+
+    A replay waits until the stream's answer has been stored, so that the whole rest of the
+    call comes by replay. Why: the SDK (mcp 2.3.0, streamable_http.py `_replay_events`)
+    registers the resumed stream for live messages only after the replay, and a message
+    produced in between is stored but sent on no connection (its own comment: "The
+    replay→live-tail ordering window here is pre-existing and tracked separately"). Holding
+    the replay makes the test deterministic without weakening it: the gateway still has to
+    notice the cut, resume with the right Last-Event-ID and splice the replay in."""
+
+    MAX_EVENTS = 10_000
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, object]] = []  # (event id, stream id, message or None)
+        self.answered: dict[str, anyio.Event] = {}
+
+    def _answered(self, stream_id: str) -> anyio.Event:
+        return self.answered.setdefault(stream_id, anyio.Event())
+
+    async def store_event(self, stream_id, message):
+        if len(self.events) >= self.MAX_EVENTS:
+            raise RuntimeError("test event store full")
+        event_id = str(len(self.events) + 1)
+        self.events.append((event_id, stream_id, message))
+        if isinstance(message, JSONRPCResponse | JSONRPCError):
+            self._answered(stream_id).set()
+        return event_id
+
+    async def replay_events_after(self, last_event_id, send_callback: EventCallback):
+        found = [e for e in self.events if e[0] == last_event_id]
+        if not found:
+            return None
+        stream_id = found[0][1]
+        with anyio.fail_after(60):  # bounded: a call that never answers fails the test, not hangs
+            await self._answered(stream_id).wait()
+        for event_id, sid, message in self.events[int(last_event_id):]:
+            if sid == stream_id and message is not None:
+                await send_callback(EventMessage(message, event_id))
+        return stream_id
+
+
+async def poll(ctx: Context, steps: int = 3, gate: str = "") -> str:
+    """Report progress 1, then (once `gate`, a file path, exists: the test creates it when
+    that report reached the client) close this call's SSE stream, report the remaining
+    steps and answer. A client (or gateway) that does not resume from the last event id
+    never sees the rest. Registered only with --event-store: other tests pin the tool set."""
+    await ctx.report_progress(1, steps, f"step 1/{steps}")
+    if gate:
+        with anyio.fail_after(60):
+            while not os.path.exists(gate):
+                await anyio.sleep(0.01)
+    await ctx.close_sse_stream()
+    for i in range(2, steps + 1):
+        await ctx.report_progress(i, steps, f"step {i}/{steps}")
+    return f"polled after {steps} steps"
+
+
 class RecordHeaders:
     """ASGI middleware: record every HTTP request's headers, optionally enforce Authorization."""
 
@@ -153,11 +219,18 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--record", required=True, help="JSON-lines file that receives one line per request")
     ap.add_argument("--expect-auth", default=None, help="exact Authorization value required, else 401")
+    ap.add_argument("--event-store", action="store_true",
+                    help="keep an in-memory event store (resumable streams) and offer the `poll` tool")
     args = ap.parse_args()
 
+    store = None
+    if args.event_store:
+        store = InMemoryEventStore()
+        server.tool()(poll)
     # host= makes the SDK turn on its DNS-rebinding protection: Host must be 127.0.0.1:<port>
     # (or localhost:<port>), so a gateway that forwarded a foreign Host would get 421.
-    app = server.streamable_http_app(host=args.host)
+    # retry_interval: the `retry:` of the priming event, the wait a client makes before it resumes.
+    app = server.streamable_http_app(host=args.host, event_store=store, retry_interval=100 if store else None)
     open(args.record, "a").close()
     wrapped = RecordHeaders(app, args.record, args.expect_auth or os.environ.get("UPSTREAM_EXPECT_AUTH"))
     uvicorn.run(
