@@ -7,6 +7,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A clean clone gains nothing from incremental compilation, and its
+# caches double the debug build's size on disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+# A full run writes about 8 GB under target/ (debug build, fuzz tools,
+# benchmark work files); say so up front rather than fail mid-build.
+free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+if [ "${free_kb:-0}" -lt $((8 * 1024 * 1024)) ]; then
+    echo "warning: only $((free_kb / 1024)) MB free on $(df -P . | awk 'NR==2 {print $6}'); the suite needs about 8 GB under target/" >&2
+fi
+
 echo "==> installing test dependencies"
 scripts/test-deps.sh
 

@@ -64,6 +64,14 @@ pub trait RequestBody: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::er
     fn arrived(&self) -> bool {
         false
     }
+    /// The whole body in one piece, taken without waiting, when it has all
+    /// arrived already (the common case of a small call). `None`: read it
+    /// frame by frame. Saves the timer, the length limiter and the
+    /// collector that reading frames needs (about a tenth of the fast
+    /// path's instructions per request).
+    fn take_arrived(&mut self) -> Option<Bytes> {
+        None
+    }
 }
 
 impl RequestBody for hyper::body::Incoming {}
@@ -227,12 +235,13 @@ impl Gateway {
         }
         tracing::Span::current().record("path", path);
         if path == "/v1/tokens/self" && req.method() == Method::GET {
-            return crate::auth::self_check::respond(
+            // Boxed for the same reason as the aggregator's call below.
+            return Box::pin(crate::auth::self_check::respond(
                 self.state.self_check(),
                 req.headers(),
                 outcome.client,
                 crate::auth::self_check::Listener::Data,
-            )
+            ))
             .await;
         }
         // MCP clients (mcp-remote) probe OAuth metadata at connect time. These
@@ -340,9 +349,10 @@ impl Gateway {
         }
         // 6. forward, or answer as the workspace's MCP server
         if let Some(agg) = &route.aggregate {
-            let resp = agg
-                .handle(&self.state, &token, method, &parts.headers, body.clone(), request_id)
-                .await;
+            // Boxed: the aggregator's future is several times the size of
+            // the pass-through's, and every request's future would carry
+            // (and copy) it otherwise.
+            let resp = Box::pin(agg.handle(&self.state, &token, method, &parts.headers, body.clone(), request_id)).await;
             return resp.map_err(|e| (e, jsonrpc::request_id(&body).map(|r| r.to_owned())));
         }
         // The client's session id opens to the upstream's own only for the
@@ -395,7 +405,7 @@ impl Gateway {
     }
 
     /// Reads a request body, bounded in size and time.
-    async fn read_body<B>(&self, headers: &HeaderMap, body: B) -> Result<Bytes, GatewayError>
+    async fn read_body<B>(&self, headers: &HeaderMap, mut body: B) -> Result<Bytes, GatewayError>
     where
         B: RequestBody,
     {
@@ -406,6 +416,12 @@ impl Gateway {
             .and_then(|v| crate::upstream::content_length(v.as_bytes()));
         if declared.is_some_and(|n| n > max) {
             return Err(GatewayError::TooLarge);
+        }
+        if let Some(whole) = body.take_arrived() {
+            return match u64::try_from(whole.len()) {
+                Ok(n) if n <= max => Ok(whole),
+                _ => Err(GatewayError::TooLarge),
+            };
         }
         let limited = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
         match tokio::time::timeout(self.state.config.server.body_read_timeout, limited.collect()).await {

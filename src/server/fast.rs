@@ -162,7 +162,10 @@ pub async fn serve(
         *req.method_mut() = Method::POST;
         *req.uri_mut() = head.uri;
         *req.headers_mut() = headers;
-        let resp = match Arc::clone(&fast.gateway).handle_from(req, peer).await {
+        // Boxed: the request's future is a few KB, and held inline it was
+        // copied several times per request (memcpy was 6% of the
+        // instructions); one allocation costs less (benches/callgrind.sh).
+        let resp = match Box::pin(Arc::clone(&fast.gateway).handle_from(req, peer)).await {
             Ok(r) => r,
             Err(never) => match never {},
         };
@@ -233,6 +236,13 @@ impl http_body::Body for FastBody<'_> {
 impl RequestBody for FastBody<'_> {
     fn arrived(&self) -> bool {
         self.buf.len() >= *self.rest
+    }
+    fn take_arrived(&mut self) -> Option<Bytes> {
+        if !self.arrived() {
+            return None;
+        }
+        let n = std::mem::take(&mut *self.rest);
+        Some(self.buf.split_to(n).freeze())
     }
 }
 
@@ -651,6 +661,28 @@ mod tests {
         assert_eq!(&body.frame().await.unwrap().unwrap().into_data().unwrap()[..], b"{}");
         assert!(body.is_end_stream() && body.frame().await.is_none());
         assert_eq!(&buf[..], b"POST /ws/next");
+
+        // Taken whole (the gateway's shortcut) only when all of it is here,
+        // and again no more than its length.
+        let mut buf = BytesMut::from(&b"{\"a\":1}POST /ws/next"[..]);
+        let mut rest = 7;
+        let mut body = FastBody {
+            io: &mut server,
+            buf: &mut buf,
+            rest: &mut rest,
+        };
+        assert_eq!(body.take_arrived().as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert!(body.is_end_stream() && body.take_arrived().as_deref() == Some(&b""[..]));
+        assert_eq!((&buf[..], rest), (&b"POST /ws/next"[..], 0));
+        let mut buf = BytesMut::from(&b"{\"a\""[..]);
+        let mut rest = 7;
+        let mut body = FastBody {
+            io: &mut server,
+            buf: &mut buf,
+            rest: &mut rest,
+        };
+        assert_eq!(body.take_arrived(), None, "a body still to come is read frame by frame");
+        assert_eq!((buf.len(), rest), (4, 7));
     }
 
     #[tokio::test]
