@@ -189,9 +189,9 @@ impl GatewayError {
     }
 }
 
-/// The body of every admin API error (contract §4):
-/// `{"error": {"code", "message"}}`. `IntoResponse for ApiError` serializes
-/// this struct, and the OpenAPI document derives the `Error` schema from it.
+// `IntoResponse for ApiError` serializes this struct, and the OpenAPI
+// document derives its `Error` schema from it.
+/// The body of every admin API error (contract §4): `{"error": {"code", "message"}}`.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 #[schema(as = Error)]
 pub struct ApiErrorBody<'a> {

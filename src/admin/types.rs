@@ -68,6 +68,7 @@ pub struct McpServerEntry {
 pub struct TokenPage<'a> {
     pub tokens: Vec<TokenView<'a>>,
     /// Pass as `cursor` for the next page; `null` on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 

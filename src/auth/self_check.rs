@@ -108,8 +108,8 @@ pub async fn respond(state: Deps<'_>, headers: &HeaderMap, client: Option<IpAddr
     resp
 }
 
-/// The answer to a valid token (contract §4); the OpenAPI document's
-/// `SelfCheck` schema is derived from it.
+// The OpenAPI document's `SelfCheck` schema is derived from this struct.
+/// The answer to a valid token (contract §4).
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 #[schema(as = SelfCheck)]
 pub struct SelfView {
@@ -120,8 +120,10 @@ pub struct SelfView {
     pub name: String,
     pub kind: TokenKind,
     /// `null` for a global admin token.
+    #[schema(required = true)]
     pub workspace: Option<String>,
     /// RFC 3339 UTC; `null` = never expires.
+    #[schema(required = true)]
     pub expires_at: Option<String>,
 }
 
