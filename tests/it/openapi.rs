@@ -13,9 +13,11 @@ use crate::harness::*;
 
 /// How to fix a route that is served but not documented (or the reverse).
 const HOW_TO_DOCUMENT: &str = "every admin route must be in the OpenAPI document: \
-    put #[utoipa::path(<method>, path = \"<path>\", ...)] on its handler (see the handlers in src/admin/mod.rs), \
-    add the handler to `paths(...)` in src/admin/openapi.rs, and give its request/response types \
-    #[derive(utoipa::ToSchema)] (src/admin/types.rs); then run `cargo test --test it openapi`";
+    put #[utoipa::path(<method>, path = \"<path, as in the router>\", tag = \"...\", summary = \"...\", \
+    params(...), responses((status = 200, body = <type>), (status = 4xx, body = ApiErrorBody), ...))] \
+    on its handler (copy one of the handlers in src/admin/mod.rs; `security(())` if it needs no token), \
+    add the handler to `paths(...)` in src/admin/openapi.rs, and derive utoipa::ToSchema on the types \
+    it sends and reads (src/admin/types.rs); then run `cargo test --test it openapi`";
 
 async fn document(gw: &Gateway) -> Value {
     // No Authorization header: the document is public (src/admin/openapi.rs).
