@@ -1,6 +1,7 @@
 """The TypeScript admin SDK (clients/typescript) against the real gateway.
 
-Builds the SDK with its pinned TypeScript compiler (a type error fails here), then runs its
+Builds the SDK with its pinned TypeScript compiler (a type error fails here), type-checks
+its usage example (clients/typescript/test/example.ts) against the declarations, then runs its
 node:test suite (clients/typescript/test/) with the gateway's admin URL and a global admin
 token in the environment. The usage and audit tests skip themselves only when the gateway
 answers the router's own 404 for those endpoints; this test checks that such a skip is
@@ -36,10 +37,12 @@ def test_typescript_sdk_against_the_gateway(gateway):
     assert node and npm, "node/npm not on PATH: run scripts/test-deps.sh"
     assert (SDK / "node_modules" / "typescript").is_dir(), "SDK dev dependencies missing: run scripts/test-deps.sh"
 
-    build = subprocess.run(
-        [npm, "run", "--silent", "build"], cwd=SDK, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120
-    )
-    assert build.returncode == 0, f"tsc failed:\n{build.stdout}\n{build.stderr}"
+    # The build, then the README's example and the contract's names against the declarations.
+    for script in ("build", "typecheck"):
+        r = subprocess.run(
+            [npm, "run", "--silent", script], cwd=SDK, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120
+        )
+        assert r.returncode == 0, f"npm run {script} (tsc) failed:\n{r.stdout}\n{r.stderr}"
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
     env.update(
