@@ -212,10 +212,26 @@ async fn every_route_the_router_serves_is_documented_and_the_reverse() {
     }
     assert!(served.len() >= 10, "{served:?}");
 
+    // Browser pages may be left out, each named with its reason, never an API path.
+    let not_api = portcullis::admin::openapi::NOT_API;
+    for (path, why) in not_api {
+        assert!(!path.starts_with("/v1/"), "NOT_API may not hold an API path: {path} ({why})");
+        assert!(
+            served.iter().any(|(_, p)| p == path),
+            "NOT_API lists {path}, which is not served: remove it"
+        );
+        assert!(
+            !documented.iter().any(|(_, p)| p == path),
+            "{path} is both documented and in NOT_API: pick one"
+        );
+    }
+    served.retain(|(_, p)| !not_api.iter().any(|(n, _)| n == p));
+
     let undocumented: Vec<_> = served.difference(&documented).collect();
     assert!(
         undocumented.is_empty(),
-        "served by src/admin but missing from GET /v1/openapi.json: {undocumented:?}\n{HOW_TO_DOCUMENT}"
+        "served by src/admin but missing from GET /v1/openapi.json: {undocumented:?}\n{HOW_TO_DOCUMENT} \
+         (a page for browsers, not under /v1/, may instead be listed in NOT_API in src/admin/openapi.rs, with the reason)"
     );
     let unserved: Vec<_> = documented.difference(&served).collect();
     assert!(

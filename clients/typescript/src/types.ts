@@ -102,7 +102,7 @@ export interface UsageBucket {
 
 export interface Usage {
   buckets: UsageBucket[];
-  /** Keys folded into others beyond the gateway's bound. */
+  /** Requests counted under the key `other` because the gateway's bound on distinct keys was reached. */
   folded: number;
 }
 
@@ -121,10 +121,13 @@ export interface AuditEvent {
   actor: string | null;
   workspace: string | null;
   token_id: string | null;
+  /** The token's name at the time, where the gateway records it. */
+  token_name?: string | null;
   member_id: string | null;
   server: string | null;
   tool: string | null;
   method: string | null;
+  /** HTTP status of a data-plane request. */
   status: number | null;
   duration_ms: number | null;
   request_id: string | null;
