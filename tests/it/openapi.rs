@@ -204,7 +204,8 @@ async fn every_route_the_router_serves_is_documented_and_the_reverse() {
         for m in METHODS {
             let method = Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
             let r = send(method, &gw.admin_url(&concrete), &[("content-type", "application/json")], "{}").await;
-            let fallback = r.status == 405 && r.json()["error"]["code"] == "method_not_allowed";
+            let fallback =
+                r.status == 405 && serde_json::from_slice::<Value>(&r.body).is_ok_and(|v| v["error"]["code"] == "method_not_allowed");
             if !fallback {
                 served.insert((m.to_uppercase(), path.clone()));
             }
