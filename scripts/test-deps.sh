@@ -9,6 +9,8 @@
 #       python3-venv  - only when the chosen python3 cannot create a venv
 #   - a Python venv at <repo>/.venv with tests/py/requirements.txt (exact pins)
 #   - tests/js/node_modules via `npm ci` (package-lock.json, exact pins)
+#   - clients/typescript/node_modules via `npm ci` (the TypeScript compiler the SDK is
+#     built with; tests/py/test_ts_sdk.py builds and tests it)
 # The venv and node_modules are reinstalled only when their requirement/lock file changed.
 #
 # Environment: PYTHON (default python3), FORCE=1 to reinstall the venv and node_modules.
@@ -19,6 +21,7 @@ PYTHON="${PYTHON:-python3}"
 VENV="$ROOT/.venv"
 REQ="$ROOT/tests/py/requirements.txt"
 JS="$ROOT/tests/js"
+SDK="$ROOT/clients/typescript"
 
 export DEBIAN_FRONTEND=noninteractive
 export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -90,6 +93,17 @@ else
     say "npm: npm ci in tests/js"
     (cd "$JS" && npm ci --no-audit --no-fund --loglevel=error </dev/null >/dev/null)
     printf '%s\n' "$js_want" >"$js_stamp"
+fi
+
+sdk_stamp="$SDK/node_modules/.portcullis-lock.sha256"
+sdk_want="$(hash_of "$SDK/package.json" "$SDK/package-lock.json")"
+if [ "${FORCE:-0}" != 1 ] && [ -f "$sdk_stamp" ] && [ "$(cat "$sdk_stamp")" = "$sdk_want" ] \
+    && [ -f "$SDK/node_modules/typescript/package.json" ]; then
+    say "npm: clients/typescript/node_modules up to date"
+else
+    say "npm: npm ci in clients/typescript"
+    (cd "$SDK" && npm ci --no-audit --no-fund --loglevel=error </dev/null >/dev/null)
+    printf '%s\n' "$sdk_want" >"$sdk_stamp"
 fi
 
 say "done: run the integration tests with  $VENV/bin/pytest tests/py -q"

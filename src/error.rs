@@ -189,6 +189,28 @@ impl GatewayError {
     }
 }
 
+// `IntoResponse for ApiError` serializes this struct, and the OpenAPI
+// document derives its `Error` schema from it.
+/// The body of every admin API error (contract §4): `{"error": {"code", "message"}}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ApiErrorBody<'a> {
+    pub error: ApiErrorDetail<'a>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorDetail)]
+pub struct ApiErrorDetail<'a> {
+    /// Stable snake_case code for scripts (`unauthorized`, `forbidden`,
+    /// `bad_request`, `invalid_field`, `workspace_not_found`,
+    /// `token_not_found`, `cannot_revoke_self`, `conflict`,
+    /// `store_unavailable`, `not_found`, `method_not_allowed`, …).
+    #[schema(example = "token_not_found")]
+    pub code: &'a str,
+    /// For people; never echoes a token.
+    pub message: &'a str,
+}
+
 /// A control-plane failure: status, stable snake_case code, human message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -224,6 +246,15 @@ impl ApiError {
     pub fn unprocessable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
     }
+    /// The JSON body this error is answered with.
+    pub fn body(&self) -> ApiErrorBody<'_> {
+        ApiErrorBody {
+            error: ApiErrorDetail {
+                code: self.code,
+                message: &self.message,
+            },
+        }
+    }
     pub fn unavailable() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -254,8 +285,7 @@ impl From<crate::store::StoreError> for ApiError {
 
 impl axum::response::IntoResponse for ApiError {
     fn into_response(self) -> axum::response::Response {
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
-        let mut resp = (self.status, axum::Json(body)).into_response();
+        let mut resp = (self.status, axum::Json(self.body())).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer realm="portcullis-admin""#));

@@ -4,7 +4,16 @@
 //! `fn router()` is separate so that tests can drive it without a socket.
 //! `/healthz`, `/readyz` and `/metrics` need no token: they carry no secrets
 //! and probes and scrapers cannot easily send one. Everything under `/v1`
-//! needs an admin token, except `/v1/tokens/self`, which any token may call.
+//! needs an admin token, except `/v1/tokens/self`, which any token may call,
+//! and `/v1/openapi.json`, the API's description (no secrets in it).
+//!
+//! Every route is documented in the OpenAPI document (`openapi.rs`), and
+//! `tests/it/openapi.rs` fails when one is not. To add a route: put
+//! `#[utoipa::path(...)]` on its handler, add the handler to `paths(...)` in
+//! `openapi.rs`, and its bodies' types (with `ToSchema`) to `types.rs`.
+
+pub mod openapi;
+pub mod types;
 
 use std::sync::Arc;
 
@@ -16,23 +25,26 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::auth::lifecycle::{self, NewTokenRequest};
 use crate::auth::{CachedToken, self_check};
 use crate::config::Workspace;
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiErrorBody};
 use crate::state::AppState;
 use crate::store::ListFilter;
-use crate::token::{self, TokenKind, now_unix};
+use crate::token::{self, TokenKind, TokenView, now_unix};
+use types::{
+    CreateTokenRequest, CreatedToken, Health, McpJson, McpServerEntry, Readiness, ServerInfo, TokenPage, WorkspaceInfo, WorkspaceList,
+};
 
 type SharedState = Arc<AppState>;
 
 pub fn router(state: SharedState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi::openapi_json))
         .route("/v1/tokens/self", get(token_self))
         .route("/v1/workspaces", get(list_workspaces))
         .route("/v1/workspaces/{ws}/tokens", get(list_tokens).post(create_token))
@@ -86,6 +98,20 @@ async fn verify_any(state: &AppState, parts: &Parts) -> Result<Arc<CachedToken>,
 }
 
 /// `GET /v1/tokens/self` here accepts both kinds of token (contract §4).
+#[utoipa::path(
+    get,
+    path = "/v1/tokens/self",
+    tag = "tokens",
+    summary = "Check the presenting token",
+    description = "Any valid token, workspace (`mwt_`) or admin (`mwa_`), gets its own summary. \
+        Also served on the data listener, for workspace tokens only (counted against the token's rate limit).",
+    security(("admin_token" = []), ("workspace_token" = [])),
+    responses(
+        (status = 200, description = "The token is valid", body = crate::auth::self_check::SelfView),
+        (status = 401, description = "Missing, malformed, unknown, revoked or expired token", body = ApiErrorBody),
+        (status = 503, description = "The store is unreachable", body = ApiErrorBody),
+    )
+)]
 async fn token_self(State(state): State<SharedState>, req: axum::extract::Request) -> Response {
     state.metrics.admin_request();
     let client = req.extensions().get::<crate::state::PeerAddr>().map(|p| p.0.ip());
@@ -94,6 +120,30 @@ async fn token_self(State(state): State<SharedState>, req: axum::extract::Reques
         .map(axum::body::Body::new)
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness",
+    security(()),
+    responses((status = 200, description = "The process is serving", body = Health))
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness",
+    description = "Ready when the store is reachable and, in cluster mode, the revocation feed is in sync.",
+    security(()),
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready: take this instance out of the load balancer", body = Readiness),
+    )
+)]
 async fn readyz(State(state): State<SharedState>) -> Response {
     let store_ok = match state.store.ping().await {
         Ok(()) => true,
@@ -106,11 +156,11 @@ async fn readyz(State(state): State<SharedState>) -> Response {
     // subscription is live and caught up; an instance that is not should
     // get no traffic from the load balancer.
     let revocations_ok = state.verifier.is_trusted();
-    let body = Json(json!({
-        "ready": store_ok && revocations_ok,
-        "store": if store_ok { "ok" } else { "unreachable" },
-        "revocations": if revocations_ok { "in_sync" } else { "resynchronising" },
-    }));
+    let body = Json(Readiness {
+        ready: store_ok && revocations_ok,
+        store: if store_ok { "ok" } else { "unreachable" },
+        revocations: if revocations_ok { "in_sync" } else { "resynchronising" },
+    });
     if store_ok && revocations_ok {
         body.into_response()
     } else {
@@ -118,6 +168,14 @@ async fn readyz(State(state): State<SharedState>) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    security(()),
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain"))
+)]
 async fn metrics(State(state): State<SharedState>) -> Response {
     let body = state.metrics.render(state.verifier.len(), state.limiter.len());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
@@ -139,27 +197,45 @@ fn workspace<'a>(state: &'a AppState, admin: &Admin, ws: &str) -> Result<&'a Arc
         .ok_or_else(|| ApiError::not_found("workspace_not_found", format!("no workspace `{ws}` is configured")))
 }
 
-async fn list_workspaces(State(state): State<SharedState>, admin: Admin) -> Json<serde_json::Value> {
-    let list: Vec<_> = state
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces",
+    tag = "workspaces",
+    summary = "List the configured workspaces",
+    description = "Those this admin token may manage (one for a workspace-scoped token), with their servers; no secrets.",
+    responses(
+        (status = 200, description = "The workspaces", body = WorkspaceList),
+        (status = 401, description = "No valid admin token", body = ApiErrorBody),
+    )
+)]
+async fn list_workspaces(State(state): State<SharedState>, admin: Admin) -> Json<WorkspaceList> {
+    let workspaces = state
         .config
         .workspaces
         .iter()
         .filter(|w| admin.may_manage(&w.slug))
-        .map(|w| {
-            json!({
-                "slug": w.slug,
-                "url": format!("{}/ws/{}", state.config.server.public_url, w.slug),
-                "requests_per_minute": state.config.requests_per_minute(Some(w), None),
-                "servers": w.servers.iter().map(|s| json!({
-                    "name": s.name,
+        .map(|w| WorkspaceInfo {
+            slug: w.slug.to_string(),
+            url: format!("{}/ws/{}", state.config.server.public_url, w.slug),
+            requests_per_minute: state.config.requests_per_minute(Some(w), None),
+            servers: w
+                .servers
+                .iter()
+                .map(|s| ServerInfo {
+                    name: s.name.to_string(),
                     // Without userinfo or query string, which may hold secrets.
-                    "url": format!("{}://{}{}", s.url.scheme_str().unwrap_or("http"), s.url.host().unwrap_or_default(), port_and_path(&s.url)),
-                    "timeout_ms": s.timeout.as_millis() as u64,
-                })).collect::<Vec<_>>(),
-            })
+                    url: format!(
+                        "{}://{}{}",
+                        s.url.scheme_str().unwrap_or("http"),
+                        s.url.host().unwrap_or_default(),
+                        port_and_path(&s.url)
+                    ),
+                    timeout_ms: s.timeout.as_millis() as u64,
+                })
+                .collect(),
         })
         .collect();
-    Json(json!({ "workspaces": list }))
+    Json(WorkspaceList { workspaces })
 }
 
 fn port_and_path(u: &http::Uri) -> String {
@@ -183,23 +259,31 @@ pub fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    name: String,
-    expires_in: Option<u64>,
-    member_id: Option<String>,
-    email: Option<String>,
-    allowed_servers: Option<Vec<String>>,
-    requests_per_minute: Option<u32>,
-}
-
 /// Longest accepted expiry: 10 years. Longer is almost surely a unit mistake.
 const MAX_EXPIRES_IN: u64 = 10 * 365 * 24 * 3600;
 
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/tokens",
+    tag = "tokens",
+    summary = "Create a workspace token",
+    description = "Answers the raw token once; only its SHA-256 is stored.",
+    params(("ws" = String, Path, description = "Workspace slug")),
+    request_body = CreateTokenRequest,
+    responses(
+        (status = 201, description = "Created: the raw token (shown once), its record and a ready-to-paste mcp.json", body = CreatedToken),
+        (status = 400, description = "Body is not JSON, or has an unknown field", body = ApiErrorBody),
+        (status = 401, description = "No valid admin token", body = ApiErrorBody),
+        (status = 403, description = "The admin token is scoped to another workspace", body = ApiErrorBody),
+        (status = 404, description = "No such workspace", body = ApiErrorBody),
+        (status = 422, description = "A field is invalid (`invalid_field`; the message names it)", body = ApiErrorBody),
+        (status = 503, description = "The store is unreachable", body = ApiErrorBody),
+    )
+)]
 async fn create_token(State(state): State<SharedState>, admin: Admin, Path(ws): Path<String>, body: Bytes) -> Result<Response, ApiError> {
     let w = workspace(&state, &admin, &ws)?;
-    let mut req: CreateBody = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let mut req: CreateTokenRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     // Every string is checked for control and format characters before
     // anything else looks at it (or echoes it in an error message).
     check_text("name", &req.name)?;
@@ -282,11 +366,17 @@ async fn create_token(State(state): State<SharedState>, admin: Admin, Path(ws): 
     let (raw, record) = lifecycle::create(Some(&state.verifier), &state.store, new, now).await?;
     tracing::info!(token_id = %record.id, workspace = %ws, created_by = %admin.id, "token created");
     let url = format!("{}/ws/{}", state.config.server.public_url, ws);
-    let body = json!({
-        "token": raw,
-        "info": record.view(now),
-        "mcp_json": { "mcpServers": { ws.clone(): { "url": url, "headers": { "Authorization": format!("Bearer {raw}") } } } },
-    });
+    let entry = McpServerEntry {
+        url,
+        headers: [("Authorization".to_string(), format!("Bearer {raw}"))].into(),
+    };
+    let body = CreatedToken {
+        token: &raw,
+        info: record.view(now),
+        mcp_json: McpJson {
+            mcp_servers: [(ws, entry)].into(),
+        },
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -297,12 +387,32 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/tokens",
+    tag = "tokens",
+    summary = "List a workspace's tokens",
+    description = "Newest first, revoked and expired ones included; never a raw token.",
+    params(
+        ("ws" = String, Path, description = "Workspace slug"),
+        ("page_size" = Option<u32>, Query, description = "1-200, default 50", minimum = 1, maximum = 200),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of tokens", body = TokenPage),
+        (status = 400, description = "Bad `page_size` or `cursor`, or an unknown query parameter", body = ApiErrorBody),
+        (status = 401, description = "No valid admin token", body = ApiErrorBody),
+        (status = 403, description = "The admin token is scoped to another workspace", body = ApiErrorBody),
+        (status = 404, description = "No such workspace", body = ApiErrorBody),
+        (status = 503, description = "The store is unreachable", body = ApiErrorBody),
+    )
+)]
 async fn list_tokens(
     State(state): State<SharedState>,
     admin: Admin,
     Path(ws): Path<String>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     workspace(&state, &admin, &ws)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
     let page_size = match q.page_size.as_deref() {
@@ -325,8 +435,12 @@ async fn list_tokens(
         )
         .await?;
     let now = now_unix();
-    let tokens: Vec<_> = page.tokens.iter().map(|t| t.view(now)).collect();
-    Ok(Json(json!({ "tokens": tokens, "next_cursor": page.next_cursor })))
+    let tokens: Vec<TokenView<'_>> = page.tokens.iter().map(|t| t.view(now)).collect();
+    Ok(Json(TokenPage {
+        tokens,
+        next_cursor: page.next_cursor,
+    })
+    .into_response())
 }
 
 /// A workspace token of `ws` by id, or 404 (also for other workspaces' ids).
@@ -341,21 +455,48 @@ async fn find_token(state: &AppState, ws: &str, id: &str) -> Result<crate::token
     }
 }
 
-async fn get_token(
-    State(state): State<SharedState>,
-    admin: Admin,
-    Path((ws, id)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/tokens/{id}",
+    tag = "tokens",
+    summary = "Get a token's record",
+    params(("ws" = String, Path, description = "Workspace slug"), ("id" = String, Path, description = "Token id (`tkn_…`)")),
+    responses(
+        (status = 200, description = "The record", body = TokenView),
+        (status = 401, description = "No valid admin token", body = ApiErrorBody),
+        (status = 403, description = "The admin token is scoped to another workspace", body = ApiErrorBody),
+        (status = 404, description = "No such workspace, or no such token in it", body = ApiErrorBody),
+        (status = 503, description = "The store is unreachable", body = ApiErrorBody),
+    )
+)]
+async fn get_token(State(state): State<SharedState>, admin: Admin, Path((ws, id)): Path<(String, String)>) -> Result<Response, ApiError> {
     workspace(&state, &admin, &ws)?;
     let r = find_token(&state, &ws, &id).await?;
-    Ok(Json(serde_json::to_value(r.view(now_unix())).expect("json")))
+    Ok(Json(r.view(now_unix())).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/workspaces/{ws}/tokens/{id}",
+    tag = "tokens",
+    summary = "Revoke a token",
+    description = "Immediate and permanent: when the call returns, no instance accepts the token. \
+        Revoking twice is not an error (the record keeps its first `revoked_at`).",
+    params(("ws" = String, Path, description = "Workspace slug"), ("id" = String, Path, description = "Token id (`tkn_…`)")),
+    responses(
+        (status = 200, description = "The record, with `revoked_at`", body = TokenView),
+        (status = 401, description = "No valid admin token", body = ApiErrorBody),
+        (status = 403, description = "The admin token is scoped to another workspace", body = ApiErrorBody),
+        (status = 404, description = "No such workspace, or no such token in it", body = ApiErrorBody),
+        (status = 409, description = "A token cannot revoke itself (`cannot_revoke_self`)", body = ApiErrorBody),
+        (status = 503, description = "The store is unreachable, or an instance did not acknowledge in time", body = ApiErrorBody),
+    )
+)]
 async fn revoke_token(
     State(state): State<SharedState>,
     admin: Admin,
     Path((ws, id)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     workspace(&state, &admin, &ws)?;
     if *admin.id == *id {
         return Err(ApiError::new(
@@ -372,5 +513,5 @@ async fn revoke_token(
     if revoked.newly_revoked {
         tracing::info!(token_id = %id, workspace = %ws, revoked_by = %admin.id, "token revoked");
     }
-    Ok(Json(serde_json::to_value(revoked.record.view(now)).expect("json")))
+    Ok(Json(revoked.record.view(now)).into_response())
 }

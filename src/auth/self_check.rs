@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
-use serde_json::json;
 
 use super::{CachedToken, Verifier, VerifyError};
 use crate::config::Config;
@@ -83,10 +82,10 @@ pub async fn respond(state: Deps<'_>, headers: &HeaderMap, client: Option<IpAddr
     }
     .await;
     let (status, body) = match checked {
-        Ok(body) => (StatusCode::OK, body),
-        Err(e) => (e.status, json!({"error": {"code": e.code, "message": e.message}})),
+        Ok(body) => (StatusCode::OK, serde_json::to_vec(&body)),
+        Err(e) => (e.status, serde_json::to_vec(&e.body())),
     };
-    let mut resp = Response::new(full(serde_json::to_vec(&body).expect("json")));
+    let mut resp = Response::new(full(body.expect("json")));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -109,9 +108,28 @@ pub async fn respond(state: Deps<'_>, headers: &HeaderMap, client: Option<IpAddr
     resp
 }
 
+// The OpenAPI document's `SelfCheck` schema is derived from this struct.
+/// The answer to a valid token (contract §4).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = SelfCheck)]
+pub struct SelfView {
+    /// Always `true`: an invalid token gets 401.
+    pub valid: bool,
+    /// The token's public id (`tkn_…`).
+    pub id: String,
+    pub name: String,
+    pub kind: TokenKind,
+    /// `null` for a global admin token.
+    #[schema(required = true)]
+    pub workspace: Option<String>,
+    /// RFC 3339 UTC; `null` = never expires.
+    #[schema(required = true)]
+    pub expires_at: Option<String>,
+}
+
 /// The token's own view of itself. The index keeps no names (memory per
 /// token), so the name is read from the store: this endpoint is rare.
-async fn body(state: Deps<'_>, t: &CachedToken) -> Result<serde_json::Value, ApiError> {
+async fn body(state: Deps<'_>, t: &CachedToken) -> Result<SelfView, ApiError> {
     let name = match state.store.get(&t.id).await {
         Ok(Some(r)) => r.name,
         // Revoked and deleted cannot be: verification just passed; a record
@@ -119,12 +137,12 @@ async fn body(state: Deps<'_>, t: &CachedToken) -> Result<serde_json::Value, Api
         Ok(None) => String::new(),
         Err(e) => return Err(e.into()),
     };
-    Ok(json!({
-        "valid": true,
-        "id": &*t.id,
-        "name": name,
-        "kind": t.kind,
-        "workspace": t.workspace.as_deref(),
-        "expires_at": t.expires_at.map(token::format_rfc3339),
-    }))
+    Ok(SelfView {
+        valid: true,
+        id: t.id.to_string(),
+        name,
+        kind: t.kind,
+        workspace: t.workspace.as_deref().map(str::to_string),
+        expires_at: t.expires_at.map(token::format_rfc3339),
+    })
 }

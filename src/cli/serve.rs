@@ -192,7 +192,7 @@ pub async fn demo(path: &Path) -> CliResult {
         )
     };
     println!(
-        "\nPortcullis is running.\n  gateway:        {public}/ws/demo\n  admin API:      {admin_url}\n  demo upstream:  {upstream_url} (tools: echo, add, progress)\n  config:         {config_note}\n  store:          {store_desc}\n  binary:         {exe}\n\n{admin_line}\
+        "\nPortcullis is running.\n  gateway:        {public}/ws/demo\n  admin API:      {admin_url} (described at {admin_url}/v1/openapi.json)\n  demo upstream:  {upstream_url} (tools: echo, add, progress)\n  config:         {config_note}\n  store:          {store_desc}\n  binary:         {exe}\n\n{admin_line}\
          \nNext, in another terminal:\n\
          \n    export PORTCULLIS_ADMIN_URL={admin_url}\
          \n    {exe} workspace token create demo --name my-laptop\

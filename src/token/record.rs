@@ -1,9 +1,10 @@
 //! The stored token record and its public JSON view.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Data-plane workspace token or control-plane admin token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenKind {
     Workspace,
@@ -35,7 +36,7 @@ impl TokenKind {
 }
 
 /// Derived status: revoked wins over expired, expired over active.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenStatus {
     Active,
@@ -99,24 +100,52 @@ impl TokenRecord {
     }
 }
 
-/// Public JSON view of a [`TokenRecord`]. Optional fields are present as `null`
-/// so that scripts can rely on every key being there.
-#[derive(Debug, Serialize)]
+// Public JSON view of a [`TokenRecord`]. Its schema in the OpenAPI document
+// (`admin::openapi`, schema `TokenRecord`) is derived from this struct, so
+// the two cannot drift; the `///` comments are the document's descriptions,
+// and `required` on the options says what the serializer does: every key is
+// always there.
+/// A token's record. Never holds the raw token. Optional fields are present
+/// as `null`, so that scripts can rely on every key being there.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = TokenRecord)]
 pub struct TokenView<'a> {
+    /// Public token id (`tkn_` + base62), used to get and revoke the token.
+    #[schema(example = "tkn_3f9K2mQ7xL1pZ8aB")]
     pub id: &'a str,
     pub name: &'a str,
+    /// The token's workspace; `null` for a global admin token.
+    #[schema(required = true)]
     pub workspace: Option<&'a str>,
     pub kind: TokenKind,
+    /// Derived: `revoked` if revoked, else `expired` if `expires_at <= now`, else `active`.
     pub status: TokenStatus,
+    /// The prefix and first 4 random characters, for recognising a token.
+    #[schema(example = "mwt_Ab3d…")]
     pub hint: &'a str,
+    #[schema(required = true)]
     pub member_id: Option<&'a str>,
+    #[schema(required = true)]
     pub email: Option<&'a str>,
+    /// RFC 3339 UTC.
+    #[schema(example = "2026-11-22T05:33:18Z")]
     pub created_at: String,
+    /// Id of the admin token that created it, or `bootstrap` (offline CLI).
     pub created_by: &'a str,
+    /// RFC 3339 UTC; `null` = never expires.
+    #[schema(required = true)]
     pub expires_at: Option<String>,
+    /// RFC 3339 UTC; `null` = not revoked.
+    #[schema(required = true)]
     pub revoked_at: Option<String>,
+    /// RFC 3339 UTC, at most 60 s behind (written in batches); `null` = never used.
+    #[schema(required = true)]
     pub last_used_at: Option<String>,
+    /// Servers of the workspace the token may use; `null` = all.
+    #[schema(required = true)]
     pub allowed_servers: Option<&'a [String]>,
+    /// Per-token rate limit override; `null` = the workspace's limit.
+    #[schema(required = true)]
     pub requests_per_minute: Option<u32>,
 }
 

@@ -8,8 +8,9 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Top-level directories of the repository: a backticked path starting with
 /// one of them names a file of the repository.
-const REPO_DIRS: [&str; 9] = [
+const REPO_DIRS: [&str; 10] = [
     "src/",
+    "clients/",
     "tests/",
     "docs/",
     "deploy/",
@@ -26,7 +27,7 @@ fn documents() -> Vec<PathBuf> {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "md"))
         .collect();
-    for f in ["README.md", "ARCHITECTURE.md", "deploy/README.md"] {
+    for f in ["README.md", "ARCHITECTURE.md", "deploy/README.md", "clients/typescript/README.md"] {
         docs.push(Path::new(ROOT).join(f));
     }
     docs.sort();

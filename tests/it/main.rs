@@ -15,5 +15,6 @@ mod layout;
 mod lb;
 mod lifecycle;
 mod limits_headers;
+mod openapi;
 mod store;
 mod stream_revocation;
