@@ -21,6 +21,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 
+mod dashboard;
 mod expand;
 mod spec;
 mod validate;
@@ -28,6 +29,7 @@ mod validate;
 use expand::*;
 
 pub use expand::{ENV_OVERRIDE_PREFIX, process_overrides};
+pub use dashboard::{DashboardConfig, DashboardSpec, SecureCookie, parse_duration};
 pub use spec::*;
 pub use validate::is_valid_slug;
 
@@ -57,6 +59,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub limits: LimitsConfig,
+    pub dashboard: DashboardConfig,
     pub workspaces: Vec<Arc<Workspace>>,
 }
 
