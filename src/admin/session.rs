@@ -102,13 +102,19 @@ pub fn changes_state(method: &Method) -> bool {
 /// `Sec-Fetch-Site` other than `same-origin` (or `none`: typed by the
 /// person). Absent headers pass: non-browser clients send neither, and a
 /// browser that sends neither cannot add our CSRF header either.
+///
+/// `Origin: null` is what a browser sends for a form of our own pages under
+/// `Referrer-Policy: no-referrer` (and also for sandboxed or opaque
+/// documents): it passes only with `Sec-Fetch-Site: same-origin`.
 pub fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
-    if let Some(site) = headers.get("sec-fetch-site") {
-        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
-            return Err(csrf_error());
-        }
+    let site = headers.get("sec-fetch-site").map(HeaderValue::as_bytes);
+    if site.is_some_and(|s| !matches!(s, b"same-origin" | b"none")) {
+        return Err(csrf_error());
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
+        if origin.as_bytes() == b"null" {
+            return if site == Some(b"same-origin") { Ok(()) } else { Err(csrf_error()) };
+        }
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
         let ok = origin
             .to_str()
@@ -305,6 +311,12 @@ mod tests {
         assert!(check_origin(&h).is_err());
         h.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:9090"));
         h.insert("sec-fetch-site", HeaderValue::from_static("same-site"));
+        assert!(check_origin(&h).is_err());
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(check_origin(&h).is_err());
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(check_origin(&h).is_ok());
+        h.remove("sec-fetch-site");
         assert!(check_origin(&h).is_err());
     }
 }

@@ -180,7 +180,7 @@
     });
     dialog.addEventListener("close", () => { wipeSecret(); result.hidden = true; form.hidden = false; });
     $("new-token-cancel").addEventListener("click", () => dialog.close());
-    $("new-token-done").addEventListener("click", () => dialog.close());
+    $("new-token-done").addEventListener("click", () => { wipeSecret(); dialog.close(); });
     $("token-expiry").addEventListener("change", () => { $("custom-expiry").hidden = $("token-expiry").value !== "custom"; });
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();

@@ -1,0 +1,498 @@
+"""The web dashboard (docs/dashboard.md, contract §9) in a real browser.
+
+Debian's `chromium` driven by Playwright for Python (never `playwright install`:
+the browser is the system's, /usr/bin/chromium). The gateway under test is a
+real `portcullis serve` of its own, with `last_used_at` flushed every 300 ms
+so the token list shows a use within the test. MCP calls go through the
+official Python SDK (mcp_helpers.mcp_client), run on a thread of their own
+because Playwright's sync API owns the main thread's event loop.
+
+Usage and Audit depend on endpoints of other branches (contract §10): their
+assertions are skipped while the endpoint answers 404, and what is checked
+then is that the tab says "not available" instead of failing.
+
+Set PORTCULLIS_SCREENSHOTS=docs/img to save a screenshot of each page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import http.server
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import (
+    DEMO_UPSTREAM_KEY,
+    ROOT,
+    ProcessManager,
+    Upstream,
+    _toml_str,
+    free_port,
+    port_open,
+    wait_until,
+)
+from mcp_helpers import mcp_client, mcp_errors, text_of
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium")
+AXE = ROOT / "tests" / "js" / "node_modules" / "axe-core" / "axe.min.js"
+SHOTS = os.environ.get("PORTCULLIS_SCREENSHOTS")
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/test-deps.sh)")
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+class Dash:
+    def __init__(self, admin_port: int, listen_port: int, admin_token: str, scoped_token: str, workdir: Path, env: dict):
+        self.admin_port = admin_port
+        self.listen_port = listen_port
+        self.admin_token = admin_token
+        self.scoped_token = scoped_token
+        self.workdir = workdir
+        self.env = env
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def ws_url(self, slug: str) -> str:
+        return f"http://127.0.0.1:{self.listen_port}/ws/{slug}"
+
+    def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        headers = kw.pop("headers", {})
+        headers.setdefault("Authorization", f"Bearer {self.admin_token}")
+        return httpx.request(method, self.url + path, headers=headers, timeout=10, **kw)
+
+
+@pytest.fixture(scope="module")
+def dash(procs: ProcessManager, portcullis_bin: Path, tmp_path_factory, demo_upstream: Upstream) -> Dash:
+    workdir = tmp_path_factory.mktemp("dashboard")
+    listen_port, admin_port = free_port(), free_port()
+    while admin_port == listen_port:
+        admin_port = free_port()
+    config = f"""
+[server]
+listen = "127.0.0.1:{listen_port}"
+admin_listen = "127.0.0.1:{admin_port}"
+public_url = "http://127.0.0.1:{listen_port}"
+last_used_flush_ms = 300
+session_keys = ["{secrets.token_hex(32)}"]
+
+[store]
+path = {_toml_str(str(workdir / "portcullis.db"))}
+
+[dashboard]
+idle_timeout = "30m"
+absolute_timeout = "12h"
+
+[[workspaces]]
+slug = "demo"
+[[workspaces.servers]]
+name = "demo"
+url = {_toml_str(demo_upstream.url)}
+headers = {{ Authorization = "Bearer ${{PORTCULLIS_IT_DEMO_KEY}}" }}
+
+[[workspaces]]
+slug = "team"
+[[workspaces.servers]]
+name = "tools"
+url = {_toml_str(demo_upstream.url)}
+headers = {{ Authorization = "Bearer ${{PORTCULLIS_IT_DEMO_KEY}}" }}
+[[workspaces.servers]]
+name = "more"
+url = {_toml_str(demo_upstream.url)}
+headers = {{ Authorization = "Bearer ${{PORTCULLIS_IT_DEMO_KEY}}" }}
+"""
+    cfg = workdir / "portcullis.toml"
+    cfg.write_text(config, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
+    env.update({"PORTCULLIS_IT_DEMO_KEY": DEMO_UPSTREAM_KEY, "NO_COLOR": "1"})
+
+    def admin(*extra: str) -> str:
+        res = subprocess.run(
+            [str(portcullis_bin), "admin", "token", "create", "--config", str(cfg), "--json", *extra],
+            env=env, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        )
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)["token"]
+
+    admin_token = admin("--name", "browser-admin")
+    scoped_token = admin("--name", "team-admin", "--workspace", "team")
+    proc = procs.start("dashboard-gateway", [portcullis_bin, "serve", "--config", cfg], env=env, cwd=workdir)
+    wait_until(lambda: port_open(admin_port) and port_open(listen_port), "dashboard gateway", procs=[proc])
+    return Dash(admin_port, listen_port, admin_token, scoped_token, workdir, env)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def watch_console(page) -> list[str]:
+    """Console errors of a page (a CSP violation is logged there)."""
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return errors
+
+
+def sign_in(page, dash: Dash, token: str | None = None) -> None:
+    page.goto(dash.url + "/")
+    page.get_by_test_id("signin-token").fill(token or dash.admin_token)
+    page.get_by_test_id("signin-submit").click()
+    page.wait_for_url(dash.url + "/workspaces")
+
+
+def shot(page, name: str) -> None:
+    if SHOTS:
+        out = ROOT / SHOTS
+        out.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out / f"dashboard-{name}.png"), full_page=True)
+
+
+def run_async(coro_fn, *args):
+    """Runs an SDK coroutine on its own thread and event loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        return ex.submit(asyncio.run, coro_fn(*args)).result(timeout=60)
+
+
+async def echo(url: str, token: str, text: str) -> str:
+    async with mcp_client(url, token) as client:
+        return text_of(await client.call_tool("echo", {"text": text}))
+
+
+async def echo_error(url: str, token: str) -> list:
+    try:
+        async with mcp_client(url, token) as client:
+            await client.call_tool("echo", {"text": "after revoke"})
+    except BaseException as e:  # noqa: BLE001 - the SDK raises a group
+        return [e]
+    return []
+
+
+def storage_is_empty(page) -> bool:
+    return page.evaluate("() => window.localStorage.length === 0 && window.sessionStorage.length === 0")
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_bad_sign_in_token_gets_a_clear_error(dash: Dash, browser) -> None:
+    page = browser.new_page()
+    page.goto(dash.url + "/")
+    shot(page, "signin")
+    page.get_by_test_id("signin-token").fill("mwa_" + "A" * 36)
+    with page.expect_response(lambda r: r.url.endswith("/signin")) as resp:
+        page.get_by_test_id("signin-submit").click()
+    assert resp.value.status == 401
+    alert = page.get_by_role("alert")
+    assert "not accepted" in alert.inner_text()
+    # The failed token is not echoed back into the page.
+    assert "mwa_AAAA" not in page.content()
+    page.close()
+
+
+def test_sign_in_with_the_keyboard_only(dash: Dash, browser) -> None:
+    page = browser.new_page()
+    page.goto(dash.url + "/")
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement && document.activeElement.dataset.testid") == "signin-token":
+            break
+    else:
+        pytest.fail("the admin-token field cannot be reached with Tab")
+    page.keyboard.type(dash.admin_token)
+    page.keyboard.press("Enter")
+    page.wait_for_url(dash.url + "/workspaces")
+    page.close()
+
+
+def test_create_use_and_revoke_a_token_in_the_browser(dash: Dash, browser) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    errors = watch_console(page)
+    sign_in(page, dash)
+    cookie = next(c for c in context.cookies() if c["name"] == "portcullis_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    shot(page, "workspaces")
+    page.get_by_test_id("nav-workspace-demo").click()
+    page.wait_for_url(re.compile(r".*/workspaces/demo/tokens$"))
+
+    # Create a token with a member and a 24 h expiry.
+    page.get_by_test_id("token-new").click()
+    page.get_by_test_id("token-name").fill("laptop")
+    page.get_by_test_id("token-expiry").select_option("86400")
+    page.get_by_test_id("token-member").fill("alice@example.com")
+    page.get_by_test_id("token-servers").select_option(["demo"])
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/v1/workspaces/demo/tokens")) as created:
+        page.get_by_test_id("token-create").click()
+    assert created.value.status == 201
+    secret = page.get_by_test_id("token-secret").inner_text()
+    assert re.fullmatch(r"mwt_[0-9A-Za-z]{36}", secret), secret
+    mcp_json = json.loads(page.get_by_test_id("token-mcp-json").inner_text())
+    assert mcp_json["mcpServers"]["demo"]["headers"]["Authorization"] == f"Bearer {secret}"
+    assert mcp_json["mcpServers"]["demo"]["url"] == dash.ws_url("demo")
+    recipes = page.locator("#recipe-claude-desktop, #recipe-cursor, #recipe-claude-code, #recipe-vscode").all_text_contents()
+    assert len(recipes) == 4 and all(secret in r for r in recipes)
+    assert "mcp-remote" in recipes[0] and "claude mcp add" in recipes[2]
+    # Never in browser storage, a URL or a cookie.
+    assert storage_is_empty(page)
+    assert secret not in page.url
+    assert all(secret not in c["value"] for c in context.cookies())
+    shot(page, "new-token")
+
+    token_id = created.value.json()["info"]["id"]
+    page.get_by_role("button", name="Done").click()
+    assert page.get_by_test_id("token-secret").text_content() == ""  # wiped on close
+    assert page.get_by_test_id(f"token-status-{token_id}").inner_text() == "active"
+    assert page.get_by_test_id(f"token-last-used-{token_id}").inner_text() == "never"
+
+    # Use it with the real SDK; the list then shows a last-used time.
+    assert run_async(echo, dash.ws_url("demo"), secret, "from the dashboard") == "from the dashboard"
+    deadline = time.monotonic() + 10
+    while True:
+        page.reload()
+        last_used = page.get_by_test_id(f"token-last-used-{token_id}")
+        last_used.wait_for()
+        if last_used.inner_text() != "never":
+            break
+        assert time.monotonic() < deadline, "last_used_at never reached the token list"
+        time.sleep(0.3)
+    assert page.get_by_test_id(f"token-status-{token_id}").inner_text() == "active"
+    assert secret not in page.content()  # shown once: not after a reload
+    shot(page, "tokens")
+
+    # Revoke: asks first; the row changes without a reload.
+    page.evaluate("() => { window.__same_document = true; }")
+    page.get_by_test_id(f"token-revoke-{token_id}").click()
+    assert page.get_by_test_id("confirm").is_visible()
+    page.get_by_test_id("confirm").click()
+    page.get_by_test_id(f"token-status-{token_id}").filter(has_text="revoked").wait_for(timeout=5000)
+    assert page.evaluate("() => window.__same_document === true"), "the page reloaded"
+    errs = run_async(echo_error, dash.ws_url("demo"), secret)
+    assert errs, "the revoked token still works"
+    assert any("401" in str(e) or e.error.code == -31001 for e in mcp_errors(errs[0]) or []) or "401" in repr(errs[0]), errs
+
+    # Servers tab: health and tool counts, never a header value.
+    page.get_by_test_id("tab-servers").click()
+    page.wait_for_url(re.compile(r".*/servers$"))
+    page.get_by_test_id("server-health-demo").filter(has_text="up").wait_for(timeout=5000)
+    assert DEMO_UPSTREAM_KEY not in page.content()
+    shot(page, "servers")
+    assert not [e for e in errors if "Content Security Policy" in e], errors
+
+    # Sign out: the cookie is gone and the session with it.
+    page.get_by_test_id("signout").click()
+    page.wait_for_url(dash.url + "/")
+    assert not [c for c in context.cookies() if c["name"] == "portcullis_session" and c["value"]]
+    page.goto(dash.url + "/workspaces/demo/tokens")
+    assert page.url == dash.url + "/"
+    context.close()
+
+
+def test_aggregate_workspace_servers_show_tool_counts(dash: Dash, browser) -> None:
+    page = browser.new_page()
+    sign_in(page, dash)
+    created = dash.api("POST", "/v1/workspaces/team/tokens", json={"name": "lister"}).json()
+
+    async def list_tools(url: str, token: str) -> int:
+        async with mcp_client(url, token) as client:
+            return len((await client.list_tools()).tools)
+
+    assert run_async(list_tools, dash.ws_url("team"), created["token"]) > 0
+    page.goto(dash.url + "/workspaces/team/servers")
+    page.get_by_test_id("server-health-tools").filter(has_text="up").wait_for(timeout=5000)
+    assert page.get_by_test_id("server-tools-tools").inner_text().isdigit()
+    page.close()
+
+
+def test_scoped_admin_sees_only_its_workspace(dash: Dash, browser) -> None:
+    page = browser.new_page()
+    sign_in(page, dash, dash.scoped_token)
+    assert page.get_by_test_id("nav-workspace-team").is_visible()
+    assert page.get_by_test_id("nav-workspace-demo").count() == 0
+    resp = page.goto(dash.url + "/workspaces/demo/tokens")
+    assert resp.status == 403
+    page.close()
+
+
+class _OtherOrigin(http.server.BaseHTTPRequestHandler):
+    admin = ""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        body = (
+            "<!doctype html><title>elsewhere</title>"
+            f'<form id="f" method="post" action="{self.admin}/v1/workspaces/demo/tokens">'
+            '<input name="name" value="csrf"></form>'
+            f'<form id="s" method="post" action="{self.admin}/signin"><input name="token" value="x"></form>'
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a) -> None:
+        pass
+
+
+def test_csrf_from_another_origin_fails(dash: Dash, browser) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    sign_in(page, dash)
+    before = len(dash.api("GET", "/v1/workspaces/demo/tokens?page_size=200").json()["tokens"])
+
+    # A page on another loopback port: same site (ports do not count), so
+    # even SameSite=Strict sends the cookie; the CSRF token and the
+    # Origin / Sec-Fetch-Site checks are what stop it.
+    _OtherOrigin.admin = dash.url
+    port = free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _OtherOrigin)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page.goto(f"http://127.0.0.1:{port}/")
+        status = page.evaluate(
+            """async (u) => { try { const r = await fetch(u, {method: 'POST', credentials: 'include', mode: 'no-cors',
+                 headers: {'Content-Type': 'text/plain'}, body: '{"name":"csrf"}'}); return r.type; } catch (e) { return 'blocked'; } }""",
+            dash.url + "/v1/workspaces/demo/tokens",
+        )
+        assert status in ("opaque", "blocked")
+        with page.expect_navigation() as nav:
+            page.evaluate("() => document.getElementById('f').submit()")
+        assert nav.value.status == 403
+        assert "csrf_failed" in page.content()
+        page.goto(f"http://127.0.0.1:{port}/")
+        with page.expect_navigation() as nav:
+            page.evaluate("() => document.getElementById('s').submit()")
+        assert nav.value.status == 403  # no login CSRF either
+    finally:
+        server.shutdown()
+        server.server_close()
+    after = len(dash.api("GET", "/v1/workspaces/demo/tokens?page_size=200").json()["tokens"])
+    assert after == before, "a cross-origin request created a token"
+
+    # The cookie alone, without the header, or with a wrong one: 403 JSON.
+    session = next(c["value"] for c in context.cookies() if c["name"] == "portcullis_session")
+    jar = {"Cookie": f"portcullis_session={session}", "Authorization": ""}
+    for extra in ({}, {"X-CSRF-Token": "0" * 64}):
+        r = httpx.post(dash.url + "/v1/workspaces/demo/tokens", json={"name": "x"},
+                       headers={"Cookie": jar["Cookie"], **extra}, timeout=10)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "csrf_failed", r.text
+    # A read with the cookie needs no CSRF token.
+    r = httpx.get(dash.url + "/v1/workspaces/demo/tokens", headers={"Cookie": jar["Cookie"]}, timeout=10)
+    assert r.status_code == 200
+    context.close()
+
+
+def _skip_if_404(dash: Dash, path: str) -> None:
+    if dash.api("GET", path).status_code == 404:
+        pytest.skip(f"{path} is not served by this build (contract §10 endpoint of another branch)")
+
+
+def test_usage_tab_says_not_available_without_the_endpoint(dash: Dash, browser) -> None:
+    page = browser.new_page()
+    sign_in(page, dash)
+    page.goto(dash.url + "/workspaces/demo/usage")
+    if dash.api("GET", "/v1/workspaces/demo/usage").status_code == 404:
+        page.locator("#usage-msg").filter(has_text="not available").wait_for(timeout=5000)
+    shot(page, "usage")
+    page.goto(dash.url + "/workspaces/demo/audit")
+    if dash.api("GET", "/v1/workspaces/demo/audit").status_code == 404:
+        page.locator("#audit-msg").filter(has_text="not available").wait_for(timeout=5000)
+    shot(page, "audit")
+    page.close()
+
+
+def test_usage_chart_shows_requests(dash: Dash, browser) -> None:
+    _skip_if_404(dash, "/v1/workspaces/demo/usage")
+    created = dash.api("POST", "/v1/workspaces/demo/tokens", json={"name": "usage", "member_id": "bob"}).json()
+    for i in range(3):
+        run_async(echo, dash.ws_url("demo"), created["token"], f"u{i}")
+    page = browser.new_page()
+    sign_in(page, dash)
+    deadline = time.monotonic() + 70
+    while True:
+        page.goto(dash.url + "/workspaces/demo/usage")
+        page.get_by_test_id("usage-chart").locator("svg").wait_for(timeout=5000)
+        if page.get_by_test_id("usage-row").count() > 0 and page.get_by_test_id("usage-chart").locator("rect").count() > 0:
+            break
+        assert time.monotonic() < deadline, "usage never showed the requests"
+        time.sleep(1)
+    assert "bob" in " ".join(page.get_by_test_id("usage-row").all_inner_texts())
+    page.close()
+
+
+def test_audit_rows_show_token_events(dash: Dash, browser) -> None:
+    _skip_if_404(dash, "/v1/workspaces/demo/audit")
+    created = dash.api("POST", "/v1/workspaces/demo/tokens", json={"name": "audited"}).json()
+    dash.api("DELETE", f"/v1/workspaces/demo/tokens/{created['info']['id']}")
+    page = browser.new_page()
+    sign_in(page, dash)
+    page.goto(dash.url + "/workspaces/demo/audit")
+    page.locator('[data-testid="audit-row"][data-type="token_revoked"]').first.wait_for(timeout=10000)
+    assert page.locator('[data-testid="audit-row"][data-type="token_created"]').count() > 0
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Download CSV").click()
+    text = Path(dl.value.path()).read_text()
+    assert text.startswith("id,at,type,") and "token_revoked" in text
+    assert "mwt_" not in text
+    page.close()
+
+
+@pytest.mark.skipif(not AXE.is_file(), reason="axe-core is not installed (tests/js: npm ci)")
+def test_every_page_passes_axe(dash: Dash, browser) -> None:
+    # axe is injected as a script, which the page's own CSP would refuse:
+    # this context bypasses CSP for that only.
+    context = browser.new_context(bypass_csp=True)
+    page = context.new_page()
+    axe = AXE.read_text()
+
+    def check(name: str) -> None:
+        page.add_script_tag(content=axe)
+        result = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
+        bad = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3]) for v in result["violations"]
+               if v["impact"] in ("serious", "critical")]
+        assert not bad, f"{name}: {bad}"
+
+    page.goto(dash.url + "/")
+    check("sign-in")
+    sign_in(page, dash)
+    check("workspaces")
+    for tab in ("tokens", "usage", "audit", "servers"):
+        page.goto(f"{dash.url}/workspaces/demo/{tab}")
+        page.wait_for_load_state("networkidle")
+        check(tab)
+    page.goto(f"{dash.url}/workspaces/demo/tokens")
+    page.wait_for_load_state("networkidle")
+    page.get_by_test_id("token-new").click()
+    check("new-token dialog")
+    page.get_by_test_id("token-name").fill("axe")
+    page.get_by_test_id("token-create").click()
+    page.get_by_test_id("token-secret").filter(has_text="mwt_").wait_for()
+    check("new token shown")
+    context.close()
