@@ -250,6 +250,9 @@ fn usage() -> Markup {
                         option value="server" { "server" }
                     }
                 }
+                label { "Show "
+                    select #usage-key { option value="" { "all" } }
+                }
             }
             p #usage-msg role="status" aria-live="polite" {}
             figure {
@@ -302,7 +305,8 @@ fn audit() -> Markup {
                 button #audit-export-csv type="button" { "Download CSV" }
             }
             p #audit-msg role="status" aria-live="polite" {}
-            table {
+            div.table-wrap tabindex="0" role="region" aria-label="Audit events" {
+            table.compact {
                 caption.visually-hidden { "Audit events, newest first" }
                 thead { tr {
                     th scope="col" { "When" } th scope="col" { "Type" } th scope="col" { "Actor" } th scope="col" { "Token" }
@@ -310,6 +314,7 @@ fn audit() -> Markup {
                     th scope="col" { "Duration" } th scope="col" { "Request id" }
                 } }
                 tbody #audit-body {}
+            }
             }
             div.pager { button #audit-more type="button" hidden { "Load more" } }
         }

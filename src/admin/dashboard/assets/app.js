@@ -259,10 +259,10 @@
       }
       return Array.from(by.values()).sort((a, b) => b.requests - a.requests);
     }
-    function table(id, list) {
+    function table(id, list, empty) {
       const tb = $(id);
       tb.replaceChildren();
-      if (!list.length) { tb.append(el("tr", {}, el("td", { colspan: "4", text: "No requests in this period." }))); return; }
+      if (!list.length) { tb.append(el("tr", {}, el("td", { colspan: "4", text: empty || "No requests in this period." }))); return; }
       for (const t of list) {
         tb.append(el("tr", { testid: "usage-row" }, el("th", { scope: "row", text: t.key || "(none)" }),
           el("td", { text: String(t.requests) }), el("td", { text: String(t.errors) }), el("td", { text: String(t.rate_limited) })));
@@ -271,7 +271,7 @@
     // Stacked bars per time bucket: successful requests solid, errors
     // hatched, 429s dotted; each bar has a <title>, and the legend and the
     // tables below carry the same figures, so nothing depends on colour.
-    function chart(buckets, group) {
+    function chart(buckets, group, only) {
       const box = $("usage-chart");
       box.replaceChildren();
       const starts = Array.from(new Set(buckets.map((b) => b.start))).sort();
@@ -287,7 +287,7 @@
       const max = Math.max(1, ...Array.from(per.values()).map((p) => p.ok + p.errors + p.rate_limited));
       const total = buckets.reduce((n, b) => n + b.requests, 0);
       const s = svg("svg", { viewBox: "0 0 " + W + " " + H, role: "img", "aria-labelledby": "usage-svg-title usage-svg-desc", class: "chart" });
-      s.append(svg("title", { id: "usage-svg-title" }, document.createTextNode("Requests over time, per " + group)));
+      s.append(svg("title", { id: "usage-svg-title" }, document.createTextNode("Requests over time" + (only ? " of " + group + " " + only : ", all " + group + "s"))));
       s.append(svg("desc", { id: "usage-svg-desc" }, document.createTextNode(total + " requests in " + starts.length + " buckets; the tables below list the figures.")));
       const defs = svg("defs");
       defs.append(svg("pattern", { id: "hatch", width: "6", height: "6", patternUnits: "userSpaceOnUse", patternTransform: "rotate(45)" },
@@ -331,6 +331,11 @@
       $("usage-caption").textContent = total + " requests by " + keys.length + " " + group + (keys.length === 1 ? "" : "s") +
         (keys.length ? " (most: " + keys.slice(0, 3).join(", ") + ")" : "") + ".";
     }
+    let lastBuckets = [];
+    function draw() {
+      const key = $("usage-key").value;
+      chart(key ? lastBuckets.filter((b) => b.key === key) : lastBuckets, $("usage-group").value, key);
+    }
     async function load() {
       say("usage-msg", "Loading…");
       const group = $("usage-group").value;
@@ -338,18 +343,26 @@
       if (r.status === 404 && !(r.body && r.body.error && r.body.error.code === "workspace_not_found")) {
         say("usage-msg", "Usage analytics are not available on this server (this gateway has no usage endpoint).");
         $("usage-chart").replaceChildren(el("p", { class: "empty", text: "Not available." }));
-        table("usage-members", []); table("usage-tools", []);
+        table("usage-members", [], "Not available."); table("usage-tools", [], "Not available.");
         return;
       }
       if (r.status !== 200) { say("usage-msg", errText(r), true); return; }
-      chart(r.body.buckets, group);
+      // One series at a time (a token, member, tool or server), or all.
+      const keySel = $("usage-key");
+      const chosen = keySel.value;
+      keySel.replaceChildren(el("option", { value: "", text: "all " + group + "s" }),
+        ...totals(r.body.buckets).map((t) => el("option", { value: t.key, text: t.key })));
+      keySel.value = totals(r.body.buckets).some((t) => t.key === chosen) ? chosen : "";
+      lastBuckets = r.body.buckets;
+      draw();
       const [m, t] = await Promise.all([fetchUsage("member"), fetchUsage("tool")]);
       table("usage-members", m.status === 200 ? totals(m.body.buckets) : []);
       table("usage-tools", t.status === 200 ? totals(t.body.buckets).slice(0, 10) : []);
       say("usage-msg", r.body.folded ? r.body.folded + " less active series are folded into “other”." : "");
     }
     $("usage-range").addEventListener("change", load);
-    $("usage-group").addEventListener("change", load);
+    $("usage-group").addEventListener("change", () => { $("usage-key").value = ""; load(); });
+    $("usage-key").addEventListener("change", draw);
     $("usage-controls").addEventListener("submit", (e) => { e.preventDefault(); load(); });
     load();
   }
