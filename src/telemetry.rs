@@ -365,7 +365,9 @@ impl Metrics {
     /// a change or once a second, so concurrent requests do not fight over
     /// the cache line.
     pub fn server_health(&self, workspace: usize, server: usize, up: bool) {
-        let Some(cell) = self.workspace(Some(workspace)).health.get(server) else { return };
+        let Some(cell) = self.workspace(Some(workspace)).health.get(server) else {
+            return;
+        };
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -386,7 +388,11 @@ impl Metrics {
     /// What is known of server `server` of workspace `workspace`.
     pub fn server_status(&self, workspace: usize, server: usize) -> ServerStatus {
         let Some(cell) = self.workspace(Some(workspace)).health.get(server) else {
-            return ServerStatus { health: "unknown", checked_at: 0, tools: None };
+            return ServerStatus {
+                health: "unknown",
+                checked_at: 0,
+                tools: None,
+            };
         };
         ServerStatus {
             health: match cell.state.load(Relaxed) {

@@ -38,8 +38,7 @@ pub fn router(state: SharedState) -> Router {
     } else {
         Router::new()
     };
-    base
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+    base.route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/tokens/self", get(token_self))
@@ -81,10 +80,7 @@ impl FromRequestParts<SharedState> for Admin {
         state.metrics.admin_request();
         // The dashboard's session cookie, when no bearer token is presented
         // (a bearer token always wins, and needs no CSRF token).
-        if state.config.dashboard.enabled
-            && !parts.headers.contains_key(header::AUTHORIZATION)
-            && session::has_cookie(&parts.headers)
-        {
+        if state.config.dashboard.enabled && !parts.headers.contains_key(header::AUTHORIZATION) && session::has_cookie(&parts.headers) {
             let client = parts.extensions.get::<crate::state::PeerAddr>().map(|p| p.0.ip());
             let s = session::resolve(state, &parts.headers, &parts.method, client, None).await?;
             return Ok(Admin {
@@ -188,7 +184,12 @@ async fn list_workspaces(State(state): State<SharedState>, admin: Admin) -> Json
 
 /// An upstream's URL without userinfo or query string, which may hold secrets.
 fn redacted_url(u: &http::Uri) -> String {
-    format!("{}://{}{}", u.scheme_str().unwrap_or("http"), u.host().unwrap_or_default(), port_and_path(u))
+    format!(
+        "{}://{}{}",
+        u.scheme_str().unwrap_or("http"),
+        u.host().unwrap_or_default(),
+        port_and_path(u)
+    )
 }
 
 fn port_and_path(u: &http::Uri) -> String {

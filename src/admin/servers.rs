@@ -14,11 +14,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::token::format_rfc3339;
 
-pub async fn list(
-    State(state): State<Arc<AppState>>,
-    admin: Admin,
-    Path(ws): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn list(State(state): State<Arc<AppState>>, admin: Admin, Path(ws): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
     let w = workspace(&state, &admin, &ws)?;
     let servers: Vec<_> = w
         .servers

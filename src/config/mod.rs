@@ -28,8 +28,8 @@ mod validate;
 
 use expand::*;
 
-pub use expand::{ENV_OVERRIDE_PREFIX, process_overrides};
 pub use dashboard::{DashboardConfig, DashboardSpec, SecureCookie, parse_duration};
+pub use expand::{ENV_OVERRIDE_PREFIX, process_overrides};
 pub use spec::*;
 pub use validate::is_valid_slug;
 

@@ -83,7 +83,9 @@ async fn admin_token(gw: &Gateway, workspace: Option<&str>) -> (String, String) 
         created_by: "bootstrap".into(),
         ..Default::default()
     };
-    let (raw, rec) = lifecycle::create(Some(&state.verifier), &state.store, req, now_unix()).await.unwrap();
+    let (raw, rec) = lifecycle::create(Some(&state.verifier), &state.store, req, now_unix())
+        .await
+        .unwrap();
     (raw, rec.id)
 }
 
@@ -119,16 +121,29 @@ async fn sign_in_sets_a_strict_httponly_cookie_and_pages_carry_the_security_head
     for path in ["/", "/assets/app.js", "/v1/workspaces", "/healthz"] {
         let r = send(Method::GET, &gw.admin_url(path), &[], "").await;
         let csp = r.header("content-security-policy");
-        assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{path}: {csp}"
+        );
         assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
         assert_eq!(r.header("x-content-type-options"), "nosniff");
         assert_eq!(r.header("referrer-policy"), "no-referrer");
     }
     // The pages themselves have no inline script or style.
     let b = sign_in(&gw, &gw.admin_token).await;
-    for path in ["/", "/workspaces", "/workspaces/demo/tokens", "/workspaces/demo/usage", "/workspaces/demo/audit", "/workspaces/demo/servers"] {
+    for path in [
+        "/",
+        "/workspaces",
+        "/workspaces/demo/tokens",
+        "/workspaces/demo/usage",
+        "/workspaces/demo/audit",
+        "/workspaces/demo/servers",
+    ] {
         let page = String::from_utf8_lossy(&b.get(&gw, path).await.body).to_string();
-        assert!(!page.contains("<script>") && !page.contains(" style=") && !page.contains("<style"), "{path}");
+        assert!(
+            !page.contains("<script>") && !page.contains(" style=") && !page.contains("<style"),
+            "{path}"
+        );
         assert!(!has_event_attribute(&page), "{path} has an inline event handler");
     }
 }
@@ -138,7 +153,9 @@ async fn a_secure_cookie_when_the_public_url_is_https() {
     let up = DemoUpstream::start().await;
     let mut gw = Setup::new(&up.url).start().await;
     gw.stop().await;
-    gw.config_text = gw.config_text.replace("public_url = \"http://gateway.test\"", "public_url = \"https://gateway.test\"");
+    gw.config_text = gw
+        .config_text
+        .replace("public_url = \"http://gateway.test\"", "public_url = \"https://gateway.test\"");
     gw.restart().await;
     let r = sign_in_resp(&gw, &gw.admin_token, &[]).await;
     assert!(r.header("set-cookie").contains("; Secure"));
@@ -149,31 +166,44 @@ async fn the_session_id_is_hashed_at_rest_and_the_admin_token_is_not_kept() {
     let up = DemoUpstream::start().await;
     let gw = Setup::new(&up.url).start().await;
     let b = sign_in(&gw, &gw.admin_token).await;
-    let id: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&b.id_hex()[2 * i..2 * i + 2], 16).unwrap()).collect();
+    let id: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&b.id_hex()[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
     let expected: [u8; 32] = Sha256::digest(&id).into();
     let db = rusqlite::Connection::open(&gw.db).unwrap();
     let (hash, admin_id, admin_hash): (Vec<u8>, String, Vec<u8>) = db
-        .query_row("SELECT id_hash, admin_token_id, admin_token_hash FROM dashboard_sessions", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
+        .query_row(
+            "SELECT id_hash, admin_token_id, admin_token_hash FROM dashboard_sessions",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .unwrap();
     assert_eq!(hash, expected);
     assert!(admin_id.starts_with("tkn_"));
     assert_eq!(admin_hash, Sha256::digest(gw.admin_token.as_bytes()).to_vec());
     drop(db);
     // Neither the session id nor the admin token is anywhere in the files.
-    let files = [std::fs::read(&gw.db).unwrap(), std::fs::read(format!("{}-wal", gw.db.display())).unwrap_or_default()];
+    let files = [
+        std::fs::read(&gw.db).unwrap(),
+        std::fs::read(format!("{}-wal", gw.db.display())).unwrap_or_default(),
+    ];
     for bytes in files {
         assert!(!bytes.windows(32).any(|w| w == &id[..]), "raw session id stored");
         assert!(!bytes.windows(64).any(|w| w == b.id_hex().as_bytes()), "session id (hex) stored");
-        assert!(!bytes.windows(36).any(|w| w == &gw.admin_token.as_bytes()[4..]), "admin token stored");
+        assert!(
+            !bytes.windows(36).any(|w| w == &gw.admin_token.as_bytes()[4..]),
+            "admin token stored"
+        );
     }
 }
 
 #[tokio::test]
 async fn an_idle_session_ends() {
     let up = DemoUpstream::start().await;
-    let gw = Setup::new(&up.url).raw("[dashboard]\nidle_timeout = \"2s\"\nabsolute_timeout = \"1h\"").start().await;
+    let gw = Setup::new(&up.url)
+        .raw("[dashboard]\nidle_timeout = \"2s\"\nabsolute_timeout = \"1h\"")
+        .start()
+        .await;
     let b = sign_in(&gw, &gw.admin_token).await;
     assert_eq!(b.get(&gw, "/v1/workspaces").await.status, 200);
     tokio::time::sleep(Duration::from_millis(3100)).await;
@@ -187,7 +217,10 @@ async fn an_idle_session_ends() {
 #[tokio::test]
 async fn a_session_ends_at_its_absolute_timeout_even_when_used() {
     let up = DemoUpstream::start().await;
-    let gw = Setup::new(&up.url).raw("[dashboard]\nidle_timeout = \"3s\"\nabsolute_timeout = \"4s\"").start().await;
+    let gw = Setup::new(&up.url)
+        .raw("[dashboard]\nidle_timeout = \"3s\"\nabsolute_timeout = \"4s\"")
+        .start()
+        .await;
     let b = sign_in(&gw, &gw.admin_token).await;
     for _ in 0..3 {
         assert_eq!(b.get(&gw, "/v1/workspaces").await.status, 200);
@@ -228,7 +261,9 @@ async fn revoking_the_admin_token_ends_its_sessions_at_once() {
     let b = sign_in(&gw, &raw).await;
     assert_eq!(b.get(&gw, "/v1/workspaces").await.status, 200);
     let state = gw.state();
-    lifecycle::revoke(Some(&state.verifier), &state.store, &id, now_unix()).await.unwrap();
+    lifecycle::revoke(Some(&state.verifier), &state.store, &id, now_unix())
+        .await
+        .unwrap();
     assert_session_ended(&b.get(&gw, "/v1/workspaces").await);
     assert_eq!(b.get(&gw, "/workspaces").await.status, 303);
     // Signing in again with it fails.
@@ -246,7 +281,11 @@ async fn revoking_the_admin_token_on_one_instance_ends_its_sessions_on_another()
         redis.url(),
         up.url
     );
-    let start = || async { app::start(Config::from_toml(Path::new("c.toml"), &text, &|_| None).unwrap()).await.unwrap() };
+    let start = || async {
+        app::start(Config::from_toml(Path::new("c.toml"), &text, &|_| None).unwrap())
+            .await
+            .unwrap()
+    };
     let (a, b) = (start().await, start().await);
     let req = NewTokenRequest {
         name: "cluster-admin".into(),
@@ -254,7 +293,9 @@ async fn revoking_the_admin_token_on_one_instance_ends_its_sessions_on_another()
         created_by: "bootstrap".into(),
         ..Default::default()
     };
-    let (raw, rec) = lifecycle::create(Some(&a.state.verifier), &a.state.store, req, now_unix()).await.unwrap();
+    let (raw, rec) = lifecycle::create(Some(&a.state.verifier), &a.state.store, req, now_unix())
+        .await
+        .unwrap();
     let login = send(
         Method::POST,
         &format!("http://{}/signin", a.admin_addr),
@@ -273,11 +314,19 @@ async fn revoking_the_admin_token_on_one_instance_ends_its_sessions_on_another()
     let mut c = redis.conn().await;
     let keys: Vec<String> = redis::cmd("KEYS").arg("portcullis:session:*").query_async(&mut c).await.unwrap();
     let id_hex = cookie.split_once('=').unwrap().1;
-    let id: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&id_hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+    let id: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&id_hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
     let hashed: String = Sha256::digest(&id).iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(keys, vec![format!("portcullis:session:{hashed}")]);
-    lifecycle::revoke(Some(&a.state.verifier), &a.state.store, &rec.id, now_unix()).await.unwrap();
-    assert_eq!(on_b().await.status, 401, "instance B still honours a session of a revoked admin token");
+    lifecycle::revoke(Some(&a.state.verifier), &a.state.store, &rec.id, now_unix())
+        .await
+        .unwrap();
+    assert_eq!(
+        on_b().await.status,
+        401,
+        "instance B still honours a session of a revoked admin token"
+    );
     a.shutdown();
     b.shutdown();
 }
@@ -296,8 +345,18 @@ async fn a_scoped_admin_sees_only_its_workspace() {
     assert_eq!(b.get(&gw, "/v1/workspaces/demo/tokens").await.status, 403);
     assert_eq!(b.get(&gw, "/v1/workspaces/demo/servers").await.status, 403);
     assert_eq!(b.get(&gw, "/workspaces/demo/tokens").await.status, 403);
-    assert_eq!(b.call(&gw, Method::POST, "/v1/workspaces/demo/tokens", Some(json!({"name": "x"}))).await.status, 403);
-    assert_eq!(b.call(&gw, Method::POST, "/v1/workspaces/other/tokens", Some(json!({"name": "x"}))).await.status, 201);
+    assert_eq!(
+        b.call(&gw, Method::POST, "/v1/workspaces/demo/tokens", Some(json!({"name": "x"})))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        b.call(&gw, Method::POST, "/v1/workspaces/other/tokens", Some(json!({"name": "x"})))
+            .await
+            .status,
+        201
+    );
 }
 
 #[tokio::test]
@@ -327,20 +386,39 @@ async fn cookie_requests_that_change_state_need_the_csrf_token_and_our_origin() 
     let listed = gw.admin_call(Method::GET, "/v1/workspaces/demo/tokens", None).await.json();
     assert_eq!(listed["tokens"].as_array().unwrap().len(), 1, "a refused request created a token");
     // With it, from our own page: accepted.
-    assert_eq!(b.call(&gw, Method::POST, "/v1/workspaces/demo/tokens", Some(json!({"name": "ok"}))).await.status, 201);
-    assert_eq!(b.call(&gw, Method::DELETE, &format!("/v1/workspaces/demo/tokens/{id}"), None).await.status, 200);
+    assert_eq!(
+        b.call(&gw, Method::POST, "/v1/workspaces/demo/tokens", Some(json!({"name": "ok"})))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        b.call(&gw, Method::DELETE, &format!("/v1/workspaces/demo/tokens/{id}"), None)
+            .await
+            .status,
+        200
+    );
     // Bearer-token calls are unaffected, whatever Origin they carry.
     let auth = format!("Bearer {}", gw.admin_token);
     let r = send(
         Method::POST,
         &url,
-        &[("authorization", &auth), ("content-type", "application/json"), ("origin", "http://elsewhere.test")],
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+            ("origin", "http://elsewhere.test"),
+        ],
         body.clone(),
     )
     .await;
     assert_eq!(r.status, 201);
     // Sign-in from another origin is refused (no login CSRF).
-    let r = sign_in_resp(&gw, &gw.admin_token, &[("origin", "http://evil.test"), ("sec-fetch-site", "cross-site")]).await;
+    let r = sign_in_resp(
+        &gw,
+        &gw.admin_token,
+        &[("origin", "http://evil.test"), ("sec-fetch-site", "cross-site")],
+    )
+    .await;
     assert_eq!(r.status, 403);
     assert!(r.headers.get("set-cookie").is_none());
 }
@@ -375,7 +453,9 @@ async fn no_response_but_the_create_response_carries_a_raw_token() {
     let up = DemoUpstream::start().await;
     let gw = Setup::new(&up.url).start().await;
     let b = sign_in(&gw, &gw.admin_token).await;
-    let created = b.call(&gw, Method::POST, "/v1/workspaces/demo/tokens", Some(json!({"name": "once"}))).await;
+    let created = b
+        .call(&gw, Method::POST, "/v1/workspaces/demo/tokens", Some(json!({"name": "once"})))
+        .await;
     assert_eq!(created.status, 201);
     let raw = created.json()["token"].as_str().unwrap().to_string();
     assert!(gw.post("demo", Some(&raw), echo_call(1, "x")).await.status.is_success());
@@ -479,7 +559,9 @@ async fn session_stores_keep_the_contract_on_sqlite_and_redis() {
     assert!(sqlite.get_session(&[0; 32]).await.unwrap().is_none());
 
     let redis = RedisServer::start().await;
-    let store = portcullis::store::redis::RedisStore::connect(&redis.url(), Duration::from_secs(2)).await.unwrap();
+    let store = portcullis::store::redis::RedisStore::connect(&redis.url(), Duration::from_secs(2))
+        .await
+        .unwrap();
     session_store_contract(&store).await;
     // Redis forgets a session after its idle timeout by itself (key TTL).
     let rec = SessionRecord {

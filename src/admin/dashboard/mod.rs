@@ -33,7 +33,10 @@ pub fn routes() -> axum::Router<SharedState> {
         .route("/signin", post(sign_in).get(|| async { Redirect::to("/") }))
         .route("/signout", post(sign_out))
         .route("/workspaces", get(workspaces))
-        .route("/workspaces/{ws}", get(|Path(ws): Path<String>| async move { Redirect::to(&format!("/workspaces/{ws}/tokens")) }))
+        .route(
+            "/workspaces/{ws}",
+            get(|Path(ws): Path<String>| async move { Redirect::to(&format!("/workspaces/{ws}/tokens")) }),
+        )
         .route("/workspaces/{ws}/{tab}", get(workspace))
         .route("/assets/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
         .route("/assets/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
@@ -62,11 +65,7 @@ pub async fn security_headers(mut resp: Response) -> Response {
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
 fn html(status: StatusCode, m: Markup) -> Response {
@@ -130,7 +129,9 @@ async fn sign_in(
     if session::check_origin(&headers).is_err() {
         return html(
             StatusCode::FORBIDDEN,
-            pages::sign_in(Some("This sign-in did not come from this dashboard's own page. Open the dashboard and sign in there.")),
+            pages::sign_in(Some(
+                "This sign-in did not come from this dashboard's own page. Open the dashboard and sign in there.",
+            )),
         );
     }
     let Ok(Form(form)) = form else {

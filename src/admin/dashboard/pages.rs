@@ -351,4 +351,3 @@ pub fn error_page(who: Option<&Who<'_>>, title: &str, message: &str) -> Markup {
 
 /// An inline SVG icon served as a file (no inline content in pages).
 pub const ICON: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" fill="#1d3557"/><path d="M3 4h10M3 8h10M5 4v9M8 4v9M11 4v9" stroke="#f1faee" stroke-width="1.5"/></svg>"##;
-

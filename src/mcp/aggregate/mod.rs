@@ -172,7 +172,13 @@ impl Aggregator {
     /// `pools`: connection pools per upstream (see [`Upstream::new`]).
     /// `metrics`: where the health seen here is published (the admin API's
     /// Servers view reads it).
-    pub fn new(workspace: Arc<Workspace>, sealer: Arc<Sealer>, keepalive: Duration, pools: usize, metrics: Arc<crate::telemetry::Metrics>) -> Arc<Self> {
+    pub fn new(
+        workspace: Arc<Workspace>,
+        sealer: Arc<Sealer>,
+        keepalive: Duration,
+        pools: usize,
+        metrics: Arc<crate::telemetry::Metrics>,
+    ) -> Arc<Self> {
         let upstreams: Vec<Upstream> = workspace.servers.iter().map(|s| Upstream::new(Arc::clone(s), pools)).collect();
         let n = upstreams.len();
         let agg = Arc::new(Aggregator {
