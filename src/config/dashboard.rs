@@ -127,4 +127,31 @@ mod tests {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
     }
+
+    fn load(dashboard: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[dashboard]\n{dashboard}\n[[workspaces]]\nslug = \"a\"\n[[workspaces.servers]]\nname = \"s\"\nurl = \"http://127.0.0.1:9/mcp\"\n"
+        );
+        Config::from_toml(Path::new("t.toml"), &text, &|_| None)
+    }
+
+    #[test]
+    fn the_dashboard_section_is_checked() {
+        let c = load("idle_timeout = \"5m\"\nabsolute_timeout = \"1h\"").unwrap();
+        assert_eq!(c.dashboard.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.dashboard.secure_cookie, SecureCookie::Auto);
+        assert!(c.dashboard.enabled);
+        for (bad, key) in [
+            ("idle_timeout = \"30\"", "dashboard.idle_timeout"),
+            ("absolute_timeout = \"forever\"", "dashboard.absolute_timeout"),
+            ("idle_timeout = \"2h\"\nabsolute_timeout = \"1h\"", "dashboard.idle_timeout"),
+            ("absolute_timeout = \"8d\"", "dashboard.absolute_timeout"),
+            ("secure_cookie = \"yes\"", "dashboard.secure_cookie"),
+        ] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        let e = load("idle = \"5m\"").unwrap_err().to_string();
+        assert!(e.contains("unknown field") && e.contains("idle"), "{e}");
+    }
 }
