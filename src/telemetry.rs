@@ -259,7 +259,7 @@ struct WorkspaceMetrics {
 struct ServerHealthCell {
     /// 0 unknown, 1 up, 2 down.
     state: std::sync::atomic::AtomicU8,
-    /// Unix seconds of the last change of `state` or refresh of `tools`.
+    /// Unix seconds of the last change of `state`.
     at: std::sync::atomic::AtomicI64,
     /// -1: not known (pass-through workspaces do not read tool lists).
     tools: std::sync::atomic::AtomicI64,
@@ -270,8 +270,8 @@ struct ServerHealthCell {
 pub struct ServerStatus {
     /// `"up"`, `"down"` or `"unknown"` (no request or probe yet).
     pub health: &'static str,
-    /// Unix seconds of the last observation, 0 if none.
-    pub checked_at: i64,
+    /// Unix seconds since when `health` holds, 0 if nothing was seen.
+    pub since: i64,
     pub tools: Option<u64>,
 }
 
@@ -361,19 +361,17 @@ impl Metrics {
         }
     }
 
-    /// An upstream answered (`up`) or could not be reached. Written only on
-    /// a change or once a second, so concurrent requests do not fight over
-    /// the cache line.
+    /// An upstream answered (`up`) or could not be reached. On the data
+    /// plane's path: one relaxed load when nothing changed; the clock is
+    /// read and the cell written only on a change.
     pub fn server_health(&self, workspace: usize, server: usize, up: bool) {
-        let Some(cell) = self.workspace(Some(workspace)).health.get(server) else {
-            return;
-        };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let Some(cell) = self.workspace(Some(workspace)).health.get(server) else { return };
         let state = if up { 1 } else { 2 };
-        if cell.state.load(Relaxed) != state || cell.at.load(Relaxed) < now {
+        if cell.state.load(Relaxed) != state {
             cell.state.store(state, Relaxed);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
             cell.at.store(now, Relaxed);
         }
     }
@@ -390,7 +388,7 @@ impl Metrics {
         let Some(cell) = self.workspace(Some(workspace)).health.get(server) else {
             return ServerStatus {
                 health: "unknown",
-                checked_at: 0,
+                since: 0,
                 tools: None,
             };
         };
@@ -400,7 +398,7 @@ impl Metrics {
                 2 => "down",
                 _ => "unknown",
             },
-            checked_at: cell.at.load(Relaxed),
+            since: cell.at.load(Relaxed),
             tools: u64::try_from(cell.tools.load(Relaxed)).ok(),
         }
     }

@@ -27,7 +27,7 @@ pub async fn list(State(state): State<Arc<AppState>>, admin: Admin, Path(ws): Pa
                 "url": super::redacted_url(&s.url),
                 "timeout_ms": s.timeout.as_millis() as u64,
                 "health": st.health,
-                "checked_at": (st.checked_at > 0).then(|| format_rfc3339(st.checked_at)),
+                "since": (st.since > 0).then(|| format_rfc3339(st.since)),
                 "tools": st.tools,
             })
         })

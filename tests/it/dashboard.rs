@@ -493,7 +493,7 @@ async fn the_servers_endpoint_reports_health_without_secrets() {
     let s = &r.json()["servers"][0];
     assert_eq!(s["name"], "main");
     assert_eq!(s["health"], "up");
-    assert!(s["checked_at"].as_str().unwrap().ends_with('Z'));
+    assert!(s["since"].as_str().unwrap().ends_with('Z'));
     assert!(!String::from_utf8_lossy(&r.body).contains(DEMO_KEY));
     assert_eq!(gw.admin_call(Method::GET, "/v1/workspaces/nope/servers", None).await.status, 404);
     let r = send(Method::GET, &gw.admin_url("/v1/workspaces/demo/servers"), &[], "").await;

@@ -238,7 +238,7 @@ def test_create_use_and_revoke_a_token_in_the_browser(dash: Dash, browser) -> No
     # Create a token with a member and a 24 h expiry.
     page.get_by_test_id("token-new").click()
     page.get_by_test_id("token-name").fill("laptop")
-    page.get_by_test_id("token-expiry").select_option("86400")
+    page.get_by_test_id("token-expiry").select_option("24h")
     page.get_by_test_id("token-member").fill("alice@example.com")
     page.get_by_test_id("token-servers").select_option(["demo"])
     with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/v1/workspaces/demo/tokens")) as created:

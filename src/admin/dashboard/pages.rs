@@ -179,10 +179,10 @@ fn tokens(w: &Workspace) -> Markup {
                 label for="token-expiry" { "Expires" }
                 select #token-expiry data-testid="token-expiry" name="expiry" {
                     option value="none" { "Never" }
-                    option value="7776000" selected { "In 90 days" }
-                    option value="2592000" { "In 30 days" }
-                    option value="86400" { "In 24 hours" }
-                    option value="3600" { "In 1 hour" }
+                    option value="90d" selected { "In 90 days" }
+                    option value="30d" { "In 30 days" }
+                    option value="24h" { "In 24 hours" }
+                    option value="1h" { "In 1 hour" }
                     option value="custom" { "Custom…" }
                 }
                 div #custom-expiry hidden {
@@ -330,11 +330,11 @@ fn servers() -> Markup {
                 caption.visually-hidden { "Upstream servers and their health" }
                 thead { tr {
                     th scope="col" { "Server" } th scope="col" { "Address" } th scope="col" { "Health" }
-                    th scope="col" { "Tools" } th scope="col" { "Last seen" } th scope="col" { "Timeout" }
+                    th scope="col" { "Tools" } th scope="col" { "Since" } th scope="col" { "Timeout" }
                 } }
                 tbody #servers-body {}
             }
-            p.note { "Health is what the gateway last saw: an answer or a failure of a request or (for workspaces with several servers) of its periodic probe. "
+            p.note { "Health is what the gateway last saw, and since when: an answer or a failure of a request or (for workspaces with several servers) of its periodic probe. "
                 "Tool counts are known for workspaces with several servers, where the gateway merges the lists." }
         }
     }

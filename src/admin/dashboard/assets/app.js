@@ -88,6 +88,9 @@
   }
 
   // ---- Tokens tab ----------------------------------------------------------
+  // The expiry presets of the contract (§9), in seconds.
+  const EXPIRY_PRESETS = { "90d": 7776000, "30d": 2592000, "24h": 86400, "1h": 3600 };
+
   function tokensTab() {
     const body = $("tokens-body");
     const cursors = [null]; // cursor of each page shown so far
@@ -194,7 +197,7 @@
         if (isNaN(secs) || secs <= 0) { say("new-token-error", "Pick an expiry date and time in the future.", true); $("token-expiry-custom").focus(); return; }
         req.expires_in = secs;
       } else if (exp !== "none") {
-        req.expires_in = parseInt(exp, 10);
+        req.expires_in = EXPIRY_PRESETS[exp];
       }
       const who = $("token-member").value.trim();
       if (who) { if (who.includes("@")) req.email = who; else req.member_id = who; }
@@ -434,7 +437,7 @@
         el("th", { scope: "row", text: s.name }), el("td", {}, el("code", { text: s.url })),
         el("td", {}, el("span", { class: "status health-" + s.health, testid: "server-health-" + s.name, text: s.health })),
         el("td", { testid: "server-tools-" + s.name, text: s.tools === null || s.tools === undefined ? "not known" : String(s.tools) }),
-        el("td", { text: s.checked_at ? ago(s.checked_at) : "—" }),
+        el("td", { title: s.since || "", text: s.since ? when(s.since) : "—" }),
         el("td", { text: s.timeout_ms / 1000 + " s" })));
     }
   }
