@@ -222,9 +222,12 @@ async fn a_session_ends_at_its_absolute_timeout_even_when_used() {
         .start()
         .await;
     let b = sign_in(&gw, &gw.admin_token).await;
-    for _ in 0..3 {
-        assert_eq!(b.get(&gw, "/v1/workspaces").await.status, 200);
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Used at 0, 1.3 and 2.6 s (never idle for 3 s), then at 4.1 s: past the
+    // absolute end (whole seconds: 4.1 s after sign-in is past it however
+    // the second boundaries fall), 1.5 s after the last use.
+    for i in 0..3 {
+        assert_eq!(b.get(&gw, "/v1/workspaces").await.status, 200, "use {i}");
+        tokio::time::sleep(Duration::from_millis(if i < 2 { 1300 } else { 1500 })).await;
     }
     assert_session_ended(&b.get(&gw, "/v1/workspaces").await);
 }
