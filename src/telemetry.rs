@@ -365,7 +365,9 @@ impl Metrics {
     /// plane's path: one relaxed load when nothing changed; the clock is
     /// read and the cell written only on a change.
     pub fn server_health(&self, workspace: usize, server: usize, up: bool) {
-        let Some(cell) = self.workspace(Some(workspace)).health.get(server) else { return };
+        let Some(cell) = self.workspace(Some(workspace)).health.get(server) else {
+            return;
+        };
         let state = if up { 1 } else { 2 };
         if cell.state.load(Relaxed) != state {
             cell.state.store(state, Relaxed);
