@@ -6,6 +6,8 @@
 #       redis-server  - the Redis server binary for the cluster-mode (backend="redis") tests
 #       haproxy       - the load balancer deploy/local-cluster.sh puts in front of the instances
 #       nodejs, npm   - runs @modelcontextprotocol/server-everything and the TypeScript-SDK client
+#       chromium      - Debian's browser, driven by Playwright in tests/py/test_dashboard.py
+#                       (Playwright's own browser download is never used: no `playwright install`)
 #       python3-venv  - only when the chosen python3 cannot create a venv
 #   - a Python venv at <repo>/.venv with tests/py/requirements.txt (exact pins)
 #   - tests/js/node_modules via `npm ci` (package-lock.json, exact pins)
@@ -43,6 +45,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     missing+=(python3 python3-venv)
     PYTHON=/usr/bin/python3
@@ -58,7 +61,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     # python3-venv belongs to Debian's python3; use it when the first choice could not make a venv
     if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then PYTHON=/usr/bin/python3; fi
 else
-    say "apt: nothing to install (redis-server, haproxy, node, npm, python venv present)"
+    say "apt: nothing to install (redis-server, haproxy, node, npm, chromium, python venv present)"
 fi
 
 node_major="$(node -p 'process.versions.node.split(".")[0]')"

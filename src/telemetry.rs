@@ -250,6 +250,29 @@ struct WorkspaceMetrics {
     /// Upstream bodies that broke off after their head was sent on.
     upstream_body_aborts: AtomicU64,
     servers: Vec<(String, Histogram)>,
+    /// What the dashboard's Servers tab shows, one per server.
+    health: Vec<ServerHealthCell>,
+}
+
+/// One upstream's last known health and tool count, written where the data
+/// plane learns them (an answer, a failure, a probe, a merged tools/list).
+struct ServerHealthCell {
+    /// 0 unknown, 1 up, 2 down.
+    state: std::sync::atomic::AtomicU8,
+    /// Unix seconds of the last change of `state`.
+    at: std::sync::atomic::AtomicI64,
+    /// -1: not known (pass-through workspaces do not read tool lists).
+    tools: std::sync::atomic::AtomicI64,
+}
+
+/// What is known of one upstream (the admin API's `servers` endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerStatus {
+    /// `"up"`, `"down"` or `"unknown"` (no request or probe yet).
+    pub health: &'static str,
+    /// Unix seconds since when `health` holds, 0 if nothing was seen.
+    pub since: i64,
+    pub tools: Option<u64>,
 }
 
 impl WorkspaceMetrics {
@@ -260,6 +283,14 @@ impl WorkspaceMetrics {
             rate_limited: AtomicU64::new(0),
             upstream_errors: Default::default(),
             upstream_body_aborts: AtomicU64::new(0),
+            health: servers
+                .iter()
+                .map(|_| ServerHealthCell {
+                    state: Default::default(),
+                    at: Default::default(),
+                    tools: std::sync::atomic::AtomicI64::new(-1),
+                })
+                .collect(),
             servers: servers.into_iter().map(|s| (s, Histogram::new())).collect(),
         }
     }
@@ -327,6 +358,50 @@ impl Metrics {
     pub fn upstream_latency(&self, workspace: usize, server: usize, d: Duration) {
         if let Some((_, h)) = self.workspace(Some(workspace)).servers.get(server) {
             h.observe(d);
+        }
+    }
+
+    /// An upstream answered (`up`) or could not be reached. On the data
+    /// plane's path: one relaxed load when nothing changed; the clock is
+    /// read and the cell written only on a change.
+    pub fn server_health(&self, workspace: usize, server: usize, up: bool) {
+        let Some(cell) = self.workspace(Some(workspace)).health.get(server) else {
+            return;
+        };
+        let state = if up { 1 } else { 2 };
+        if cell.state.load(Relaxed) != state {
+            cell.state.store(state, Relaxed);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            cell.at.store(now, Relaxed);
+        }
+    }
+
+    /// The number of tools an upstream listed last.
+    pub fn server_tools(&self, workspace: usize, server: usize, tools: usize) {
+        if let Some(cell) = self.workspace(Some(workspace)).health.get(server) {
+            cell.tools.store(tools as i64, Relaxed);
+        }
+    }
+
+    /// What is known of server `server` of workspace `workspace`.
+    pub fn server_status(&self, workspace: usize, server: usize) -> ServerStatus {
+        let Some(cell) = self.workspace(Some(workspace)).health.get(server) else {
+            return ServerStatus {
+                health: "unknown",
+                since: 0,
+                tools: None,
+            };
+        };
+        ServerStatus {
+            health: match cell.state.load(Relaxed) {
+                1 => "up",
+                2 => "down",
+                _ => "unknown",
+            },
+            since: cell.at.load(Relaxed),
+            tools: u64::try_from(cell.tools.load(Relaxed)).ok(),
         }
     }
 

@@ -15,6 +15,10 @@
 pub mod openapi;
 pub mod types;
 
+pub mod dashboard;
+pub mod servers;
+pub mod session;
+
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -40,8 +44,12 @@ use types::{
 type SharedState = Arc<AppState>;
 
 pub fn router(state: SharedState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
+    let base = if state.config.dashboard.enabled {
+        dashboard::routes()
+    } else {
+        Router::new()
+    };
+    base.route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi::openapi_json))
@@ -49,6 +57,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/workspaces", get(list_workspaces))
         .route("/v1/workspaces/{ws}/tokens", get(list_tokens).post(create_token))
         .route("/v1/workspaces/{ws}/tokens/{id}", get(get_token).delete(revoke_token))
+        .route("/v1/workspaces/{ws}/servers", get(servers::list))
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint; see the API reference in docs/admin-api.md") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -59,6 +68,7 @@ pub fn router(state: SharedState) -> Router {
         })
         // Token requests are small; refuse anything large before parsing it.
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::middleware::map_response(dashboard::security_headers))
         .with_state(state)
 }
 
@@ -80,6 +90,16 @@ impl FromRequestParts<SharedState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, ApiError> {
         state.metrics.admin_request();
+        // The dashboard's session cookie, when no bearer token is presented
+        // (a bearer token always wins, and needs no CSRF token).
+        if state.config.dashboard.enabled && !parts.headers.contains_key(header::AUTHORIZATION) && session::has_cookie(&parts.headers) {
+            let client = parts.extensions.get::<crate::state::PeerAddr>().map(|p| p.0.ip());
+            let s = session::resolve(state, &parts.headers, &parts.method, client, None).await?;
+            return Ok(Admin {
+                id: s.admin_id,
+                workspace: s.workspace,
+            });
+        }
         let t = verify_any(state, parts).await?;
         if t.kind != TokenKind::Admin {
             state.verifier.reject(crate::telemetry::AuthFailureReason::WrongKind);
@@ -224,18 +244,23 @@ async fn list_workspaces(State(state): State<SharedState>, admin: Admin) -> Json
                 .map(|s| ServerInfo {
                     name: s.name.to_string(),
                     // Without userinfo or query string, which may hold secrets.
-                    url: format!(
-                        "{}://{}{}",
-                        s.url.scheme_str().unwrap_or("http"),
-                        s.url.host().unwrap_or_default(),
-                        port_and_path(&s.url)
-                    ),
+                    url: redacted_url(&s.url),
                     timeout_ms: s.timeout.as_millis() as u64,
                 })
                 .collect(),
         })
         .collect();
     Json(WorkspaceList { workspaces })
+}
+
+/// An upstream's URL without userinfo or query string, which may hold secrets.
+fn redacted_url(u: &http::Uri) -> String {
+    format!(
+        "{}://{}{}",
+        u.scheme_str().unwrap_or("http"),
+        u.host().unwrap_or_default(),
+        port_and_path(u)
+    )
 }
 
 fn port_and_path(u: &http::Uri) -> String {

@@ -316,7 +316,16 @@ impl Verifier {
         if token::parse(raw).is_err() {
             return Err(self.reject(AuthFailureReason::Malformed));
         }
-        let hash = token::hash(raw);
+        self.verify_hash(&token::hash(raw), now, client).await
+    }
+
+    /// [`Verifier::verify_from`] for a token known only by its hash: a
+    /// dashboard session keeps the hash of the admin token that signed in
+    /// (never the token) and re-checks it on every request, through the
+    /// same index, so a revocation ends the session as soon as the index
+    /// knows of it.
+    pub async fn verify_hash(&self, hash: &TokenHash, now: i64, client: Option<IpAddr>) -> Result<Arc<CachedToken>, VerifyError> {
+        let hash = *hash;
         if !self.trusted.load(Ordering::Acquire) || (self.options.shared_store && !self.caught_up_recently()) {
             return self.verify_untrusted(&hash, now).await;
         }

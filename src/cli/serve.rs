@@ -31,12 +31,15 @@ pub async fn serve(path: &Path) -> CliResult {
         config = %config.source.display(),
         "starting portcullis"
     );
+    let dashboard = config.dashboard.enabled;
     let running = crate::app::start(config).await.map_err(|e| CliError::usage(e.to_string()))?;
     announce(
         "INFO",
         &format!(
-            "data plane on http://{}, admin API on http://{}",
-            running.data_addr, running.admin_addr
+            "data plane on http://{}, admin API on http://{}{}",
+            running.data_addr,
+            running.admin_addr,
+            if dashboard { " (dashboard at /)" } else { "" }
         ),
     );
     wait_for_signal().await;
@@ -161,6 +164,7 @@ pub async fn demo(path: &Path) -> CliResult {
     ));
 
     let public = config.server.public_url.clone();
+    let dashboard = config.dashboard.enabled;
     let running = crate::app::start(config).await.map_err(|e| CliError::usage(e.to_string()))?;
     let admin_url = format!("http://{}", running.admin_addr);
     let store = &running.state.store;
@@ -191,8 +195,13 @@ pub async fn demo(path: &Path) -> CliResult {
             "The store already has an admin token; export it as PORTCULLIS_ADMIN_TOKEN,\nor stop this, remove {store_desc} and start again for a fresh store and a new one.\n"
         )
     };
+    let dashboard_line = if dashboard {
+        format!("  dashboard:      {admin_url}/ (sign in with the admin token)\n")
+    } else {
+        String::new()
+    };
     println!(
-        "\nPortcullis is running.\n  gateway:        {public}/ws/demo\n  admin API:      {admin_url} (described at {admin_url}/v1/openapi.json)\n  demo upstream:  {upstream_url} (tools: echo, add, progress)\n  config:         {config_note}\n  store:          {store_desc}\n  binary:         {exe}\n\n{admin_line}\
+        "\nPortcullis is running.\n  gateway:        {public}/ws/demo\n  admin API:      {admin_url} (described at {admin_url}/v1/openapi.json)\n{dashboard_line}  demo upstream:  {upstream_url} (tools: echo, add, progress)\n  config:         {config_note}\n  store:          {store_desc}\n  binary:         {exe}\n\n{admin_line}\
          \nNext, in another terminal:\n\
          \n    export PORTCULLIS_ADMIN_URL={admin_url}\
          \n    {exe} workspace token create demo --name my-laptop\

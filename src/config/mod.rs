@@ -21,12 +21,14 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 
+mod dashboard;
 mod expand;
 mod spec;
 mod validate;
 
 use expand::*;
 
+pub use dashboard::{DashboardConfig, DashboardSpec, SecureCookie, parse_duration};
 pub use expand::{ENV_OVERRIDE_PREFIX, process_overrides};
 pub use spec::*;
 pub use validate::is_valid_slug;
@@ -57,6 +59,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub limits: LimitsConfig,
+    pub dashboard: DashboardConfig,
     pub workspaces: Vec<Arc<Workspace>>,
 }
 

@@ -14,6 +14,8 @@ pub struct ConfigSpec {
     #[serde(default)]
     pub limits: LimitsSpec,
     #[serde(default)]
+    pub dashboard: DashboardSpec,
+    #[serde(default)]
     pub workspaces: Vec<WorkspaceSpec>,
 }
 

@@ -82,6 +82,7 @@ impl ConfigSpec {
         }
 
         let store = self.store.to_store_config(path)?;
+        let dashboard = self.dashboard.into_config(path)?;
         check_listeners_distinct(path, listen, admin_listen)?;
 
         if self.limits.requests_per_minute == 0 {
@@ -246,6 +247,7 @@ impl ConfigSpec {
                 requests_per_minute: self.limits.requests_per_minute,
                 scope,
             },
+            dashboard,
             workspaces,
         })
     }

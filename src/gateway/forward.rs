@@ -99,11 +99,13 @@ pub(super) async fn forward(
         }
         Err(UpstreamError::Unavailable(detail)) => {
             state.metrics.upstream_failure(workspace.index, UpstreamFailure::Unavailable);
+            state.metrics.server_health(workspace.index, server_index, false);
             tracing::warn!(server = %server.name, error = %detail, "upstream unavailable");
             return Err(GatewayError::UpstreamUnavailable { upstream_status: None });
         }
     };
     state.metrics.upstream_latency(workspace.index, server_index, elapsed);
+    state.metrics.server_health(workspace.index, server_index, true);
     // A 401/407 from the upstream means the gateway's configured credential is
     // wrong. Passing it on would tell the client its own (valid) token failed
     // and could start an OAuth flow against us; it is an upstream fault.

@@ -120,6 +120,7 @@ impl Gateway {
                         Arc::clone(s),
                         state.config.server.sse_keepalive,
                         pools,
+                        Arc::clone(&state.metrics),
                     )),
                     _ => None,
                 };

@@ -8,6 +8,7 @@
 //! instance, or the offline CLI) by polling a single number.
 
 pub mod redis;
+pub mod sessions;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -113,6 +114,11 @@ pub trait TokenStore: Send + Sync + 'static {
     /// this store keeps none.
     async fn shared_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
         Ok(None)
+    }
+    /// Where dashboard sessions live (`None`: this store keeps none, and
+    /// the dashboard cannot sign anyone in).
+    fn sessions(&self) -> Option<&dyn sessions::SessionStore> {
+        None
     }
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -121,7 +121,7 @@ struct Scripts {
 
 pub struct RedisStore {
     client: redis::Client,
-    conn: ConnectionManager,
+    pub(super) conn: ConnectionManager,
     scripts: Scripts,
     /// This process's id in the instance registry.
     instance_id: String,
@@ -269,6 +269,10 @@ fn list_key(kind: TokenKind, workspace: Option<&str>) -> String {
 
 #[async_trait]
 impl TokenStore for RedisStore {
+    fn sessions(&self) -> Option<&dyn super::sessions::SessionStore> {
+        Some(self)
+    }
+
     async fn insert(&self, r: &TokenRecord, hash: &TokenHash) -> Result<(), StoreError> {
         let h = hex(hash);
         let mut inv = self.scripts.insert.prepare_invoke();

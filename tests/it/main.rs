@@ -5,6 +5,7 @@ mod admin_api;
 mod aggregate;
 mod cli;
 mod cluster;
+mod dashboard;
 mod data_plane;
 mod docs;
 mod fast_path;

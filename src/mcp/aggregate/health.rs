@@ -6,6 +6,7 @@ use super::*;
 
 impl Aggregator {
     pub(super) fn set_up(&self, i: usize, up: bool) {
+        self.metrics.server_health(self.workspace.index, i, up);
         if self.up[i].swap(up, Ordering::Relaxed) != up {
             if up {
                 tracing::info!(workspace = %self.workspace.slug, server = %self.name(i), "upstream is back");

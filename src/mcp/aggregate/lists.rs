@@ -138,7 +138,12 @@ impl Aggregator {
             }
             match result.get("nextCursor").and_then(Value::as_str) {
                 Some(c) if !c.is_empty() => cursor = Some(c.to_owned()),
-                _ => return Ok(items),
+                _ => {
+                    if matches!(kind, ListKind::Tools) {
+                        self.metrics.server_tools(self.workspace.index, i, items.len());
+                    }
+                    return Ok(items);
+                }
             }
         }
         Err(CallError::Protocol(format!("{} paginated past {MAX_PAGES} pages", kind.method())))

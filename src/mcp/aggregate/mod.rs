@@ -142,6 +142,9 @@ pub struct Aggregator {
     /// What each upstream announced at its first handshake here (for
     /// `server/discover`, which has no handshake of its own).
     capabilities: Vec<std::sync::OnceLock<Value>>,
+    /// Health and tool counts published for the admin API (`set_up`,
+    /// `list_one`).
+    metrics: Arc<crate::telemetry::Metrics>,
 }
 
 /// The resource URIs one server listed last.
@@ -167,7 +170,15 @@ struct Ctx<'a> {
 
 impl Aggregator {
     /// `pools`: connection pools per upstream (see [`Upstream::new`]).
-    pub fn new(workspace: Arc<Workspace>, sealer: Arc<Sealer>, keepalive: Duration, pools: usize) -> Arc<Self> {
+    /// `metrics`: where the health seen here is published (the admin API's
+    /// Servers view reads it).
+    pub fn new(
+        workspace: Arc<Workspace>,
+        sealer: Arc<Sealer>,
+        keepalive: Duration,
+        pools: usize,
+        metrics: Arc<crate::telemetry::Metrics>,
+    ) -> Arc<Self> {
         let upstreams: Vec<Upstream> = workspace.servers.iter().map(|s| Upstream::new(Arc::clone(s), pools)).collect();
         let n = upstreams.len();
         let agg = Arc::new(Aggregator {
@@ -181,6 +192,7 @@ impl Aggregator {
             mangled: (0..n).map(|_| DashMap::new()).collect(),
             resources: (0..n).map(|_| std::sync::RwLock::new(None)).collect(),
             capabilities: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
+            metrics,
         });
         spawn_health(Arc::downgrade(&agg));
         agg

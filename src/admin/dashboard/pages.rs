@@ -1,0 +1,353 @@
+//! The dashboard's HTML, rendered at compile time by maud (escaped by
+//! construction). Pages carry no inline script or style: the one script,
+//! `/assets/app.js`, reads what it needs from `data-*` attributes and the
+//! `csrf-token` meta element, and fills the tables from the JSON admin API.
+//! Every `data-testid` is part of the contract (docs/contract.md §9).
+
+use maud::{DOCTYPE, Markup, html};
+
+use crate::config::Workspace;
+
+/// The workspace tabs, in order: path segment, label, testid.
+pub const TABS: &[(&str, &str, &str)] = &[
+    ("tokens", "Tokens", "tab-tokens"),
+    ("usage", "Usage", "tab-usage"),
+    ("audit", "Audit", "tab-audit"),
+    ("servers", "Servers", "tab-servers"),
+];
+
+/// The signed-in part of the header.
+pub struct Who<'a> {
+    pub admin_id: &'a str,
+    pub scope: Option<&'a str>,
+    pub csrf: &'a str,
+}
+
+fn layout(title: &str, who: Option<&Who<'_>>, data: &[(&str, &str)], main: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                @if let Some(w) = who { meta name="csrf-token" content=(w.csrf); }
+                title { (title) " · Portcullis" }
+                link rel="stylesheet" href="/assets/app.css";
+                link rel="icon" href="/assets/icon.svg" type="image/svg+xml";
+                script src="/assets/app.js" defer {}
+            }
+            body data-page=(data.first().map_or("", |d| d.1)) {
+                a.skip href="#main" { "Skip to content" }
+                header.top {
+                    a.brand href="/" { "Portcullis" }
+                    @if let Some(w) = who {
+                        nav aria-label="Main" { a href="/workspaces" { "Workspaces" } }
+                        span.who {
+                            "Signed in with " code { (w.admin_id) }
+                            @if let Some(s) = w.scope { " (workspace " code { (s) } " only)" }
+                        }
+                        form.signout method="post" action="/signout" {
+                            input type="hidden" name="csrf" value=(w.csrf);
+                            button type="submit" data-testid="signout" { "Sign out" }
+                        }
+                    }
+                }
+                main #main tabindex="-1" {
+                    // The script's inputs, as data attributes (no inline JS).
+                    div #page-data hidden {
+                        @for (k, v) in data { span data-key=(k) data-value=(v) {} }
+                    }
+                    (main)
+                }
+            }
+        }
+    }
+}
+
+pub fn sign_in(error: Option<&str>) -> Markup {
+    layout(
+        "Sign in",
+        None,
+        &[("page", "signin")],
+        html! {
+            h1 { "Sign in" }
+            p { "Sign in with an admin token (" code { "mwa_…" } "). Create one on the gateway's host with "
+                code { "portcullis admin token create --name me" } "." }
+            form.card method="post" action="/signin" autocomplete="off" {
+                @if let Some(e) = error {
+                    p.error #signin-error role="alert" { (e) }
+                }
+                label for="signin-token" { "Admin token" }
+                input #signin-token data-testid="signin-token" type="password" name="token" required
+                    autocomplete="off" spellcheck="false" aria-describedby=[error.map(|_| "signin-error")];
+                button type="submit" data-testid="signin-submit" { "Sign in" }
+            }
+            p.note { "The token is sent once, to this server, and is not kept in the browser: the server opens a session and sets an HttpOnly cookie." }
+        },
+    )
+}
+
+pub fn workspaces(who: &Who<'_>, list: &[(&Workspace, String)]) -> Markup {
+    layout(
+        "Workspaces",
+        Some(who),
+        &[("page", "workspaces")],
+        html! {
+            h1 { "Workspaces" }
+            @if list.is_empty() {
+                p { "No workspace is configured for this admin token." }
+            } @else {
+                ul.cards {
+                    @for (w, url) in list {
+                        li.card {
+                            h2 { a href={ "/workspaces/" (w.slug) } data-testid={ "nav-workspace-" (w.slug) } { (w.slug) } }
+                            p { "MCP URL: " code { (url) } }
+                            p { (w.servers.len()) @if w.servers.len() == 1 { " server" } @else { " servers" } ": "
+                                @for (i, s) in w.servers.iter().enumerate() { @if i > 0 { ", " } (s.name) } }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub fn workspace(who: &Who<'_>, w: &Workspace, tab: &str) -> Markup {
+    let label = TABS.iter().find(|t| t.0 == tab).map_or("", |t| t.1);
+    layout(
+        &format!("{label} · {}", w.slug),
+        Some(who),
+        &[("page", "workspace"), ("ws", &w.slug), ("tab", tab)],
+        html! {
+            h1 { "Workspace " code { (w.slug) } }
+            nav.tabs aria-label="Workspace sections" {
+                ul {
+                    @for (seg, text, id) in TABS {
+                        li { a href={ "/workspaces/" (w.slug) "/" (seg) } data-testid=(id)
+                            aria-current=[(*seg == tab).then_some("page")] { (text) } }
+                    }
+                }
+            }
+            @match tab {
+                "tokens" => (tokens(w)),
+                "usage" => (usage()),
+                "audit" => (audit()),
+                _ => (servers()),
+            }
+        },
+    )
+}
+
+fn tokens(w: &Workspace) -> Markup {
+    html! {
+        section aria-labelledby="tokens-h" {
+            h2 #tokens-h { "Tokens" }
+            div.toolbar {
+                label { "Status "
+                    select #filter-status data-testid="filter-status" {
+                        option value="" { "All" }
+                        option value="active" { "Active" }
+                        option value="revoked" { "Revoked" }
+                        option value="expired" { "Expired" }
+                    }
+                }
+                label { "Member "
+                    input #filter-member data-testid="filter-member" type="search" placeholder="member id or email";
+                }
+                button #token-new data-testid="token-new" type="button" { "New token" }
+            }
+            p #tokens-msg role="status" aria-live="polite" {}
+            table {
+                caption.visually-hidden { "Tokens of workspace " (w.slug) }
+                thead { tr {
+                    th scope="col" { "Name" } th scope="col" { "Status" } th scope="col" { "Member" }
+                    th scope="col" { "Last used" } th scope="col" { "Expires" } th scope="col" { "Created" }
+                    th scope="col" { span.visually-hidden { "Actions" } }
+                } }
+                tbody #tokens-body {}
+            }
+            nav.pager aria-label="Token pages" {
+                button #page-prev type="button" disabled { "Previous page" }
+                button #page-next type="button" disabled { "Next page" }
+            }
+        }
+        dialog #new-token-dialog aria-labelledby="new-token-h" {
+            h2 #new-token-h { "New token" }
+            form #new-token-form novalidate {
+                label for="token-name" { "Name" }
+                input #token-name data-testid="token-name" name="name" required maxlength="200" autocomplete="off";
+                label for="token-expiry" { "Expires" }
+                select #token-expiry data-testid="token-expiry" name="expiry" {
+                    option value="none" { "Never" }
+                    option value="90d" selected { "In 90 days" }
+                    option value="30d" { "In 30 days" }
+                    option value="24h" { "In 24 hours" }
+                    option value="1h" { "In 1 hour" }
+                    option value="custom" { "Custom…" }
+                }
+                div #custom-expiry hidden {
+                    label for="token-expiry-custom" { "Expires at (your local time)" }
+                    input #token-expiry-custom data-testid="token-expiry-custom" type="datetime-local";
+                }
+                label for="token-member" { "Member id or email (optional)" }
+                input #token-member data-testid="token-member" name="member" autocomplete="off";
+                label for="token-servers" { "Servers it may use (none selected: all)" }
+                select #token-servers data-testid="token-servers" name="servers" multiple size=(w.servers.len().clamp(2, 6)) {
+                    @for s in &w.servers { option value=(s.name) { (s.name) } }
+                }
+                p.error #new-token-error role="alert" {}
+                div.buttons {
+                    button type="submit" data-testid="token-create" { "Create token" }
+                    button.secondary #new-token-cancel type="button" { "Cancel" }
+                }
+            }
+            div #new-token-result hidden {
+                p.warning { strong { "Copy this token now." } " It is shown once: it is not stored anywhere it could be shown again." }
+                div.secret {
+                    code #token-secret data-testid="token-secret" {}
+                    button #token-copy data-testid="token-copy" type="button" { "Copy" }
+                }
+                p #copy-status role="status" aria-live="polite" {}
+                h3 { code { "mcp.json" } }
+                pre #token-mcp-json data-testid="token-mcp-json" tabindex="0" {}
+                h3 { "Set up a client" }
+                details { summary { "Claude Desktop (through mcp-remote)" } pre #recipe-claude-desktop tabindex="0" {} }
+                details { summary { "Cursor" } pre #recipe-cursor tabindex="0" {} }
+                details { summary { "Claude Code" } pre #recipe-claude-code tabindex="0" {} }
+                details { summary { "VS Code" } pre #recipe-vscode tabindex="0" {} }
+                div.buttons { button #new-token-done type="button" { "Done" } }
+            }
+        }
+        dialog #confirm-dialog role="alertdialog" aria-labelledby="confirm-h" aria-describedby="confirm-text" {
+            h2 #confirm-h { "Revoke token?" }
+            p #confirm-text {}
+            div.buttons {
+                button.danger #confirm data-testid="confirm" type="button" { "Revoke" }
+                button.secondary #confirm-cancel type="button" { "Cancel" }
+            }
+        }
+    }
+}
+
+fn usage() -> Markup {
+    html! {
+        section aria-labelledby="usage-h" {
+            h2 #usage-h { "Usage" }
+            form.toolbar #usage-controls {
+                label { "Period "
+                    select #usage-range {
+                        option value="1h" { "Last hour" }
+                        option value="24h" selected { "Last 24 hours" }
+                        option value="7d" { "Last 7 days" }
+                        option value="30d" { "Last 30 days" }
+                    }
+                }
+                label { "Requests per "
+                    select #usage-group {
+                        option value="token" { "token" }
+                        option value="member" { "member" }
+                        option value="tool" { "tool" }
+                        option value="server" { "server" }
+                    }
+                }
+                label { "Show "
+                    select #usage-key { option value="" { "all" } }
+                }
+            }
+            p #usage-msg role="status" aria-live="polite" {}
+            figure {
+                div #usage-chart data-testid="usage-chart" {}
+                figcaption #usage-caption {}
+            }
+            h3 #usage-members-h { "Per member" }
+            table aria-labelledby="usage-members-h" {
+                thead { tr { th scope="col" { "Member" } th scope="col" { "Requests" } th scope="col" { "Errors" } th scope="col" { "Rate-limited (429)" } } }
+                tbody #usage-members {}
+            }
+            h3 #usage-tools-h { "Top tools" }
+            table aria-labelledby="usage-tools-h" {
+                thead { tr { th scope="col" { "Tool" } th scope="col" { "Requests" } th scope="col" { "Errors" } th scope="col" { "Rate-limited (429)" } } }
+                tbody #usage-tools {}
+            }
+        }
+    }
+}
+
+/// Event types of the audit trail (docs/contract.md §10).
+const AUDIT_TYPES: &[&str] = &[
+    "token_created",
+    "token_revoked",
+    "token_rolled",
+    "admin_token_created",
+    "signin",
+    "signout",
+    "config_reloaded",
+    "tool_call",
+    "revoked_token_refused",
+];
+
+fn audit() -> Markup {
+    html! {
+        section aria-labelledby="audit-h" {
+            h2 #audit-h { "Audit trail" }
+            form.toolbar #audit-filters {
+                label { "Type "
+                    select #audit-type { option value="" { "All" } @for t in AUDIT_TYPES { option value=(t) { (t) } } }
+                }
+                label { "Token id " input #audit-token type="search" autocomplete="off"; }
+                label { "Member id " input #audit-member type="search" autocomplete="off"; }
+                label { "From " input #audit-from type="datetime-local"; }
+                label { "To " input #audit-to type="datetime-local"; }
+                button type="submit" { "Apply" }
+            }
+            div.toolbar {
+                button #audit-export-json type="button" { "Download JSON" }
+                button #audit-export-csv type="button" { "Download CSV" }
+            }
+            p #audit-msg role="status" aria-live="polite" {}
+            div.table-wrap tabindex="0" role="region" aria-label="Audit events" {
+            table.compact {
+                caption.visually-hidden { "Audit events, newest first" }
+                thead { tr {
+                    th scope="col" { "When" } th scope="col" { "Type" } th scope="col" { "Actor" } th scope="col" { "Token" }
+                    th scope="col" { "Member" } th scope="col" { "Server" } th scope="col" { "Tool" } th scope="col" { "Status" }
+                    th scope="col" { "Duration" } th scope="col" { "Request id" }
+                } }
+                tbody #audit-body {}
+            }
+            }
+            div.pager { button #audit-more type="button" hidden { "Load more" } }
+        }
+    }
+}
+
+fn servers() -> Markup {
+    html! {
+        section aria-labelledby="servers-h" {
+            h2 #servers-h { "Servers" }
+            p #servers-msg role="status" aria-live="polite" {}
+            table {
+                caption.visually-hidden { "Upstream servers and their health" }
+                thead { tr {
+                    th scope="col" { "Server" } th scope="col" { "Address" } th scope="col" { "Health" }
+                    th scope="col" { "Tools" } th scope="col" { "Since" } th scope="col" { "Timeout" }
+                } }
+                tbody #servers-body {}
+            }
+            p.note { "Health is what the gateway last saw, and since when: an answer or a failure of a request or (for workspaces with several servers) of its periodic probe. "
+                "Tool counts are known for workspaces with several servers, where the gateway merges the lists." }
+        }
+    }
+}
+
+pub fn error_page(who: Option<&Who<'_>>, title: &str, message: &str) -> Markup {
+    layout(
+        title,
+        who,
+        &[("page", "error")],
+        html! { h1 { (title) } p { (message) } p { a href="/" { "Back to the dashboard" } } },
+    )
+}
+
+/// An inline SVG icon served as a file (no inline content in pages).
+pub const ICON: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" fill="#1d3557"/><path d="M3 4h10M3 8h10M5 4v9M8 4v9M11 4v9" stroke="#f1faee" stroke-width="1.5"/></svg>"##;
