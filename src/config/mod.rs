@@ -21,12 +21,14 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 
+mod audit;
 mod expand;
 mod spec;
 mod validate;
 
 use expand::*;
 
+pub use audit::{AuditConfig, AuditSink, AuditSpec};
 pub use expand::{ENV_OVERRIDE_PREFIX, process_overrides};
 pub use spec::*;
 pub use validate::is_valid_slug;
@@ -58,6 +60,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub limits: LimitsConfig,
     pub workspaces: Vec<Arc<Workspace>>,
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone)]

@@ -15,6 +15,8 @@ pub struct ConfigSpec {
     pub limits: LimitsSpec,
     #[serde(default)]
     pub workspaces: Vec<WorkspaceSpec>,
+    #[serde(default)]
+    pub audit: AuditSpec,
 }
 
 /// `[server]`: listeners and request handling.

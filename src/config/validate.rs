@@ -82,6 +82,7 @@ impl ConfigSpec {
         }
 
         let store = self.store.to_store_config(path)?;
+        let audit = self.audit.to_config(path)?;
         check_listeners_distinct(path, listen, admin_listen)?;
 
         if self.limits.requests_per_minute == 0 {
@@ -247,6 +248,7 @@ impl ConfigSpec {
                 scope,
             },
             workspaces,
+            audit,
         })
     }
 }

@@ -7,6 +7,7 @@
 //! holding an in-memory index can learn of revocations made elsewhere (another
 //! instance, or the offline CLI) by polling a single number.
 
+pub mod audit;
 pub mod redis;
 pub mod sqlite;
 
@@ -113,6 +114,11 @@ pub trait TokenStore: Send + Sync + 'static {
     /// this store keeps none.
     async fn shared_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
         Ok(None)
+    }
+    /// The audit trail kept in this store (`store::audit`). `None`: this
+    /// store keeps none (events then go to the sink only, if any).
+    fn audit(&self) -> Option<&dyn audit::AuditStore> {
+        None
     }
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -52,8 +52,8 @@ const COLUMNS: &str = "id, name, workspace, kind, hint, member_id, email, create
                        expires_at, revoked_at, last_used_at, allowed_servers, requests_per_minute";
 
 pub struct SqliteStore {
-    writer: Arc<Mutex<Connection>>,
-    reader: Arc<Mutex<Connection>>,
+    pub(in crate::store) writer: Arc<Mutex<Connection>>,
+    pub(in crate::store) reader: Arc<Mutex<Connection>>,
 }
 
 impl SqliteStore {
@@ -65,6 +65,7 @@ impl SqliteStore {
         make_private(path).map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", path.display())))?;
         let writer = open_connection(path)?;
         migrate(&writer)?;
+        super::audit::sqlite::migrate(&writer)?;
         let reader = open_connection(path)?;
         // The reader serves index misses only: the in-memory index is the
         // cache that matters, and the OS page cache already holds the file.
@@ -77,7 +78,7 @@ impl SqliteStore {
         })
     }
 
-    async fn with<T, F>(conn: &Arc<Mutex<Connection>>, f: F) -> Result<T, StoreError>
+    pub(in crate::store) async fn with<T, F>(conn: &Arc<Mutex<Connection>>, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -169,7 +170,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn unavailable(e: rusqlite::Error) -> StoreError {
+pub(in crate::store) fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
@@ -417,6 +418,10 @@ impl TokenStore for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    fn audit(&self) -> Option<&dyn super::audit::AuditStore> {
+        Some(self)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
