@@ -56,14 +56,6 @@ pub struct AuditConfig {
     pub queue_capacity: usize,
 }
 
-impl Default for AuditConfig {
-    fn default() -> Self {
-        AuditSpec::default()
-            .to_config(Path::new("portcullis.toml"))
-            .expect("defaults are valid")
-    }
-}
-
 /// Beyond this a queue is memory nobody meant to spend (each waiting event
 /// is a few hundred bytes).
 const MAX_QUEUE: usize = 1_000_000;

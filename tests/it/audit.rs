@@ -699,3 +699,56 @@ async fn the_offline_admin_token_create_is_recorded() {
     assert_eq!(e.token_id.as_deref(), Some(id.as_str()));
     assert_eq!(e.token_name.as_deref(), Some("boot"));
 }
+
+#[tokio::test]
+async fn an_aggregating_workspace_records_the_server_and_the_bare_tool_name() {
+    let (a, b) = (DemoUpstream::start_open().await, DemoUpstream::start_open().await);
+    let gw = Setup::new(&a.url)
+        .server(&format!("session_keys = [\"{}\"]", "3".repeat(64)))
+        .raw(&format!(
+            "[[workspaces]]\nslug = \"team\"\n[[workspaces.servers]]\nname = \"alpha\"\nurl = \"{}\"\n[[workspaces.servers]]\nname = \"beta\"\nurl = \"{}\"\n",
+            a.url, b.url
+        ))
+        .start()
+        .await;
+    let (token, id) = gw.create_token("team", json!({"name": "multi"})).await;
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("authorization", auth.as_str()),
+    ];
+    let init = rpc(
+        json!(0),
+        "initialize",
+        json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "it", "version": "1"}}),
+    );
+    let r = send(Method::POST, &gw.ws_url("team"), &headers, init).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let session = r.header("mcp-session-id").to_owned();
+    headers.push(("mcp-session-id", session.as_str()));
+    let call = rpc(
+        json!(1),
+        "tools/call",
+        json!({"name": "beta__echo", "arguments": {"text": SECRET_ARGUMENT}}),
+    );
+    let r = send(Method::POST, &gw.ws_url("team"), &headers, call).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let ok_request = r.header("x-request-id").to_owned();
+    let call = rpc(json!(2), "tools/call", json!({"name": "nowhere__echo", "arguments": {}}));
+    let r = send(Method::POST, &gw.ws_url("team"), &headers, call).await;
+    let failed_status = r.status.as_u16();
+    assert!(failed_status >= 400, "an unknown tool fails: {failed_status}");
+
+    let list = wait_for(&gw, "/v1/workspaces/team/audit?type=tool_call", |l| l.len() == 2).await;
+    let (failed, ok) = (&list[0], &list[1]);
+    assert_eq!(ok["server"], "beta");
+    assert_eq!(ok["tool"], "echo");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["request_id"], ok_request.as_str());
+    assert_eq!(ok["token_id"], id.as_str());
+    assert!(failed["server"].is_null(), "{failed}");
+    assert_eq!(failed["tool"], "nowhere__echo");
+    assert_eq!(failed["status"], failed_status);
+    assert!(!serde_json::to_string(&list).unwrap().contains(SECRET_ARGUMENT));
+}

@@ -40,27 +40,33 @@ pub(in crate::store) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(SCHEMA).map_err(unavailable)
 }
 
-fn event_from_row(r: &Row<'_>) -> rusqlite::Result<AuditEvent> {
+/// `None` for a type this binary does not know (written by a newer one):
+/// such a row is left out of the page rather than failing it.
+fn event_from_row(r: &Row<'_>) -> rusqlite::Result<(i64, Option<AuditEvent>)> {
     let seq: i64 = r.get(0)?;
     let kind: String = r.get(2)?;
-    Ok(AuditEvent {
-        id: format!("evt_{seq}"),
-        at: r.get(1)?,
-        // A type this binary does not know (written by a newer one) reads
-        // as the closest neutral thing rather than failing the page.
-        kind: EventType::parse(&kind).unwrap_or(EventType::ConfigReloaded),
-        actor: r.get(3)?,
-        workspace: r.get(4)?,
-        token_id: r.get(5)?,
-        token_name: r.get(6)?,
-        member_id: r.get(7)?,
-        server: r.get(8)?,
-        tool: r.get(9)?,
-        method: r.get(10)?,
-        status: r.get::<_, Option<i64>>(11)?.map(|s| s as u16),
-        duration_ms: r.get::<_, Option<i64>>(12)?.map(|us| us as f64 / 1000.0),
-        request_id: r.get(13)?,
-    })
+    let Some(kind) = EventType::parse(&kind) else {
+        return Ok((seq, None));
+    };
+    Ok((
+        seq,
+        Some(AuditEvent {
+            id: format!("evt_{seq}"),
+            at: r.get(1)?,
+            kind,
+            actor: r.get(3)?,
+            workspace: r.get(4)?,
+            token_id: r.get(5)?,
+            token_name: r.get(6)?,
+            member_id: r.get(7)?,
+            server: r.get(8)?,
+            tool: r.get(9)?,
+            method: r.get(10)?,
+            status: r.get::<_, Option<i64>>(11)?.map(|s| s as u16),
+            duration_ms: r.get::<_, Option<i64>>(12)?.map(|us| us as f64 / 1000.0),
+            request_id: r.get(13)?,
+        }),
+    ))
 }
 
 #[async_trait::async_trait]
@@ -123,7 +129,7 @@ impl AuditStore for SqliteStore {
                      ORDER BY seq DESC LIMIT ?8"
                 ))
                 .map_err(unavailable)?;
-            let mut events = stmt
+            let rows = stmt
                 .query_map(
                     params![
                         q.workspace,
@@ -140,12 +146,13 @@ impl AuditStore for SqliteStore {
                 .map_err(unavailable)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(unavailable)?;
-            let more = events.len() > q.page_size;
-            events.truncate(q.page_size);
-            let next_cursor = match events.last() {
-                Some(last) if more => Some(q.cursor_at(last.id.trim_start_matches("evt_"))),
+            // The cursor follows the rows read, skipped ones included.
+            let more = rows.len() > q.page_size;
+            let next_cursor = match rows.get(q.page_size.wrapping_sub(1)) {
+                Some((seq, _)) if more => Some(q.cursor_at(&seq.to_string())),
                 _ => None,
             };
+            let events = rows.into_iter().take(q.page_size).filter_map(|(_, e)| e).collect();
             Ok(AuditPage { events, next_cursor })
         })
         .await
