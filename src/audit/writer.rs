@@ -1,7 +1,8 @@
 //! The writer task: takes data-plane events off the queue in batches, adds
 //! the token's name and member (read from the store once per token, off
 //! the request path, and kept in a bounded map), writes each batch in one
-//! store call, and applies retention once a minute.
+//! store call (gathering for up to [`LINGER`] first), and applies retention
+//! once a minute.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +19,11 @@ const BATCH: usize = 512;
 /// full (a cheap bound: it refills from the store one read per token).
 const NAMES: usize = 10_000;
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// After the first event of a batch, how long the writer gathers more
+/// before writing: one store transaction per this interval instead of one
+/// per event under load (what a write costs is mostly per transaction).
+/// Events reach the store at most this much later.
+const LINGER: Duration = Duration::from_millis(100);
 
 /// What the writer remembers of a token: (name, member id).
 type Names = HashMap<Box<str>, (Option<String>, Option<String>)>;
@@ -36,6 +42,14 @@ impl Audit {
                 n = rx.recv_many(&mut batch, BATCH) => {
                     if n == 0 {
                         return;
+                    }
+                    let deadline = tokio::time::Instant::now() + LINGER;
+                    while batch.len() < BATCH {
+                        let room = BATCH - batch.len();
+                        tokio::select! {
+                            n = rx.recv_many(&mut batch, room) => if n == 0 { break },
+                            _ = tokio::time::sleep_until(deadline) => break,
+                        }
                     }
                     self.write_queued(&mut names, &mut batch).await;
                 }

@@ -5,9 +5,10 @@
 //! never the arguments, never the result.
 //!
 //! Cost: nothing unless the request is a `tools/call` and `[audit]
-//! tool_calls` is on; then one more borrowed parse of the body for
-//! `params.name` (arguments skipped unread), a copy of the token id and
-//! tool name, and a `try_send` on the audit queue, which never waits.
+//! tool_calls` is on; then one more borrowed parse of `params` (kept as a
+//! raw slice by the pipeline's JSON-RPC check) for its `name`, the
+//! arguments skipped unread, a copy of the token id and tool name, and a
+//! `try_send` on the audit queue, which never waits.
 
 use std::borrow::Cow;
 use std::time::Instant;
@@ -15,6 +16,7 @@ use std::time::Instant;
 use http::HeaderValue;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 
 use crate::audit::{Audit, ToolCall, now_ms};
 use crate::auth::CachedToken;
@@ -26,12 +28,6 @@ pub(super) struct Call {
     at: i64,
     server: Option<usize>,
     tool: Option<Box<str>>,
-}
-
-#[derive(Deserialize)]
-struct Message<'a> {
-    #[serde(borrow)]
-    params: Option<Params<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -51,10 +47,10 @@ struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
 /// The call's server and tool: for an aggregating workspace the
 /// `<server>__` prefix names the server and is taken off the tool name;
 /// a pass-through workspace has one server.
-pub(super) fn call(workspace: &Workspace, body: &[u8]) -> Call {
-    let name = serde_json::from_slice::<Message<'_>>(body)
-        .ok()
-        .and_then(|m| m.params?.name)
+pub(super) fn call(workspace: &Workspace, params: Option<&RawValue>) -> Call {
+    let name = params
+        .and_then(|p| serde_json::from_str::<Params<'_>>(p.get()).ok())
+        .and_then(|p| p.name)
         .map(|n| n.0);
     let (server, tool) = match name.as_deref() {
         None => (None, None),
@@ -104,12 +100,14 @@ mod tests {
 
     #[test]
     fn the_name_is_read_and_the_arguments_are_not_kept() {
-        let m: Message<'_> = serde_json::from_slice(
-            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{"secret":"s3"},"name":"echo"}}"#,
-        )
-        .unwrap();
-        assert_eq!(m.params.unwrap().name.unwrap().0, "echo");
-        let m: Message<'_> = serde_json::from_slice(br#"{"params":{"name":"a\"b"}}"#).unwrap();
-        assert_eq!(m.params.unwrap().name.unwrap().0, "a\"b");
+        let body =
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{"name":"not-me","secret":"s3"},"name":"echo"}}"#;
+        let Ok(crate::mcp::jsonrpc::Body::Message { params, .. }) = crate::mcp::jsonrpc::inspect(body) else {
+            panic!("a valid message")
+        };
+        let p: Params<'_> = serde_json::from_str(params.unwrap().get()).unwrap();
+        assert_eq!(p.name.unwrap().0, "echo", "the top-level name, not one inside the arguments");
+        let p: Params<'_> = serde_json::from_str(r#"{"name":"a\"b"}"#).unwrap();
+        assert_eq!(p.name.unwrap().0, "a\"b");
     }
 }

@@ -343,8 +343,10 @@ impl Gateway {
         }
         if method == Method::POST {
             match jsonrpc::inspect(&body) {
-                Ok(jsonrpc::Body::Message { method: Some(m), .. }) if m == "tools/call" && self.state.audit.tool_calls() => {
-                    outcome.audit_call = Some(audit::call(&route.workspace, &body));
+                Ok(jsonrpc::Body::Message {
+                    method: Some(m), params, ..
+                }) if m == "tools/call" && self.state.audit.tool_calls() => {
+                    outcome.audit_call = Some(audit::call(&route.workspace, params));
                 }
                 Ok(_) => {}
                 Err(BodyError::Parse) => return Err(fail(GatewayError::ParseError)),

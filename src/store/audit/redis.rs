@@ -8,10 +8,11 @@
 //! the id (Redis's clock, unique across every instance sharing this
 //! Redis), and the workspace copy is added under that same id, which is
 //! always valid since the global stream's ids only grow. Both streams are
-//! capped with `MAXLEN ~ max_events`, and retention by age trims with
-//! `MINID ~` (stream ids are Redis milliseconds, so "older than" is judged
-//! by when the event was written, at most one writer batch after it
-//! happened).
+//! capped with `MAXLEN ~ max_events` (cheap, whole stream nodes), and
+//! the writer's prune, once a minute, trims exactly: `MAXLEN =` and, for
+//! retention by age, `MINID =` (stream ids are Redis milliseconds, so
+//! "older than" is judged by when the event was written, at most one
+//! writer batch after it happened).
 //!
 //! Pages are `XREVRANGE` from the cursor's id (exclusive), filtered here;
 //! a scan stops after [`SCAN_LIMIT`] events, returning what matched so far
@@ -160,7 +161,7 @@ impl AuditStore for RedisStore {
                 let n: u64 = redis::cmd("XTRIM")
                     .arg(&key)
                     .arg("MINID")
-                    .arg("~")
+                    .arg("=")
                     .arg(before.max(0))
                     .query_async(&mut conn)
                     .await
@@ -171,7 +172,7 @@ impl AuditStore for RedisStore {
                 let n: u64 = redis::cmd("XTRIM")
                     .arg(&key)
                     .arg("MAXLEN")
-                    .arg("~")
+                    .arg("=")
                     .arg(retention.max_events)
                     .query_async(&mut conn)
                     .await
