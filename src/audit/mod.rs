@@ -151,10 +151,8 @@ impl Audit {
         if event.at == 0 {
             event.at = now_ms();
         }
-        match self.write(vec![event]).await.pop() {
-            Some(e) => e,
-            None => unreachable!("write returns what it was given"),
-        }
+        let fallback = event.clone();
+        self.write(vec![event]).await.pop().unwrap_or(fallback)
     }
 
     /// Queues a `tool_call` event without waiting; dropped (and counted)
@@ -218,22 +216,28 @@ impl Audit {
     }
 
     /// Writes events to the store, then to the sink; returns them with
-    /// their ids (empty when the store failed or keeps no trail).
+    /// their ids (without ids when the store keeps no trail; none at all
+    /// when the store failed and there is no sink).
     async fn write(&self, events: Vec<AuditEvent>) -> Vec<AuditEvent> {
         let n = events.len() as u64;
         let events = match self.store.audit() {
             None => events,
-            Some(a) => match a.append(events.clone(), self.config.max_events).await {
-                Ok(stored) => {
-                    self.metrics.audit.written.fetch_add(n, Relaxed);
-                    stored
+            Some(a) => {
+                // Kept only for the sink, should the store fail: the store
+                // takes the events (a blocking task owns them).
+                let backup = self.sink.as_ref().map(|_| events.clone());
+                match a.append(events, self.config.max_events).await {
+                    Ok(stored) => {
+                        self.metrics.audit.written.fetch_add(n, Relaxed);
+                        stored
+                    }
+                    Err(e) => {
+                        self.metrics.audit.write_errors.fetch_add(n, Relaxed);
+                        tracing::error!(error = %e, events = n, "cannot write audit events to the store");
+                        backup.unwrap_or_default()
+                    }
                 }
-                Err(e) => {
-                    self.metrics.audit.write_errors.fetch_add(n, Relaxed);
-                    tracing::error!(error = %e, events = n, "cannot write audit events to the store");
-                    events
-                }
-            },
+            }
         };
         if let Some(sink) = &self.sink {
             sink.write(&events);
