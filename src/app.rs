@@ -131,6 +131,9 @@ impl Running {
             Ok(n) => tracing::info!(tokens = n, "flushed last_used_at"),
             Err(e) => tracing::error!(error = %e, "could not flush last_used_at on shutdown"),
         }
+        // The data plane has drained: nothing more will be queued.
+        let n = self.state.audit.flush().await;
+        tracing::debug!(events = n, "flushed the audit queue");
         // Only now: the flush may use a store connection whose task lives on
         // a data-plane runtime (see `server::serve_per_core`).
         self.data.join().await;
@@ -174,6 +177,7 @@ fn spawn_maintenance(tasks: &mut JoinSet<()>, state: Arc<AppState>, shutdown: Ca
             }
         }
     }));
+    tasks.spawn(Arc::clone(&state.audit).run_writer(shutdown.clone()));
     let s = Arc::clone(&state);
     tasks.spawn(every(Duration::from_secs(60), shutdown, move || {
         let s = Arc::clone(&s);

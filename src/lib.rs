@@ -6,6 +6,9 @@
 //!   of durable state.
 //! - [`auth`]: the in-memory hash index, its invalidation, the verify step, and
 //!   token creation/revocation.
+//! - [`audit`]: the audit trail (control-plane events written at once,
+//!   data-plane events through a bounded queue), below `auth` so that token
+//!   creation and revocation record themselves.
 //! - [`limit`]: per-token rate limiting (governor).
 //! - [`state`]: `AppState`, what both planes share, and the store openers;
 //!   below both planes.
@@ -31,6 +34,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod build_info;
 pub mod cli;

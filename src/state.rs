@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::Audit;
 use crate::auth::{IndexOptions, Verifier};
 use crate::config::{Config, LimitScope, StoreConfig};
 use crate::limit::cluster::ClusterLimiter;
@@ -35,6 +36,9 @@ pub struct AppState {
     pub verifier: Arc<Verifier>,
     pub limiter: Arc<Limits>,
     pub metrics: Arc<Metrics>,
+    /// The audit trail (`crate::audit`): `audit.record(event).await` for a
+    /// control-plane event, written before it returns.
+    pub audit: Arc<Audit>,
     /// The store's shared secret for binding pass-through sessions when
     /// `server.session_keys` is not set (`gateway::session_bind`).
     pub session_bind_key: Option<[u8; 32]>,
@@ -116,6 +120,8 @@ impl AppState {
             options.revocation_grace = *revocation_grace;
         }
         let verifier = Arc::new(Verifier::new(Arc::clone(&store), Arc::clone(&metrics), options));
+        let audit = Audit::new(&config, Arc::clone(&store), Arc::clone(&metrics))?;
+        verifier.set_audit(Arc::clone(&audit));
         verifier.sync_revocation_seq().await?;
         let known = verifier.load_filter().await?;
         tracing::debug!(tokens = known, "filter of existing token hashes loaded");
@@ -141,6 +147,7 @@ impl AppState {
             verifier,
             limiter: Arc::new(limiter),
             metrics,
+            audit,
             streams_cutoff: CancellationToken::new(),
         }))
     }

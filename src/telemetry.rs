@@ -313,6 +313,8 @@ pub struct Metrics {
     admin_requests: AtomicU64,
     limit_fallbacks: AtomicU64,
     miss_budget_exhausted: AtomicU64,
+    /// The audit trail's counters (`crate::audit`).
+    pub audit: AuditMetrics,
 }
 
 impl Metrics {
@@ -332,6 +334,7 @@ impl Metrics {
             admin_requests: AtomicU64::new(0),
             limit_fallbacks: AtomicU64::new(0),
             miss_budget_exhausted: AtomicU64::new(0),
+            audit: AuditMetrics::default(),
         }
     }
 
@@ -555,6 +558,36 @@ impl Metrics {
             "# HELP portcullis_store_miss_budget_exhausted_total Index misses refused (503) because the store-read budget was spent.\n# TYPE portcullis_store_miss_budget_exhausted_total counter\nportcullis_store_miss_budget_exhausted_total {}",
             self.miss_budget_exhausted.load(Relaxed)
         );
+        self.audit.render(&mut o);
         o
+    }
+}
+
+/// The audit trail's counters: events written to the store, data-plane
+/// events dropped because the writer's queue was full, and failed writes.
+#[derive(Default)]
+pub struct AuditMetrics {
+    pub written: AtomicU64,
+    pub dropped: AtomicU64,
+    pub write_errors: AtomicU64,
+}
+
+impl AuditMetrics {
+    fn render(&self, o: &mut String) {
+        let _ = writeln!(
+            o,
+            "# HELP portcullis_audit_events_total Audit events written to the store.\n# TYPE portcullis_audit_events_total counter\nportcullis_audit_events_total {}",
+            self.written.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP portcullis_audit_dropped_total Data-plane audit events dropped because the audit queue was full.\n# TYPE portcullis_audit_dropped_total counter\nportcullis_audit_dropped_total {}",
+            self.dropped.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP portcullis_audit_write_errors_total Audit events the store failed to take (logged at error level).\n# TYPE portcullis_audit_write_errors_total counter\nportcullis_audit_write_errors_total {}",
+            self.write_errors.load(Relaxed)
+        );
     }
 }

@@ -41,6 +41,8 @@ use types::{
     CreateTokenRequest, CreatedToken, Health, McpJson, McpServerEntry, Readiness, ServerInfo, TokenPage, WorkspaceInfo, WorkspaceList,
 };
 
+mod audit;
+
 type SharedState = Arc<AppState>;
 
 pub fn router(state: SharedState) -> Router {
@@ -58,6 +60,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/workspaces/{ws}/tokens", get(list_tokens).post(create_token))
         .route("/v1/workspaces/{ws}/tokens/{id}", get(get_token).delete(revoke_token))
         .route("/v1/workspaces/{ws}/servers", get(servers::list))
+        .merge(audit::routes())
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint; see the API reference in docs/admin-api.md") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -204,7 +207,7 @@ async fn metrics(State(state): State<SharedState>) -> Response {
 /// The workspace named in the path, if within the admin's scope and
 /// configured. The scope is checked first: a scoped admin gets 403 for any
 /// other slug, configured or not, so it cannot enumerate workspaces.
-fn workspace<'a>(state: &'a AppState, admin: &Admin, ws: &str) -> Result<&'a Arc<Workspace>, ApiError> {
+pub(crate) fn workspace<'a>(state: &'a AppState, admin: &Admin, ws: &str) -> Result<&'a Arc<Workspace>, ApiError> {
     if !admin.may_manage(ws) {
         return Err(ApiError::forbidden(format!(
             "this admin token is scoped to workspace `{}`",
@@ -532,7 +535,7 @@ async fn revoke_token(
     }
     find_token(&state, &ws, &id).await?;
     let now = now_unix();
-    let revoked = lifecycle::revoke(Some(&state.verifier), &state.store, &id, now)
+    let revoked = lifecycle::revoke_by(Some(&state.verifier), &state.store, &id, Some(&admin.id), now)
         .await?
         .ok_or_else(|| ApiError::not_found("token_not_found", format!("workspace `{ws}` has no token `{id}`")))?;
     if revoked.newly_revoked {

@@ -28,6 +28,7 @@ use crate::auth::VerifyError;
 use crate::config::SecureCookie;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::store::audit::{AuditEvent, EventType};
 use crate::store::sessions::{SessionHash, SessionRecord};
 use crate::token::{TokenKind, now_unix};
 
@@ -224,6 +225,13 @@ pub async fn sign_in_success(state: &AppState, admin_token_id: &str, raw: &str, 
     };
     sessions.create_session(&id_hash(&id), &record, d.idle_timeout).await?;
     tracing::info!(admin_token_id, "dashboard sign-in");
+    // A scoped admin's sign-in shows in its workspace's trail; a global
+    // admin's in the global one (`GET /v1/audit`).
+    let workspace = match state.store.get(admin_token_id).await {
+        Ok(Some(t)) => t.workspace,
+        _ => None,
+    };
+    audit_session(state, EventType::Signin, admin_token_id, workspace).await;
     Ok(cookie(&hex(&id), d.absolute_timeout.as_secs(), secure))
 }
 
@@ -248,7 +256,27 @@ pub async fn sign_out_success(state: &AppState, session: &Session, secure: bool)
         s.delete_session(&session.id_hash).await?;
     }
     tracing::info!(admin_token_id = %session.admin_id, "dashboard sign-out");
+    audit_session(
+        state,
+        EventType::Signout,
+        &session.admin_id,
+        session.workspace.as_deref().map(str::to_owned),
+    )
+    .await;
     Ok(clear_cookie(secure))
+}
+
+/// Records a dashboard sign-in or sign-out in the audit trail, with the
+/// admin token as actor (never the token itself, nor the session id).
+async fn audit_session(state: &AppState, kind: EventType, admin_token_id: &str, workspace: Option<String>) {
+    let event = AuditEvent {
+        actor: Some(admin_token_id.to_owned()),
+        token_id: Some(admin_token_id.to_owned()),
+        workspace,
+        method: Some("dashboard".to_owned()),
+        ..AuditEvent::new(kind, 0)
+    };
+    state.audit.record(event).await;
 }
 
 fn cookie(value: &str, max_age: u64, secure: bool) -> HeaderValue {

@@ -1,8 +1,11 @@
 //! Creating and revoking tokens: the store write plus the index update, in the
-//! order that makes revocation immediate.
+//! order that makes revocation immediate, and the audit event
+//! (`token_created` / `admin_token_created` / `token_revoked`), written
+//! before the call returns when the verifier has an audit trail attached.
 
 use std::sync::Arc;
 
+use crate::audit::{AuditEvent, EventType};
 use crate::store::{Revoked, StoreError};
 use crate::token::{self, TokenKind, TokenRecord};
 
@@ -54,19 +57,71 @@ pub async fn create(
     store.insert(&record, &new.hash).await?;
     if let Some(v) = verifier {
         v.forget_unknown(&new.hash);
+        if let Some(audit) = v.audit() {
+            audit.record(created_event(&record)).await;
+        }
     }
     Ok((new.raw, record))
 }
 
+/// The audit event of a new token: `actor` is `created_by` (an admin token
+/// id, or `bootstrap`). The offline CLI records the same event itself.
+pub fn created_event(record: &TokenRecord) -> AuditEvent {
+    let kind = match record.kind {
+        TokenKind::Admin => EventType::AdminTokenCreated,
+        _ => EventType::TokenCreated,
+    };
+    AuditEvent {
+        actor: Some(record.created_by.clone()),
+        workspace: record.workspace.clone(),
+        token_id: Some(record.id.clone()),
+        token_name: Some(record.name.clone()),
+        member_id: record.member_id.clone(),
+        ..AuditEvent::new(kind, 0)
+    }
+}
+
+/// The audit event of a revocation by `actor` (`None`: not known).
+pub fn revoked_event(record: &TokenRecord, actor: Option<&str>) -> AuditEvent {
+    AuditEvent {
+        actor: actor.map(str::to_owned),
+        workspace: record.workspace.clone(),
+        token_id: Some(record.id.clone()),
+        token_name: Some(record.name.clone()),
+        member_id: record.member_id.clone(),
+        ..AuditEvent::new(EventType::TokenRevoked, 0)
+    }
+}
+
 /// Revokes `id` in the store, then in this process's index, so that when this
 /// returns the very next request with the token fails. `None` if unknown.
+/// The audit event names no actor: callers that know one use [`revoke_by`].
 pub async fn revoke(
     verifier: Option<&Verifier>,
     store: &Arc<dyn crate::store::TokenStore>,
     id: &str,
     now: i64,
 ) -> Result<Option<Revoked>, StoreError> {
+    revoke_by(verifier, store, id, None, now).await
+}
+
+/// [`revoke`], recording `actor` (an admin token id, a member later) in the
+/// `token_revoked` event. Revoking an already revoked token records nothing.
+pub async fn revoke_by(
+    verifier: Option<&Verifier>,
+    store: &Arc<dyn crate::store::TokenStore>,
+    id: &str,
+    actor: Option<&str>,
+    now: i64,
+) -> Result<Option<Revoked>, StoreError> {
     let revoked = store.revoke(id, now).await?;
+    if let (Some(audit), Some(r)) = (verifier.and_then(Verifier::audit), &revoked)
+        && r.newly_revoked
+    {
+        // Recorded before waiting for the other instances: the revocation
+        // is committed, whatever the wait brings.
+        audit.record(revoked_event(&r.record, actor)).await;
+    }
     if let (Some(v), Some(r)) = (verifier, &revoked) {
         v.apply_revocation(&r.hash);
         if r.newly_revoked {

@@ -255,6 +255,9 @@ pub struct Verifier {
     /// at start by [`Verifier::load_filter`]).
     filter: OnceLock<HashFilter>,
     options: IndexOptions,
+    /// The audit trail, set once by `AppState::new` (a verifier built
+    /// alone, in tests and benches, records nothing).
+    audit: OnceLock<Arc<crate::audit::Audit>>,
 }
 
 impl Verifier {
@@ -275,7 +278,19 @@ impl Verifier {
             miss_budget: MissBudget::new(options.miss_reads_per_second),
             filter: OnceLock::new(),
             options,
+            audit: OnceLock::new(),
         }
+    }
+
+    /// Attaches the audit trail: refusals of revoked or expired tokens and
+    /// token creation and revocation (`lifecycle`) are recorded in it.
+    pub fn set_audit(&self, audit: Arc<crate::audit::Audit>) {
+        let _ = self.audit.set(audit);
+    }
+
+    /// The audit trail, if attached.
+    pub fn audit(&self) -> Option<&crate::audit::Audit> {
+        self.audit.get().map(|a| &**a)
     }
 
     /// Starts the revocation log at the store's current end: everything
@@ -354,11 +369,18 @@ impl Verifier {
     /// (evaluated now, not when the entry was filled).
     fn admit(&self, entry: Arc<CachedToken>, now: i64) -> Result<Arc<CachedToken>, VerifyError> {
         entry.touch_seen(now);
-        if entry.revoked {
-            return Err(self.reject(AuthFailureReason::Revoked));
-        }
-        if entry.is_expired(now) {
-            return Err(self.reject(AuthFailureReason::Expired));
+        if entry.revoked || entry.is_expired(now) {
+            // The first refusal of this token is an audit event (once per
+            // token, in fixed memory: `audit::Audit::refused`).
+            if let Some(a) = self.audit() {
+                a.refused(&entry.id, entry.workspace.as_deref());
+            }
+            let reason = if entry.revoked {
+                AuthFailureReason::Revoked
+            } else {
+                AuthFailureReason::Expired
+            };
+            return Err(self.reject(reason));
         }
         entry.touch_used(now);
         Ok(entry)
@@ -376,6 +398,9 @@ impl Verifier {
             match read {
                 Ok(Some(record)) => {
                     if record.revoked_at.is_some() {
+                        if let Some(a) = self.audit() {
+                            a.refused(&record.id, record.workspace.as_deref());
+                        }
                         // The index may still hold it as active: fix that now.
                         self.apply_revocation(hash);
                         return Err(self.reject(AuthFailureReason::Revoked));

@@ -145,6 +145,11 @@ pub async fn run(cmd: AdminCommand) -> CliResult {
             let (raw, record) = lifecycle::create(None, &store, req, now)
                 .await
                 .map_err(|e| CliError::failed(e.to_string()))?;
+            // The token exists now and must be shown; a failed audit write
+            // is reported, not fatal.
+            if let Err(e) = crate::audit::record_offline(&*store, lifecycle::created_event(&record)).await {
+                crate::telemetry::announce("WARN", &format!("the admin_token_created audit event was not written: {e}"));
+            }
             if json {
                 output::json(&json!({ "token": raw, "info": record.view(now), "store": store_json(&cfg.store) }));
             } else {
@@ -229,6 +234,12 @@ pub async fn run(cmd: AdminCommand) -> CliResult {
                 .await
                 .map_err(|e| CliError::failed(e.to_string()))?
                 .ok_or_else(not_found)?;
+            if revoked.newly_revoked {
+                let event = lifecycle::revoked_event(&revoked.record, Some("bootstrap"));
+                if let Err(e) = crate::audit::record_offline(&*store, event).await {
+                    crate::telemetry::announce("WARN", &format!("the token_revoked audit event was not written: {e}"));
+                }
+            }
             if json {
                 output::json(&serde_json::to_value(revoked.record.view(now)).expect("json"));
             } else {

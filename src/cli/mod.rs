@@ -5,6 +5,7 @@
 //! unreachable server (clap's own usage errors also exit 2).
 
 mod admin;
+mod audit;
 mod client;
 mod doctor;
 mod duration;
@@ -156,6 +157,13 @@ enum Command {
         #[command(subcommand)]
         command: workspace::WorkspaceCommand,
     },
+    /// The audit trail, through the admin API.
+    Audit {
+        #[command(flatten)]
+        api: AdminApiArgs,
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
     /// Check a workspace token.
     Token {
         #[command(subcommand)]
@@ -236,6 +244,7 @@ pub fn run() -> ExitCode {
             Command::DemoUpstream { listen, api_key } => serve::demo_upstream(listen, api_key).await,
             Command::Admin { command } => admin::run(command).await,
             Command::Workspace { api, command } => workspace::run(&api, command).await,
+            Command::Audit { api, command } => audit::run(&api, command).await,
             Command::Token { command } => token::run(command).await,
             Command::Doctor { config, json } => doctor::run(&config.config, json).await,
             Command::Init { dir, force, json } => init::run(&dir, force, json),

@@ -21,6 +21,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 
+mod audit;
 mod dashboard;
 mod expand;
 mod spec;
@@ -28,6 +29,7 @@ mod validate;
 
 use expand::*;
 
+pub use audit::{AuditConfig, AuditSink, AuditSpec};
 pub use dashboard::{DashboardConfig, DashboardSpec, SecureCookie, parse_duration};
 pub use expand::{ENV_OVERRIDE_PREFIX, process_overrides};
 pub use spec::*;
@@ -61,6 +63,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub dashboard: DashboardConfig,
     pub workspaces: Vec<Arc<Workspace>>,
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone)]

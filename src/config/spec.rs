@@ -17,6 +17,8 @@ pub struct ConfigSpec {
     pub dashboard: DashboardSpec,
     #[serde(default)]
     pub workspaces: Vec<WorkspaceSpec>,
+    #[serde(default)]
+    pub audit: AuditSpec,
 }
 
 /// `[server]`: listeners and request handling.

@@ -83,6 +83,7 @@ impl ConfigSpec {
 
         let store = self.store.to_store_config(path)?;
         let dashboard = self.dashboard.into_config(path)?;
+        let audit = self.audit.to_config(path)?;
         check_listeners_distinct(path, listen, admin_listen)?;
 
         if self.limits.requests_per_minute == 0 {
@@ -249,6 +250,7 @@ impl ConfigSpec {
             },
             dashboard,
             workspaces,
+            audit,
         })
     }
 }

@@ -17,6 +17,7 @@
 //! 6. **forward**: strip the client's credentials, add the upstream's own,
 //!    stream the answer back as it arrives.
 
+mod audit;
 mod forward;
 mod request_id;
 mod session_bind;
@@ -100,6 +101,9 @@ struct Outcome {
     limit_fallback: bool,
     /// The client's address (budgets store reads on index misses).
     client: Option<IpAddr>,
+    // --- audit trail (`audit.rs`) ---
+    /// A `tools/call` to record, when `[audit] tool_calls` is on.
+    audit_call: Option<audit::Call>,
 }
 
 impl Gateway {
@@ -205,6 +209,14 @@ impl Gateway {
             }
             span.record("status", status);
             span.record("latency_ms", start.elapsed().as_secs_f64() * 1000.0);
+            if let (Some(call), Some(ws), Some(t), Some(rid)) = (
+                outcome.audit_call.take(),
+                outcome.workspace,
+                &outcome.token,
+                resp.headers().get(&request_id::X_REQUEST_ID),
+            ) {
+                audit::emit(&this.state.audit, call, ws, t, status, start, rid);
+            }
             if resp.status().is_server_error() {
                 tracing::warn!("request failed");
             } else {
@@ -341,6 +353,11 @@ impl Gateway {
         }
         if method == Method::POST {
             match jsonrpc::inspect(&body) {
+                Ok(jsonrpc::Body::Message {
+                    method: Some(m), params, ..
+                }) if m == "tools/call" && self.state.audit.tool_calls() => {
+                    outcome.audit_call = Some(audit::call(&route.workspace, params));
+                }
                 Ok(_) => {}
                 Err(BodyError::Parse) => return Err(fail(GatewayError::ParseError)),
                 Err(BodyError::InvalidRequest) => {

@@ -17,6 +17,11 @@ struct Envelope<'a> {
     id: Option<&'a RawValue>,
     #[serde(borrow)]
     method: Option<Str<'a>>,
+    /// Kept as the raw slice (skipped like `IgnoredAny`, not parsed), so
+    /// that a caller needing one field of it (the audit trail: a
+    /// `tools/call`'s `name`) reads only the params again.
+    #[serde(borrow)]
+    params: Option<&'a RawValue>,
     result: Option<IgnoredAny>,
     error: Option<IgnoredAny>,
 }
@@ -63,6 +68,7 @@ pub enum Body<'a> {
     Message {
         id: Option<&'a RawValue>,
         method: Option<Cow<'a, str>>,
+        params: Option<&'a RawValue>,
     },
     /// A batch (allowed by protocol revision 2025-03-26).
     Batch,
@@ -92,6 +98,7 @@ pub fn inspect(bytes: &[u8]) -> Result<Body<'_>, BodyError> {
         Ok(Body::Message {
             id: env.id,
             method: env.method.map(|m| m.0),
+            params: env.params,
         })
     } else {
         Err(BodyError::InvalidRequest)
@@ -129,7 +136,7 @@ mod tests {
     #[test]
     fn requests_notifications_and_responses_are_valid() {
         match inspect(br#"{"jsonrpc":"2.0","id":7,"method":"tools/list","params":{"x":[1,2]}}"#).unwrap() {
-            Body::Message { id, method } => {
+            Body::Message { id, method, .. } => {
                 assert_eq!(id.unwrap().get(), "7");
                 assert_eq!(method.as_deref(), Some("tools/list"));
                 // Borrowed from the body, not copied (no allocation per request).

@@ -7,6 +7,7 @@
 //! holding an in-memory index can learn of revocations made elsewhere (another
 //! instance, or the offline CLI) by polling a single number.
 
+pub mod audit;
 pub mod redis;
 pub mod sessions;
 pub mod sqlite;
@@ -118,6 +119,11 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Where dashboard sessions live (`None`: this store keeps none, and
     /// the dashboard cannot sign anyone in).
     fn sessions(&self) -> Option<&dyn sessions::SessionStore> {
+        None
+    }
+    /// The audit trail kept in this store (`store::audit`). `None`: this
+    /// store keeps none (events then go to the sink only, if any).
+    fn audit(&self) -> Option<&dyn audit::AuditStore> {
         None
     }
     /// Cheap reachability check for `/readyz`.

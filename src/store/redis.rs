@@ -503,6 +503,10 @@ impl TokenStore for RedisStore {
         Ok(Some(out))
     }
 
+    fn audit(&self) -> Option<&dyn super::audit::AuditStore> {
+        Some(self)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
         Ok(())

@@ -52,8 +52,8 @@ const COLUMNS: &str = "id, name, workspace, kind, hint, member_id, email, create
                        expires_at, revoked_at, last_used_at, allowed_servers, requests_per_minute";
 
 pub struct SqliteStore {
-    pub(super) writer: Arc<Mutex<Connection>>,
-    pub(super) reader: Arc<Mutex<Connection>>,
+    pub(in crate::store) writer: Arc<Mutex<Connection>>,
+    pub(in crate::store) reader: Arc<Mutex<Connection>>,
 }
 
 impl SqliteStore {
@@ -66,6 +66,7 @@ impl SqliteStore {
         let writer = open_connection(path)?;
         migrate(&writer)?;
         super::sessions::migrate(&writer)?;
+        super::audit::sqlite::migrate(&writer)?;
         let reader = open_connection(path)?;
         // The reader serves index misses only: the in-memory index is the
         // cache that matters, and the OS page cache already holds the file.
@@ -78,7 +79,7 @@ impl SqliteStore {
         })
     }
 
-    pub(super) async fn with<T, F>(conn: &Arc<Mutex<Connection>>, f: F) -> Result<T, StoreError>
+    pub(in crate::store) async fn with<T, F>(conn: &Arc<Mutex<Connection>>, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -170,7 +171,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn unavailable(e: rusqlite::Error) -> StoreError {
+pub(in crate::store) fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
@@ -422,6 +423,10 @@ impl TokenStore for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    fn audit(&self) -> Option<&dyn super::audit::AuditStore> {
+        Some(self)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

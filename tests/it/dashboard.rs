@@ -254,6 +254,21 @@ async fn sign_out_deletes_the_session_and_clears_the_cookie() {
     let db = rusqlite::Connection::open(&gw.db).unwrap();
     let n: i64 = db.query_row("SELECT COUNT(*) FROM dashboard_sessions", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 0);
+    // Both ends of the session are in the audit trail (control-plane
+    // events are written before the call returns), with the admin token as
+    // actor and neither the token nor the session id in them.
+    let trail = gw.admin_call(Method::GET, "/v1/audit?page_size=50", None).await;
+    assert_eq!(trail.status, 200);
+    let text = String::from_utf8_lossy(&trail.body).to_string();
+    let events = trail.json()["events"].as_array().cloned().unwrap();
+    for kind in ["signin", "signout"] {
+        let e = events
+            .iter()
+            .find(|e| e["type"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} event in {text}"));
+        assert!(e["actor"].as_str().is_some_and(|a| a.starts_with("tkn_")), "{e}");
+    }
+    assert!(!text.contains(&gw.admin_token) && !text.contains(b.id_hex()), "{text}");
 }
 
 #[tokio::test]

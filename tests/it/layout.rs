@@ -18,17 +18,21 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("error", &["store"]),
     ("limit", &["store"]),
     ("upstream", &["config", "telemetry"]),
-    ("auth", &["config", "error", "limit", "store", "telemetry", "token"]),
-    ("state", &["auth", "config", "limit", "store", "telemetry", "token"]),
+    ("audit", &["config", "store", "telemetry", "token"]),
+    ("auth", &["audit", "config", "error", "limit", "store", "telemetry", "token"]),
+    ("state", &["audit", "auth", "config", "limit", "store", "telemetry", "token"]),
     (
         "mcp",
         &["auth", "build_info", "config", "error", "state", "telemetry", "token", "upstream"],
     ),
     (
         "gateway",
-        &["auth", "config", "error", "mcp", "state", "telemetry", "token", "upstream"],
+        &["audit", "auth", "config", "error", "mcp", "state", "telemetry", "token", "upstream"],
     ),
-    ("admin", &["auth", "config", "error", "state", "store", "telemetry", "token"]),
+    (
+        "admin",
+        &["audit", "auth", "config", "error", "state", "store", "telemetry", "token"],
+    ),
     ("server", &["error", "gateway", "state", "upstream"]),
     ("demo", &["error", "server"]),
     // Test-only entry points for the fuzz targets (fuzz/): parsers of
@@ -38,6 +42,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "app",
         &[
             "admin",
+            "audit",
             "auth",
             "config",
             "gateway",

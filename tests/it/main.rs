@@ -3,6 +3,7 @@
 
 mod admin_api;
 mod aggregate;
+mod audit;
 mod cli;
 mod cluster;
 mod dashboard;
