@@ -18,6 +18,7 @@ use crate::store::redis::RedisStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{StoreError, TokenStore};
 use crate::telemetry::Metrics;
+use crate::usage::Usage;
 
 /// The address a request's connection comes from, put in the request's
 /// extensions on hyper's path by `server::WithPeer` (the fast path hands it to
@@ -35,6 +36,8 @@ pub struct AppState {
     pub verifier: Arc<Verifier>,
     pub limiter: Arc<Limits>,
     pub metrics: Arc<Metrics>,
+    /// Usage analytics counters, flushed by `usage::Flusher` (`app`).
+    pub usage: Arc<Usage>,
     /// The store's shared secret for binding pass-through sessions when
     /// `server.session_keys` is not set (`gateway::session_bind`).
     pub session_bind_key: Option<[u8; 32]>,
@@ -134,7 +137,9 @@ impl AppState {
             tracing::warn!(error = %e, "cannot read the store's session-binding key; using one of this process only");
             None
         });
+        let usage = Arc::new(Usage::new(&config));
         Ok(Arc::new(AppState {
+            usage,
             config: Arc::new(config),
             session_bind_key,
             store,

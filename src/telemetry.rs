@@ -282,6 +282,7 @@ pub struct Metrics {
     admin_requests: AtomicU64,
     limit_fallbacks: AtomicU64,
     miss_budget_exhausted: AtomicU64,
+    usage_folded: AtomicU64,
 }
 
 impl Metrics {
@@ -301,6 +302,7 @@ impl Metrics {
             admin_requests: AtomicU64::new(0),
             limit_fallbacks: AtomicU64::new(0),
             miss_budget_exhausted: AtomicU64::new(0),
+            usage_folded: AtomicU64::new(0),
         }
     }
 
@@ -358,6 +360,11 @@ impl Metrics {
     /// A miss was refused a store read: the per-second budget is spent.
     pub fn miss_budget_exhausted(&self) {
         self.miss_budget_exhausted.fetch_add(1, Relaxed);
+    }
+
+    /// Requests counted under "other" in usage analytics (`usage`).
+    pub fn usage_folded(&self, n: u64) {
+        self.usage_folded.fetch_add(n, Relaxed);
     }
 
     pub fn admin_request(&self) {
@@ -479,6 +486,11 @@ impl Metrics {
             o,
             "# HELP portcullis_store_miss_budget_exhausted_total Index misses refused (503) because the store-read budget was spent.\n# TYPE portcullis_store_miss_budget_exhausted_total counter\nportcullis_store_miss_budget_exhausted_total {}",
             self.miss_budget_exhausted.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP portcullis_usage_folded_total Requests counted under \"other\" in usage analytics (a cardinality bound, a full counter table, or a tool name that failed the checks).\n# TYPE portcullis_usage_folded_total counter\nportcullis_usage_folded_total {}",
+            self.usage_folded.load(Relaxed)
         );
         o
     }

@@ -6,6 +6,8 @@
 //! and probes and scrapers cannot easily send one. Everything under `/v1`
 //! needs an admin token, except `/v1/tokens/self`, which any token may call.
 
+mod usage;
+
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -37,6 +39,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/workspaces", get(list_workspaces))
         .route("/v1/workspaces/{ws}/tokens", get(list_tokens).post(create_token))
         .route("/v1/workspaces/{ws}/tokens/{id}", get(get_token).delete(revoke_token))
+        .route("/v1/workspaces/{ws}/usage", get(usage::usage))
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint; see the API reference in docs/admin-api.md") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -17,6 +17,8 @@ struct Envelope<'a> {
     id: Option<&'a RawValue>,
     #[serde(borrow)]
     method: Option<Str<'a>>,
+    #[serde(borrow)]
+    params: Option<ParamsName<'a>>,
     result: Option<IgnoredAny>,
     error: Option<IgnoredAny>,
 }
@@ -30,6 +32,70 @@ struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
 impl Str<'_> {
     fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// `params.name` (the tool of a `tools/call`, for usage analytics) when
+/// `params` is an object whose `name` is a string without escapes, borrowed
+/// from the body; every other value of `params` is skipped as before, so
+/// this costs a key comparison per member of `params` and no allocation.
+struct ParamsName<'a>(Option<&'a str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for ParamsName<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ParamsVisitor(std::marker::PhantomData))
+    }
+}
+
+struct ParamsVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> serde::de::Visitor<'de> for ParamsVisitor<'a> {
+    type Value = ParamsName<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut name = None;
+        while let Some(key) = map.next_key::<Str<'de>>()? {
+            if key.as_str() == "name" {
+                // The last `name` wins, as in most JSON parsers upstream.
+                let raw: &'de RawValue = map.next_value()?;
+                name = raw
+                    .get()
+                    .strip_prefix('"')
+                    .and_then(|r| r.strip_suffix('"'))
+                    .filter(|r| !r.contains('\\'));
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(ParamsName(name))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(ParamsName(None))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(ParamsName(None))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(ParamsName(None))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(ParamsName(None))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(ParamsName(None))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(ParamsName(None))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(ParamsName(None))
     }
 }
 
@@ -63,6 +129,9 @@ pub enum Body<'a> {
     Message {
         id: Option<&'a RawValue>,
         method: Option<Cow<'a, str>>,
+        /// `params.name` as a string without escapes (a `tools/call`'s tool),
+        /// borrowed from the body.
+        name: Option<&'a str>,
     },
     /// A batch (allowed by protocol revision 2025-03-26).
     Batch,
@@ -92,6 +161,7 @@ pub fn inspect(bytes: &[u8]) -> Result<Body<'_>, BodyError> {
         Ok(Body::Message {
             id: env.id,
             method: env.method.map(|m| m.0),
+            name: env.params.and_then(|p| p.0),
         })
     } else {
         Err(BodyError::InvalidRequest)
@@ -129,7 +199,7 @@ mod tests {
     #[test]
     fn requests_notifications_and_responses_are_valid() {
         match inspect(br#"{"jsonrpc":"2.0","id":7,"method":"tools/list","params":{"x":[1,2]}}"#).unwrap() {
-            Body::Message { id, method } => {
+            Body::Message { id, method, .. } => {
                 assert_eq!(id.unwrap().get(), "7");
                 assert_eq!(method.as_deref(), Some("tools/list"));
                 // Borrowed from the body, not copied (no allocation per request).

@@ -121,7 +121,7 @@ struct Scripts {
 
 pub struct RedisStore {
     client: redis::Client,
-    conn: ConnectionManager,
+    pub(super) conn: ConnectionManager,
     scripts: Scripts,
     /// This process's id in the instance registry.
     instance_id: String,
@@ -533,6 +533,10 @@ impl TokenStore for RedisStore {
             .map_err(unavailable)?;
         self.live_instances.store(n.max(1), Ordering::Relaxed);
         Ok(())
+    }
+
+    fn usage(&self) -> Option<&dyn super::usage::UsageStore> {
+        Some(self)
     }
 }
 

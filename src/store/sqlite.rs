@@ -52,8 +52,8 @@ const COLUMNS: &str = "id, name, workspace, kind, hint, member_id, email, create
                        expires_at, revoked_at, last_used_at, allowed_servers, requests_per_minute";
 
 pub struct SqliteStore {
-    writer: Arc<Mutex<Connection>>,
-    reader: Arc<Mutex<Connection>>,
+    pub(super) writer: Arc<Mutex<Connection>>,
+    pub(super) reader: Arc<Mutex<Connection>>,
 }
 
 impl SqliteStore {
@@ -65,6 +65,7 @@ impl SqliteStore {
         make_private(path).map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", path.display())))?;
         let writer = open_connection(path)?;
         migrate(&writer)?;
+        super::usage::migrate_sqlite(&writer)?;
         let reader = open_connection(path)?;
         // The reader serves index misses only: the in-memory index is the
         // cache that matters, and the OS page cache already holds the file.
@@ -77,7 +78,7 @@ impl SqliteStore {
         })
     }
 
-    async fn with<T, F>(conn: &Arc<Mutex<Connection>>, f: F) -> Result<T, StoreError>
+    pub(super) async fn with<T, F>(conn: &Arc<Mutex<Connection>>, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -421,6 +422,10 @@ impl TokenStore for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Self::with(&self.reader, |c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable)).await
+    }
+
+    fn usage(&self) -> Option<&dyn super::usage::UsageStore> {
+        Some(self)
     }
 }
 

@@ -19,14 +19,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("limit", &["store"]),
     ("upstream", &["config", "telemetry"]),
     ("auth", &["config", "error", "limit", "store", "telemetry", "token"]),
-    ("state", &["auth", "config", "limit", "store", "telemetry", "token"]),
+    ("usage", &["config", "store", "telemetry", "token"]),
+    ("state", &["auth", "config", "limit", "store", "telemetry", "token", "usage"]),
     (
         "mcp",
         &["auth", "build_info", "config", "error", "state", "telemetry", "token", "upstream"],
     ),
     (
         "gateway",
-        &["auth", "config", "error", "mcp", "state", "telemetry", "token", "upstream"],
+        &["auth", "config", "error", "mcp", "state", "telemetry", "token", "upstream", "usage"],
     ),
     ("admin", &["auth", "config", "error", "state", "store", "telemetry", "token"]),
     ("server", &["error", "gateway", "state", "upstream"]),
@@ -48,6 +49,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "telemetry",
             "token",
             "upstream",
+            "usage",
         ],
     ),
 ];
