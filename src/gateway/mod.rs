@@ -106,7 +106,9 @@ impl Outcome {
     /// workspace the server a `tools/call` goes to (the `<server>__` prefix
     /// of the exposed name, the one `mcp::aggregate` routes by).
     fn note_body(&mut self, route: &Route, body: &Bytes, parsed: &jsonrpc::Body<'_>) {
-        let jsonrpc::Body::Message { method: Some(m), name, .. } = parsed else { return };
+        let jsonrpc::Body::Message { method: Some(m), name, .. } = parsed else {
+            return;
+        };
         let tool = match (&**m, m) {
             ("tools/call", _) => *name,
             (_, std::borrow::Cow::Borrowed(b)) => Some(*b),

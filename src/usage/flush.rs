@@ -151,10 +151,7 @@ impl Flusher {
         );
         let day = now.div_euclid(86_400);
         if self.seen.day != day {
-            self.seen = Seen {
-                day,
-                ..Seen::default()
-            };
+            self.seen = Seen { day, ..Seen::default() };
         }
         let mut folded_requests = 0;
         for (minute, item, counts) in items.into_inner() {
@@ -196,7 +193,12 @@ impl Flusher {
         );
         let member_id = match member {
             None => NONE.to_owned(),
-            Some(m) => admit(self.seen.members.entry(ws).or_default(), u.max_members_per_workspace, &m, &mut folded),
+            Some(m) => admit(
+                self.seen.members.entry(ws).or_default(),
+                u.max_members_per_workspace,
+                &m,
+                &mut folded,
+            ),
         };
         let server_name = match server.and_then(|i| workspace.servers.get(i)) {
             None => NONE.to_owned(),
@@ -208,7 +210,12 @@ impl Flusher {
                 folded = true;
                 FOLDED.to_owned()
             }
-            Tool::Name(n) => admit(self.seen.tools.entry((ws, server)).or_default(), u.max_tools_per_server, &n, &mut folded),
+            Tool::Name(n) => admit(
+                self.seen.tools.entry((ws, server)).or_default(),
+                u.max_tools_per_server,
+                &n,
+                &mut folded,
+            ),
         };
         let key = UsageKey {
             workspace: workspace.slug.clone(),

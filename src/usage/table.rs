@@ -203,8 +203,22 @@ mod tests {
         let mut seen = Vec::new();
         t.drain(3, |d, c| seen.push((d.tool.clone(), c)), |_, _| panic!("no overflow"));
         seen.sort_by_key(|(t, _)| format!("{t:?}"));
-        assert_eq!(seen[0].1[0], Counts { requests: 2, errors: 1, rate_limited: 0 });
-        assert_eq!(seen[0].1[1], Counts { requests: 1, errors: 0, rate_limited: 1 });
+        assert_eq!(
+            seen[0].1[0],
+            Counts {
+                requests: 2,
+                errors: 1,
+                rate_limited: 0
+            }
+        );
+        assert_eq!(
+            seen[0].1[1],
+            Counts {
+                requests: 1,
+                errors: 0,
+                rate_limited: 1
+            }
+        );
         assert_eq!(seen[1].1[0].requests, 1);
         // Every slot taken: the 17th key overflows to "other".
         let t = Table::new(16, 1);

@@ -17,3 +17,4 @@ mod lifecycle;
 mod limits_headers;
 mod store;
 mod stream_revocation;
+mod usage;
