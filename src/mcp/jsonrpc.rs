@@ -260,6 +260,36 @@ mod tests {
     }
 
     #[test]
+    fn params_name_is_borrowed_when_plain_and_skipped_otherwise() {
+        let name = |body: &str| match inspect(body.as_bytes()).unwrap() {
+            Body::Message { name, .. } => name.map(str::to_owned),
+            Body::Batch => panic!(),
+        };
+        let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{"name":"inner"},"name":"echo"}}"#;
+        assert_eq!(name(call).as_deref(), Some("echo"));
+        match inspect(call.as_bytes()).unwrap() {
+            Body::Message { name: Some(n), .. } => assert!(call.as_bytes().as_ptr_range().contains(&n.as_ptr())),
+            _ => panic!(),
+        }
+        // The last `name` wins; escaped, non-string or absent names are none.
+        assert_eq!(
+            name(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"name":"a","name":"b"}}"#).as_deref(),
+            Some("b")
+        );
+        assert_eq!(name(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"name":"e\u0063ho"}}"#), None);
+        assert_eq!(name(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"name":7}}"#), None);
+        assert_eq!(name(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":[1,{"name":"x"}]}"#), None);
+        assert_eq!(name(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":null}"#), None);
+        assert_eq!(name(r#"{"jsonrpc":"2.0","id":1,"method":"m"}"#), None);
+        // Params of any shape stay valid, as before.
+        assert!(inspect(br#"{"jsonrpc":"2.0","id":1,"method":"m","params":"s"}"#).is_ok());
+        assert_eq!(
+            inspect(br#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"name":}}"#).unwrap_err(),
+            BodyError::Parse
+        );
+    }
+
+    #[test]
     fn request_id_is_found_even_in_invalid_messages() {
         assert_eq!(request_id(br#"{"jsonrpc":"1.0","id":"x","method":"m"}"#).unwrap().get(), r#""x""#);
         assert!(request_id(b"garbage").is_none());

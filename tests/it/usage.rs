@@ -479,3 +479,65 @@ async fn cli_workspace_usage_prints_a_table_and_json() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["error"]["code"], "workspace_not_found");
 }
+
+#[tokio::test]
+async fn an_aggregating_workspace_counts_a_tool_call_under_the_server_it_goes_to() {
+    let (alpha, beta) = (DemoUpstream::start_open().await, DemoUpstream::start_open().await);
+    let key = "11".repeat(32);
+    let gw = Setup::new(&alpha.url)
+        .server(&format!("session_keys = [\"{key}\"]"))
+        .raw(&format!(
+            "[[workspaces]]\nslug = \"team\"\n[[workspaces.servers]]\nname = \"alpha\"\nurl = \"{}\"\n[[workspaces.servers]]\nname = \"beta\"\nurl = \"{}\"\n{FAST_FLUSH}",
+            alpha.url, beta.url
+        ))
+        .start()
+        .await;
+    let (t, _) = gw.create_token("team", json!({"member_id": "carol"})).await;
+    let auth = format!("Bearer {t}");
+    let post = |body: String, session: Option<String>| {
+        let (url, auth) = (gw.ws_url("team"), auth.clone());
+        async move {
+            let mut h = vec![
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+                ("authorization", auth.as_str()),
+            ];
+            if let Some(s) = &session {
+                h.push(("mcp-session-id", s.as_str()));
+            }
+            send(Method::POST, &url, &h, body).await
+        }
+    };
+    let init = rpc(
+        json!(0),
+        "initialize",
+        json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "it", "version": "1"}}),
+    );
+    let r = post(init, None).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let session = Some(r.header("mcp-session-id").to_owned());
+    for (i, tool) in ["alpha__echo", "alpha__echo", "beta__echo"].iter().enumerate() {
+        let r = post(call(i as i64 + 1, tool), session.clone()).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(post(rpc(json!(9), "tools/list", json!({})), session.clone()).await.status, 200);
+    let q = |group_by: &str| format!("/v1/workspaces/team/usage?group_by={group_by}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let by_server = loop {
+        let v = gw.admin_call(Method::GET, &q("server"), None).await.json();
+        if totals(&v).values().map(|c| c[0]).sum::<u64>() >= 5 || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let t = totals(&by_server);
+    assert_eq!(t["alpha"], [2, 0, 0]);
+    assert_eq!(t["beta"], [1, 0, 0]);
+    // Answered by the gateway itself or by every server: no single server.
+    assert_eq!(t["null"], [2, 0, 0]);
+    let t = totals(&gw.admin_call(Method::GET, &q("tool"), None).await.json());
+    assert_eq!(t["alpha__echo"], [2, 0, 0]);
+    assert_eq!(t["beta__echo"], [1, 0, 0]);
+    assert_eq!(t["initialize"], [1, 0, 0]);
+    assert_eq!(t["tools/list"], [1, 0, 0]);
+}
