@@ -68,6 +68,9 @@ pub(super) async fn usage(
         Bucket::Hour | Bucket::Day => state.config.usage.hour_retention,
     };
     let from = from.max(now - retention - bucket.seconds());
+    // Nor anything in the future (a far `to` would make a Redis store read
+    // one bucket key per minute up to it).
+    let to = to.min(now + bucket.seconds());
     let Some(store) = state.store.usage() else {
         return Ok(Json(json!({"buckets": [], "folded": 0})));
     };

@@ -230,6 +230,7 @@ impl Gateway {
                 this.state.usage.record(crate::usage::Request {
                     workspace,
                     token_id: &t.id,
+                    token_key: t.limiter_key,
                     member_id: t.member.as_deref(),
                     server: outcome.server,
                     tool: outcome.tool.as_deref(),

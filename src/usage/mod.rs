@@ -45,6 +45,9 @@ pub struct Request<'a> {
     pub workspace: usize,
     /// The token's public id (`tkn_…`).
     pub token_id: &'a str,
+    /// A number that identifies the token (`token::limiter_key`): hashed
+    /// and compared instead of the id.
+    pub token_key: u64,
     pub member_id: Option<&'a str>,
     /// Configuration index of the server within the workspace, when one
     /// server answers the request.
@@ -60,8 +63,9 @@ pub struct Usage {
     tables: [Table; 2],
     /// Index of the table requests add to.
     active: AtomicUsize,
-    /// Keyed, so clients cannot aim tool names at one slot.
-    hasher: std::collections::hash_map::RandomState,
+    /// Seeded per process, so clients cannot aim tool names at one slot
+    /// (and a slot's token is checked besides its hash: see `table`).
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Usage {
@@ -94,10 +98,8 @@ impl Usage {
             Some(_) => ToolRef::Folded,
         };
         let mut h = self.hasher.build_hasher();
-        h.write_usize(r.workspace);
-        h.write(r.token_id.as_bytes());
-        h.write_u8(0xff);
-        h.write_usize(r.server.unwrap_or(usize::MAX));
+        h.write_u64(r.token_key);
+        h.write_u64((r.workspace as u64) << 32 | r.server.map_or(0xffff_ffff, |s| s as u64 & 0xffff_ffff));
         match tool {
             ToolRef::None => h.write_u8(0),
             ToolRef::Folded => h.write_u8(1),
@@ -108,7 +110,7 @@ impl Usage {
         }
         let hash = h.finish().max(1);
         let table = &self.tables[self.active.load(Ordering::Acquire) & 1];
-        table.add(hash, parity, r.status, r.workspace, || {
+        table.add(hash, r.token_key, parity, r.status, r.workspace, || {
             let tool = match tool {
                 ToolRef::None => Tool::None,
                 ToolRef::Folded => Tool::Folded,

@@ -1,5 +1,8 @@
 //! The in-memory counters: a fixed table of slots, open addressing on a
-//! 64-bit keyed hash of (workspace, token, server, tool).
+//! 64-bit seeded hash of (workspace, token, server, tool). A slot also
+//! holds its token's key (the first 8 bytes of the token's SHA-256), checked
+//! with the hash: the hash needs no resistance to crafted collisions,
+//! since a client can only ever collide with keys of its own token.
 //!
 //! A request that finds its key adds to the slot's atomics: no lock, no
 //! allocation. The first request of a key claims a free slot with one
@@ -89,6 +92,10 @@ impl Counters {
 struct Slot {
     /// 0: free; otherwise the key's hash (never 0).
     key: AtomicU64,
+    /// The token's key, written just after the slot is claimed (a request
+    /// that reads it before then takes another slot for the same key, which
+    /// the flusher sums: harmless).
+    token: AtomicU64,
     counters: Counters,
     desc: Mutex<Option<Desc>>,
 }
@@ -117,7 +124,7 @@ impl Table {
     /// Counts one answer under key `hash`; `describe` runs only when the key
     /// claims a slot. False: counted in the workspace's overflow.
     #[inline]
-    pub(super) fn add(&self, hash: u64, parity: usize, status: u16, workspace: usize, describe: impl FnOnce() -> Desc) -> bool {
+    pub(super) fn add(&self, hash: u64, token: u64, parity: usize, status: u16, workspace: usize, describe: impl FnOnce() -> Desc) -> bool {
         let mut describe = Some(describe);
         if !self.slots.is_empty() {
             let start = hash as usize;
@@ -127,6 +134,7 @@ impl Table {
                 if k == 0 {
                     match slot.key.compare_exchange(0, hash, Ordering::AcqRel, Ordering::Acquire) {
                         Ok(_) => {
+                            slot.token.store(token, Ordering::Release);
                             if let Some(d) = describe.take() {
                                 *slot.desc.lock().unwrap_or_else(|p| p.into_inner()) = Some(d());
                             }
@@ -136,7 +144,7 @@ impl Table {
                         Err(current) => k = current,
                     }
                 }
-                if k == hash {
+                if k == hash && slot.token.load(Ordering::Acquire) == token {
                     slot.counters.add(parity, status);
                     return true;
                 }
@@ -175,6 +183,7 @@ impl Table {
                 desc.idle += 1;
                 if desc.idle >= reclaim_after {
                     *guard = None;
+                    slot.token.store(0, Ordering::Relaxed);
                     slot.key.store(0, Ordering::Release);
                 }
             } else {
@@ -196,10 +205,18 @@ mod tests {
     #[test]
     fn keys_count_apart_and_overflow_when_full() {
         let t = Table::new(16, 1);
-        assert!(t.add(5, 0, 200, 0, || desc("a")));
-        assert!(t.add(5, 0, 500, 0, || panic!("described once")));
-        assert!(t.add(5, 1, 429, 0, || panic!("described once")));
-        assert!(t.add(21, 0, 200, 0, || desc("b")));
+        assert!(t.add(5, 1, 0, 200, 0, || desc("a")));
+        assert!(t.add(5, 1, 0, 500, 0, || panic!("described once")));
+        assert!(t.add(5, 1, 1, 429, 0, || panic!("described once")));
+        assert!(t.add(21, 1, 0, 200, 0, || desc("b")));
+        // The same hash under another token is another key (a client can
+        // only collide with its own token's keys).
+        let mut described = false;
+        assert!(t.add(5, 2, 0, 200, 0, || {
+            described = true;
+            desc("c")
+        }));
+        assert!(described);
         let mut seen = Vec::new();
         t.drain(3, |d, c| seen.push((d.tool.clone(), c)), |_, _| panic!("no overflow"));
         seen.sort_by_key(|(t, _)| format!("{t:?}"));
@@ -220,12 +237,21 @@ mod tests {
             }
         );
         assert_eq!(seen[1].1[0].requests, 1);
+        assert_eq!(
+            seen[2].1[0],
+            Counts {
+                requests: 1,
+                errors: 0,
+                rate_limited: 0
+            }
+        );
+        assert_eq!(seen.len(), 3);
         // Every slot taken: the 17th key overflows to "other".
         let t = Table::new(16, 1);
         for k in 1..=16u64 {
-            assert!(t.add(k, 0, 200, 0, || desc("x")));
+            assert!(t.add(k, 1, 0, 200, 0, || desc("x")));
         }
-        assert!(!t.add(99, 0, 200, 0, || desc("y")));
+        assert!(!t.add(99, 1, 0, 200, 0, || desc("y")));
         let mut over = 0;
         t.drain(3, |_, _| {}, |_, c| over += c[0].requests);
         assert_eq!(over, 1);
@@ -234,7 +260,7 @@ mod tests {
     #[test]
     fn idle_slots_are_reclaimed_after_some_drains() {
         let t = Table::new(16, 1);
-        t.add(7, 0, 200, 0, || desc("a"));
+        t.add(7, 1, 0, 200, 0, || desc("a"));
         t.drain(2, |_, _| {}, |_, _| {});
         t.drain(2, |_, _| {}, |_, _| {});
         assert_eq!(t.slots.iter().filter(|s| s.key.load(Ordering::Relaxed) != 0).count(), 1);
@@ -242,7 +268,7 @@ mod tests {
         assert_eq!(t.slots.iter().filter(|s| s.key.load(Ordering::Relaxed) != 0).count(), 0);
         // A reclaimed key is described afresh.
         let mut described = false;
-        t.add(7, 0, 200, 0, || {
+        t.add(7, 1, 0, 200, 0, || {
             described = true;
             desc("a")
         });

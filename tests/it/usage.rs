@@ -541,3 +541,32 @@ async fn an_aggregating_workspace_counts_a_tool_call_under_the_server_it_goes_to
     assert_eq!(t["initialize"], [1, 0, 0]);
     assert_eq!(t["tools/list"], [1, 0, 0]);
 }
+
+#[test]
+fn usage_settings_are_checked_and_unknown_keys_refused() {
+    let load = |usage: &str| {
+        let text = format!(
+            "[store]\npath = \"x.db\"\n[usage]\n{usage}\n[[workspaces]]\nslug = \"demo\"\n[[workspaces.servers]]\nname = \"main\"\nurl = \"http://127.0.0.1:1/mcp\"\n"
+        );
+        portcullis::config::Config::from_toml(Path::new("t.toml"), &text, &|_| None).map_err(|e| e.to_string())
+    };
+    let c = load("").unwrap();
+    assert!(c.usage.enabled);
+    assert_eq!(c.usage.flush_interval, Duration::from_secs(5));
+    assert_eq!(c.usage.minute_retention, 48 * 3600);
+    assert_eq!(c.usage.hour_retention, 90 * 86_400);
+    for (bad, key) in [
+        ("flush_interval_ms = 0", "usage.flush_interval_ms"),
+        ("flush_interval_ms = 60000", "usage.flush_interval_ms"),
+        ("minute_retention_hours = 0", "usage.minute_retention_hours"),
+        ("hour_retention_days = 0", "usage.hour_retention_days"),
+        ("max_keys = 1", "usage.max_keys"),
+        ("max_tools_per_server = 0", "usage.max_tools_per_server"),
+        ("max_members_per_workspace = 0", "usage.max_members_per_workspace"),
+        ("max_tokens_per_workspace = 0", "usage.max_tokens_per_workspace"),
+        ("enable = true", "enable"),
+    ] {
+        let e = load(bad).unwrap_err();
+        assert!(e.contains(key), "{bad}: {e}");
+    }
+}
