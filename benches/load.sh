@@ -18,7 +18,8 @@
 # Every client first sends `initialize` (and `notifications/initialized`),
 # then wrk posts the JSON-RPC `tools/call` with Content-Type, Accept,
 # MCP-Protocol-Version and Mcp-Session-Id, as a real client does. Targets are
-# interleaved (A B C D A B C D ...) for ROUNDS rounds at each concurrency; the
+# interleaved, each round starting with the next one (A B C D, B C D A,
+# ...), for ROUNDS rounds at each concurrency; the
 # table reports, per target, the medians over rounds of requests/s, p50 and
 # p99, the proxy's CPU time per request (user + system, of the proxy process
 # and its children, e.g. nginx's workers; the most stable figure on a shared
@@ -292,7 +293,11 @@ SAMPLES=$WORK/samples.tsv
 for c in $CONNS; do
     th=$((c < 2 ? 1 : 2))
     for ((r = 1; r <= ROUNDS; r++)); do
-        for t in "${ACTIVE[@]}"; do
+        # Each round starts with the next target (A B C, B C A, C A B...):
+        # on a busy machine the first of a round fares differently, which
+        # must not always favour the same target.
+        k=$(((r - 1) % ${#ACTIVE[@]}))
+        for t in "${ACTIVE[@]:k}" "${ACTIVE[@]:0:k}"; do
             perf_pid=""
             if [ "${PERF:-}" = 1 ] && [ "$t" = portcullis ] && [ "$r" = "$ROUNDS" ] && [ "$c" = "${CONNS##* }" ]; then
                 perf record -g -o "$WORK/perf.data" -p "${TPIDS[$t]}" 2>"$WORK/perf.log" &
