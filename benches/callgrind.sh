@@ -19,8 +19,11 @@
 # process that proxies), on the same upstream with the same wrk script: the
 # floor to compare with.
 #
+# USAGE=off runs the gateway with usage analytics off (`[usage] enabled =
+# false`): the difference with a default run is what counting costs.
+#
 # Usage: benches/callgrind.sh [--help]
-# Environment: DURATION=10s  CONNS=4  TARGET=portcullis|nginx
+# Environment: DURATION=10s  CONNS=4  TARGET=portcullis|nginx  USAGE=on|off
 #              WORK=target/bench-callgrind
 # Needs valgrind (installed with apt-get when missing), wrk, python3.
 
@@ -59,6 +62,9 @@ if [ "${TARGET:-portcullis}" = nginx ]; then
     URL="http://127.0.0.1:$PC_PORT/mcp"
 else
     gateway_config "$WORK/gw.toml" "$PC_PORT" "$PC_ADMIN" "$WORK/gw.db" "http://127.0.0.1:$UP_PORT/mcp"
+    if [ "${USAGE:-on}" = off ]; then
+        printf '\n[usage]\nenabled = false\n' >>"$WORK/gw.toml"
+    fi
     admin=$("$BIN" admin token create --name cg --config "$WORK/gw.toml" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
     PORTCULLIS_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out" \
         "$BIN" serve --config "$WORK/gw.toml" 2>"$WORK/gateway.log" &

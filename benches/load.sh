@@ -11,11 +11,15 @@
 #   portcullis  `cargo build --release`, SQLite store, a workspace token made
 #               through the admin API (CLI) with a per-token limit far above
 #               the load, so authentication and the limiter run on every request
+#   portcullis-nousage  the same with usage analytics off (`[usage] enabled =
+#               false`), its own ports and store: the cost of counting every
+#               request (the row "portcullis/portcullis-nousage")
 #
 # Every client first sends `initialize` (and `notifications/initialized`),
 # then wrk posts the JSON-RPC `tools/call` with Content-Type, Accept,
 # MCP-Protocol-Version and Mcp-Session-Id, as a real client does. Targets are
-# interleaved (A B C D A B C D ...) for ROUNDS rounds at each concurrency; the
+# interleaved, each round starting with the next one (A B C D, B C D A,
+# ...), for ROUNDS rounds at each concurrency; the
 # table reports, per target, the medians over rounds of requests/s, p50 and
 # p99, the proxy's CPU time per request (user + system, of the proxy process
 # and its children, e.g. nginx's workers; the most stable figure on a shared
@@ -35,7 +39,7 @@
 #   ROUNDS=5            rounds per concurrency
 #   DURATION=10s        wrk duration per measurement
 #   CONNS="1 32"        concurrencies
-#   TARGETS="direct nginx mcp-proxy portcullis"
+#   TARGETS="direct nginx mcp-proxy portcullis portcullis-nousage"
 #   BASE_BIN=path       also measure this Portcullis binary as target
 #                       `portcullis-base` (same config, its own ports and
 #                       store), interleaved with the others: before/after
@@ -60,7 +64,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-1 32}
-TARGETS=${TARGETS:-direct nginx mcp-proxy portcullis${BASE_BIN:+ portcullis-base}}
+TARGETS=${TARGETS:-direct nginx mcp-proxy portcullis portcullis-nousage${BASE_BIN:+ portcullis-base}}
 THREADS=${THREADS:-$(nproc)}
 WORK=${WORK:-$ROOT/target/bench-load}
 TOOLS=$ROOT/target/bench-tools
@@ -74,7 +78,7 @@ need nginx nginx-light
 need python3 python3
 build_release
 UP_PORT=$(free_port) NGINX_PORT=$(free_port) MCPP_PORT=$(free_port) PC_PORT=$(free_port) PC_ADMIN=$(free_port)
-PB_PORT=$(free_port) PB_ADMIN=$(free_port)
+PB_PORT=$(free_port) PB_ADMIN=$(free_port) PN_PORT=$(free_port) PN_ADMIN=$(free_port)
 
 # --- upstream -------------------------------------------------------------
 "$BIN" demo-upstream --listen "127.0.0.1:$UP_PORT" 2>"$WORK/upstream.log" &
@@ -150,6 +154,10 @@ TOOL[mcp-proxy]=demo/echo
 gateway_config "$WORK/portcullis.toml" $PC_PORT $PC_ADMIN "$WORK/portcullis.db" "$UP_URL"
 URL[portcullis]="http://127.0.0.1:$PC_PORT/ws/bench"
 TOOL[portcullis]=echo
+gateway_config "$WORK/portcullis-nousage.toml" $PN_PORT $PN_ADMIN "$WORK/portcullis-nousage.db" "$UP_URL"
+printf '\n[usage]\nenabled = false\n' >>"$WORK/portcullis-nousage.toml"
+URL[portcullis-nousage]="http://127.0.0.1:$PN_PORT/ws/bench"
+TOOL[portcullis-nousage]=echo
 if [ -n "${BASE_BIN:-}" ]; then
     gateway_config "$WORK/portcullis-base.toml" $PB_PORT $PB_ADMIN "$WORK/portcullis-base.db" "$UP_URL"
     URL[portcullis-base]="http://127.0.0.1:$PB_PORT/ws/bench"
@@ -191,6 +199,7 @@ start_target() {
         ;;
     portcullis) start_portcullis portcullis "$BIN" "$PC_PORT" "$PC_ADMIN" ;;
     portcullis-base) start_portcullis portcullis-base "$BASE_BIN" "$PB_PORT" "$PB_ADMIN" ;;
+    portcullis-nousage) start_portcullis portcullis-nousage "$BIN" "$PN_PORT" "$PN_ADMIN" ;;
     esac
     return 0
 }
@@ -284,7 +293,11 @@ SAMPLES=$WORK/samples.tsv
 for c in $CONNS; do
     th=$((c < 2 ? 1 : 2))
     for ((r = 1; r <= ROUNDS; r++)); do
-        for t in "${ACTIVE[@]}"; do
+        # Each round starts with the next target (A B C, B C A, C A B...):
+        # on a busy machine the first of a round fares differently, which
+        # must not always favour the same target.
+        k=$(((r - 1) % ${#ACTIVE[@]}))
+        for t in "${ACTIVE[@]:k}" "${ACTIVE[@]:0:k}"; do
             perf_pid=""
             if [ "${PERF:-}" = 1 ] && [ "$t" = portcullis ] && [ "$r" = "$ROUNDS" ] && [ "$c" = "${CONNS##* }" ]; then
                 perf record -g -o "$WORK/perf.data" -p "${TPIDS[$t]}" 2>"$WORK/perf.log" &
@@ -341,7 +354,7 @@ for row in rows:
     if cpu != "-":
         d["cpu"].append(float(cpu))
     d["errors"] += int(errs); d["non2xx"] += int(non2xx)
-order = ["direct", "nginx", "mcp-proxy", "portcullis", "portcullis-base"]
+order = ["direct", "nginx", "mcp-proxy", "portcullis", "portcullis-nousage", "portcullis-base"]
 summary = []
 for c in sorted({c for _, c in data}):
     print(f"\n### Concurrency {c}\n")
@@ -365,7 +378,8 @@ for c in sorted({c for _, c in data}):
         print(f"| {t} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {cpu} | {d['errors']} | {d['non2xx']} | {len(d['rps'])} | {bad} | {restarts.get((t, c), 0)} |")
     print()
     for mine, peer in (("portcullis", "nginx"), ("portcullis", "mcp-proxy"),
-                       ("portcullis-base", "nginx"), ("portcullis", "portcullis-base")):
+                       ("portcullis-base", "nginx"), ("portcullis", "portcullis-base"),
+                       ("portcullis", "portcullis-nousage")):
         if mine in med and peer in med:
             pc, p = med[mine], med[peer]
             cpu = ""

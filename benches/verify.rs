@@ -14,8 +14,11 @@
 //!   at once, all the same token (one index shard, one limiter key) or one
 //!   token each; reported per verify (wall time / total verifies).
 //!
+//! - `usage/record_hit`: counting one answered request for usage analytics
+//!   (`usage::Usage::record`) whose key is already in the table.
+//!
 //! Before the criterion groups it prints the heap allocations per cache-hit
-//! verify and per bad-checksum rejection, counted by a global allocator in
+//! verify, per bad-checksum rejection and per usage record of a known key, counted by a global allocator in
 //! this bench binary, and exits non-zero unless both are exactly 0 (the
 //! hot path's promise; a figure printed but not checked would not notice
 //! an allocation creeping in). `cargo bench --bench verify -- --alloc-only`
@@ -173,6 +176,37 @@ fn allocations_per_bad_checksum(f: &Fixture) -> f64 {
     (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / N as f64
 }
 
+/// Usage counters as the gateway holds them (default `[usage]`).
+fn usage_counters() -> portcullis::usage::Usage {
+    let text = "[[workspaces]]\nslug = \"demo\"\n[[workspaces.servers]]\nname = \"demo\"\nurl = \"http://127.0.0.1:9/mcp\"\n";
+    portcullis::usage::Usage::new(&Config::from_toml(Path::new("bench.toml"), text, &|_| None).unwrap())
+}
+
+/// What the gateway counts for a `tools/call` of `echo` answered 200.
+fn usage_request(status: u16) -> portcullis::usage::Request<'static> {
+    portcullis::usage::Request {
+        workspace: 0,
+        token_id: "tkn_0123456789abcdefghijkl",
+        token_key: 0x1234_5678_9abc_def0,
+        member_id: Some("alice"),
+        server: Some(0),
+        tool: Some(b"echo"),
+        status,
+    }
+}
+
+fn allocations_per_usage_record() -> f64 {
+    const N: u64 = 100_000;
+    let usage = usage_counters();
+    // The first request of a key describes its slot (the one allocation).
+    usage.record(usage_request(200));
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for i in 0..N {
+        usage.record(black_box(usage_request(if i % 10 == 0 { 429 } else { 200 })));
+    }
+    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / N as f64
+}
+
 fn single(c: &mut Criterion) {
     let f = Fixture::new(1);
     let mut g = c.benchmark_group("verify");
@@ -198,6 +232,8 @@ fn single(c: &mut Criterion) {
         })
     });
     g.finish();
+    let usage = usage_counters();
+    c.bench_function("usage/record_hit", |b| b.iter(|| usage.record(black_box(usage_request(200)))));
 }
 
 /// `threads` threads share `iters` verifies; the figure is wall time per
@@ -243,13 +279,15 @@ fn main() {
     let f = Fixture::new(1);
     let hit = allocations_per_hit(&f);
     let bad = allocations_per_bad_checksum(&f);
+    let usage = allocations_per_usage_record();
     println!("heap allocations per cache-hit verify (verify + limiter check): {hit:.3}");
     println!("heap allocations per bad-checksum rejection: {bad:.3}");
+    println!("heap allocations per usage record of a known key: {usage:.3}");
     drop(f);
     // Exactly zero: one allocation in the 100 000 runs shows as a non-zero
     // fraction.
-    if hit != 0.0 || bad != 0.0 {
-        eprintln!("FAILED: the verify hot path must not allocate (cache hit {hit}, bad checksum {bad} per call)");
+    if hit != 0.0 || bad != 0.0 || usage != 0.0 {
+        eprintln!("FAILED: the hot path must not allocate (cache hit {hit}, bad checksum {bad}, usage record {usage} per call)");
         std::process::exit(1);
     }
     if std::env::args().any(|a| a == "--alloc-only") {

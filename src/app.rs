@@ -43,6 +43,9 @@ pub struct Running {
     data: PerCore,
     /// The admin listener and the background loops, on the caller's runtime.
     tasks: JoinSet<()>,
+    /// The usage flusher: stopped only once the data plane has drained, so
+    /// that it counts the last requests too (it flushes as it stops).
+    usage: (CancellationToken, tokio::task::JoinHandle<()>),
 }
 
 /// Starts the gateway: binds both listeners and spawns the loops.
@@ -98,6 +101,14 @@ pub async fn start_with_store(config: Config, store: Arc<dyn TokenStore>) -> Res
     tasks.spawn(server::serve("admin", admin_listener, admin_service, opts, shutdown.clone()));
 
     spawn_maintenance(&mut tasks, Arc::clone(&state), shutdown.clone());
+    let usage_stop = CancellationToken::new();
+    let flusher = crate::usage::Flusher::new(
+        Arc::clone(&state.usage),
+        Arc::clone(&state.config),
+        Arc::clone(&state.store),
+        Arc::clone(&state.metrics),
+    );
+    let usage = (usage_stop.clone(), tokio::spawn(flusher.run(usage_stop)));
     // Not one of `tasks`: shutdown must not wait out the grace when nothing
     // is streaming.
     let (cutoff, grace, stop) = (state.streams_cutoff.clone(), server_cfg.shutdown_grace, shutdown.clone());
@@ -114,6 +125,7 @@ pub async fn start_with_store(config: Config, store: Arc<dyn TokenStore>) -> Res
         shutdown,
         data,
         tasks,
+        usage,
     })
 }
 
@@ -127,6 +139,10 @@ impl Running {
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
         self.data.drained().await;
+        self.usage.0.cancel();
+        if let Err(e) = (&mut self.usage.1).await {
+            tracing::error!(error = %e, "the usage flusher failed");
+        }
         match self.state.verifier.flush_last_used().await {
             Ok(n) => tracing::info!(tokens = n, "flushed last_used_at"),
             Err(e) => tracing::error!(error = %e, "could not flush last_used_at on shutdown"),

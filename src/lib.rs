@@ -17,6 +17,8 @@
 //! - [`mcp`]: JSON-RPC envelope handling, SSE framing, keep-alive and
 //!   revocable streams, and the aggregating server (`mcp::aggregate`).
 //! - [`upstream`]: pooled HTTP client to upstream servers; knows nothing of tokens.
+//! - [`usage`]: per-member usage analytics, counted in memory on the data
+//!   plane and flushed to the store.
 //! - [`admin`]: the control-plane HTTP API.
 //! - [`error`]: the one mapping from failures to what clients see.
 //! - [`config`]: the TOML file, validation and runtime types.
@@ -52,3 +54,4 @@ pub mod store;
 pub mod telemetry;
 pub mod token;
 pub mod upstream;
+pub mod usage;

@@ -19,6 +19,7 @@ use crate::store::redis::RedisStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{StoreError, TokenStore};
 use crate::telemetry::Metrics;
+use crate::usage::Usage;
 
 /// The address a request's connection comes from, put in the request's
 /// extensions on hyper's path by `server::WithPeer` (the fast path hands it to
@@ -39,6 +40,8 @@ pub struct AppState {
     /// The audit trail (`crate::audit`): `audit.record(event).await` for a
     /// control-plane event, written before it returns.
     pub audit: Arc<Audit>,
+    /// Usage analytics counters, flushed by `usage::Flusher` (`app`).
+    pub usage: Arc<Usage>,
     /// The store's shared secret for binding pass-through sessions when
     /// `server.session_keys` is not set (`gateway::session_bind`).
     pub session_bind_key: Option<[u8; 32]>,
@@ -140,7 +143,9 @@ impl AppState {
             tracing::warn!(error = %e, "cannot read the store's session-binding key; using one of this process only");
             None
         });
+        let usage = Arc::new(Usage::new(&config));
         Ok(Arc::new(AppState {
+            usage,
             config: Arc::new(config),
             session_bind_key,
             store,

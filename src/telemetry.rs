@@ -315,6 +315,7 @@ pub struct Metrics {
     miss_budget_exhausted: AtomicU64,
     /// The audit trail's counters (`crate::audit`).
     pub audit: AuditMetrics,
+    usage_folded: AtomicU64,
 }
 
 impl Metrics {
@@ -335,6 +336,7 @@ impl Metrics {
             limit_fallbacks: AtomicU64::new(0),
             miss_budget_exhausted: AtomicU64::new(0),
             audit: AuditMetrics::default(),
+            usage_folded: AtomicU64::new(0),
         }
     }
 
@@ -436,6 +438,11 @@ impl Metrics {
     /// A miss was refused a store read: the per-second budget is spent.
     pub fn miss_budget_exhausted(&self) {
         self.miss_budget_exhausted.fetch_add(1, Relaxed);
+    }
+
+    /// Requests counted under "other" in usage analytics (`usage`).
+    pub fn usage_folded(&self, n: u64) {
+        self.usage_folded.fetch_add(n, Relaxed);
     }
 
     pub fn admin_request(&self) {
@@ -559,6 +566,11 @@ impl Metrics {
             self.miss_budget_exhausted.load(Relaxed)
         );
         self.audit.render(&mut o);
+        let _ = writeln!(
+            o,
+            "# HELP portcullis_usage_folded_total Requests counted under \"other\" in usage analytics (a cardinality bound, a full counter table, or a tool name that failed the checks).\n# TYPE portcullis_usage_folded_total counter\nportcullis_usage_folded_total {}",
+            self.usage_folded.load(Relaxed)
+        );
         o
     }
 }

@@ -19,6 +19,8 @@ pub mod dashboard;
 pub mod servers;
 pub mod session;
 
+mod usage;
+
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -61,6 +63,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/workspaces/{ws}/tokens/{id}", get(get_token).delete(revoke_token))
         .route("/v1/workspaces/{ws}/servers", get(servers::list))
         .merge(audit::routes())
+        .route("/v1/workspaces/{ws}/usage", get(usage::usage))
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint; see the API reference in docs/admin-api.md") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

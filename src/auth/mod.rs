@@ -53,6 +53,9 @@ pub struct CachedToken {
     pub requests_per_minute: Option<u32>,
     pub allowed_servers: Option<Box<[Box<str>]>>,
     pub limiter_key: u64,
+    /// The member the token was issued to (its `member_id`, else its
+    /// `email`), for usage analytics.
+    pub member: Option<Box<str>>,
     /// Last successful use (Unix seconds), kept in memory and flushed in batches.
     last_used: UnixSecs,
     /// The value of `last_used` last written to the store.
@@ -105,6 +108,7 @@ impl CachedToken {
             requests_per_minute: r.requests_per_minute,
             allowed_servers: r.allowed_servers.as_ref().map(|v| v.iter().map(|s| s.as_str().into()).collect()),
             limiter_key: token::limiter_key(hash),
+            member: r.member_id.as_deref().or(r.email.as_deref()).map(Into::into),
             last_used: UnixSecs::new(last_used),
             flushed_last_used: UnixSecs::new(last_used),
             last_seen: UnixSecs::new(now),
@@ -123,6 +127,7 @@ impl CachedToken {
             requests_per_minute: self.requests_per_minute,
             allowed_servers: self.allowed_servers.clone(),
             limiter_key: self.limiter_key,
+            member: self.member.clone(),
             last_used: UnixSecs::new(self.last_used.load(Ordering::Relaxed)),
             flushed_last_used: UnixSecs::new(self.flushed_last_used.load(Ordering::Relaxed)),
             last_seen: UnixSecs::new(self.last_seen.load(Ordering::Relaxed)),

@@ -13,6 +13,7 @@ mod init;
 mod output;
 mod serve;
 mod token;
+mod usage;
 mod workspace;
 
 use std::path::PathBuf;

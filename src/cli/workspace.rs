@@ -20,6 +20,9 @@ pub enum WorkspaceCommand {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Requests, errors and rate-limited answers per member, token, server
+    /// or tool (usage analytics; counts lag by a few seconds).
+    Usage(super::usage::UsageArgs),
 }
 
 #[derive(Subcommand)]
@@ -124,11 +127,12 @@ pub async fn run(api: &AdminApiArgs, cmd: WorkspaceCommand) -> CliResult {
             }
         }
         WorkspaceCommand::Token { command } => token(&client, command).await?,
+        WorkspaceCommand::Usage(args) => super::usage::run(&client, args).await?,
     }
     Ok(())
 }
 
-fn seg(s: &str) -> Result<&str, CliError> {
+pub(super) fn seg(s: &str) -> Result<&str, CliError> {
     // Path segments are slugs and ids; refuse anything that would change the path.
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return Err(CliError::usage(format!("`{s}` is not a valid workspace slug or token id")));

@@ -62,8 +62,24 @@ pub struct Config {
     pub store: StoreConfig,
     pub limits: LimitsConfig,
     pub dashboard: DashboardConfig,
+    pub usage: UsageConfig,
     pub workspaces: Vec<Arc<Workspace>>,
     pub audit: AuditConfig,
+}
+
+/// `[usage]`, validated (see `spec::UsageSpec` for each field).
+#[derive(Debug, Clone)]
+pub struct UsageConfig {
+    pub enabled: bool,
+    pub flush_interval: Duration,
+    /// Seconds.
+    pub minute_retention: i64,
+    /// Seconds.
+    pub hour_retention: i64,
+    pub max_keys: usize,
+    pub max_tools_per_server: usize,
+    pub max_members_per_workspace: usize,
+    pub max_tokens_per_workspace: usize,
 }
 
 #[derive(Debug, Clone)]

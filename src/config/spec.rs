@@ -15,6 +15,7 @@ pub struct ConfigSpec {
     pub limits: LimitsSpec,
     #[serde(default)]
     pub dashboard: DashboardSpec,
+    pub usage: UsageSpec,
     #[serde(default)]
     pub workspaces: Vec<WorkspaceSpec>,
     #[serde(default)]
@@ -133,6 +134,46 @@ impl Default for LimitsSpec {
         LimitsSpec {
             requests_per_minute: 120,
             scope: "instance".into(),
+        }
+    }
+}
+
+/// `[usage]`: per-member usage analytics (counted in memory, flushed to the
+/// store; docs/admin-api.md, "Usage").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageSpec {
+    /// Count requests per token, member, server and tool at all.
+    pub enabled: bool,
+    /// How often counts are written to the store (10 ms to 30 s); counts
+    /// reach the store at most two intervals after the request.
+    pub flush_interval_ms: u64,
+    /// Minute buckets are kept this long (hours).
+    pub minute_retention_hours: u64,
+    /// Hour buckets (and the day buckets made from them) are kept this long (days).
+    pub hour_retention_days: u64,
+    /// Distinct (token, server, tool) counters held in memory between two
+    /// flushes; requests beyond them are counted under "other".
+    pub max_keys: usize,
+    /// Distinct tool (or method) names per server and day; more are "other".
+    pub max_tools_per_server: usize,
+    /// Distinct members per workspace and day; more are "other".
+    pub max_members_per_workspace: usize,
+    /// Distinct tokens per workspace and day; more are "other".
+    pub max_tokens_per_workspace: usize,
+}
+
+impl Default for UsageSpec {
+    fn default() -> Self {
+        UsageSpec {
+            enabled: true,
+            flush_interval_ms: 5_000,
+            minute_retention_hours: 48,
+            hour_retention_days: 90,
+            max_keys: 4096,
+            max_tools_per_server: 200,
+            max_members_per_workspace: 1000,
+            max_tokens_per_workspace: 10_000,
         }
     }
 }

@@ -225,6 +225,7 @@ impl ConfigSpec {
             }));
         }
 
+        let usage = self.usage.validate(&invalid)?;
         Ok(Config {
             source: path.to_owned(),
             server: ServerConfig {
@@ -249,6 +250,7 @@ impl ConfigSpec {
                 scope,
             },
             dashboard,
+            usage,
             workspaces,
             audit,
         })
@@ -286,6 +288,44 @@ pub(super) fn check_upstream_port(path: &Path, key: &str, url: &Uri) -> Result<(
             key: key.to_owned(),
             message: format!("port `{port}` in `{url}` is not a TCP port (1-65535)"),
         }),
+    }
+}
+
+impl UsageSpec {
+    fn validate(&self, invalid: &dyn Fn(&str, String) -> ConfigError) -> Result<UsageConfig, ConfigError> {
+        if !(10..=30_000).contains(&self.flush_interval_ms) {
+            // At most 30 s: a flush interval must stay under a minute for
+            // the in-memory counters to tell two minutes apart (`usage`).
+            return Err(invalid("usage.flush_interval_ms", "must be from 10 to 30000".into()));
+        }
+        if !(1..=24 * 365).contains(&self.minute_retention_hours) {
+            return Err(invalid("usage.minute_retention_hours", "must be from 1 to 8760".into()));
+        }
+        if !(1..=3650).contains(&self.hour_retention_days) {
+            return Err(invalid("usage.hour_retention_days", "must be from 1 to 3650".into()));
+        }
+        if !(16..=1 << 20).contains(&self.max_keys) {
+            return Err(invalid("usage.max_keys", "must be from 16 to 1048576".into()));
+        }
+        for (key, v) in [
+            ("usage.max_tools_per_server", self.max_tools_per_server),
+            ("usage.max_members_per_workspace", self.max_members_per_workspace),
+            ("usage.max_tokens_per_workspace", self.max_tokens_per_workspace),
+        ] {
+            if !(1..=1_000_000).contains(&v) {
+                return Err(invalid(key, "must be from 1 to 1000000".into()));
+            }
+        }
+        Ok(UsageConfig {
+            enabled: self.enabled,
+            flush_interval: Duration::from_millis(self.flush_interval_ms),
+            minute_retention: self.minute_retention_hours as i64 * 3600,
+            hour_retention: self.hour_retention_days as i64 * 86_400,
+            max_keys: self.max_keys,
+            max_tools_per_server: self.max_tools_per_server,
+            max_members_per_workspace: self.max_members_per_workspace,
+            max_tokens_per_workspace: self.max_tokens_per_workspace,
+        })
     }
 }
 

@@ -5,18 +5,14 @@
 //! never the arguments, never the result.
 //!
 //! Cost: nothing unless the request is a `tools/call` and `[audit]
-//! tool_calls` is on; then one more borrowed parse of `params` (kept as a
-//! raw slice by the pipeline's JSON-RPC check) for its `name`, the
-//! arguments skipped unread, a copy of the token id and tool name, and a
-//! `try_send` on the audit queue, which never waits.
+//! tool_calls` is on; then a copy of the token id and of the tool name
+//! (read by the pipeline's one JSON-RPC parse, `mcp::jsonrpc::inspect`,
+//! the arguments skipped unread), and a `try_send` on the audit queue,
+//! which never waits.
 
-use std::borrow::Cow;
 use std::time::Instant;
 
 use http::HeaderValue;
-use serde::Deserialize;
-use serde::de::IgnoredAny;
-use serde_json::value::RawValue;
 
 use crate::audit::{Audit, ToolCall, now_ms};
 use crate::auth::CachedToken;
@@ -30,29 +26,13 @@ pub(super) struct Call {
     tool: Option<Box<str>>,
 }
 
-#[derive(Deserialize)]
-struct Params<'a> {
-    #[serde(borrow)]
-    name: Option<Name<'a>>,
-    /// Named so that serde skips it without a field-name comparison per
-    /// unknown key; never read.
-    #[serde(default, rename = "arguments")]
-    _arguments: Option<IgnoredAny>,
-}
-
-/// See `mcp::jsonrpc::Str`: borrowed unless it has escapes.
-#[derive(Deserialize)]
-struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
-
 /// The call's server and tool: for an aggregating workspace the
 /// `<server>__` prefix names the server and is taken off the tool name;
 /// a pass-through workspace has one server.
-pub(super) fn call(workspace: &Workspace, params: Option<&RawValue>) -> Call {
-    let name = params
-        .and_then(|p| serde_json::from_str::<Params<'_>>(p.get()).ok())
-        .and_then(|p| p.name)
-        .map(|n| n.0);
-    let (server, tool) = match name.as_deref() {
+/// `name` is `params.name` as the JSON-RPC check read it (`None` when
+/// absent, or written with escapes, which no valid tool name needs).
+pub(super) fn call(workspace: &Workspace, name: Option<&str>) -> Call {
+    let (server, tool) = match name {
         None => (None, None),
         Some(n) if workspace.is_aggregate() => match n.split_once("__") {
             Some((s, t)) => match workspace.servers.iter().position(|srv| srv.name == s) {
@@ -96,18 +76,14 @@ pub(super) fn emit(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
 
     #[test]
-    fn the_name_is_read_and_the_arguments_are_not_kept() {
+    fn the_top_level_name_is_recorded_never_one_inside_the_arguments() {
         let body =
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{"name":"not-me","secret":"s3"},"name":"echo"}}"#;
-        let Ok(crate::mcp::jsonrpc::Body::Message { params, .. }) = crate::mcp::jsonrpc::inspect(body) else {
+        let Ok(crate::mcp::jsonrpc::Body::Message { name, .. }) = crate::mcp::jsonrpc::inspect(body) else {
             panic!("a valid message")
         };
-        let p: Params<'_> = serde_json::from_str(params.unwrap().get()).unwrap();
-        assert_eq!(p.name.unwrap().0, "echo", "the top-level name, not one inside the arguments");
-        let p: Params<'_> = serde_json::from_str(r#"{"name":"a\"b"}"#).unwrap();
-        assert_eq!(p.name.unwrap().0, "a\"b");
+        assert_eq!(name, Some("echo"));
     }
 }

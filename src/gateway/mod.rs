@@ -104,6 +104,45 @@ struct Outcome {
     // --- audit trail (`audit.rs`) ---
     /// A `tools/call` to record, when `[audit] tool_calls` is on.
     audit_call: Option<audit::Call>,
+    /// For usage analytics: the server that answers (index in the
+    /// workspace), when one does.
+    server: Option<usize>,
+    /// For usage analytics: the tool of a `tools/call`, else the JSON-RPC
+    /// method, as a slice of the body (a refcount, not a copy); empty when
+    /// it cannot be read without unescaping (counted as "other").
+    tool: Option<Bytes>,
+}
+
+impl Outcome {
+    /// Notes the tool or method of a checked body, and for an aggregating
+    /// workspace the server a `tools/call` goes to (the `<server>__` prefix
+    /// of the exposed name, the one `mcp::aggregate` routes by).
+    fn note_body(&mut self, route: &Route, body: &Bytes, parsed: &jsonrpc::Body<'_>) {
+        let jsonrpc::Body::Message { method: Some(m), name, .. } = parsed else {
+            return;
+        };
+        let tool = match (&**m, m) {
+            ("tools/call", _) => *name,
+            (_, std::borrow::Cow::Borrowed(b)) => Some(*b),
+            _ => None,
+        };
+        let Some(tool) = tool else {
+            self.tool = Some(Bytes::new());
+            return;
+        };
+        // Both borrow from `body` (serde borrows only from its input).
+        self.tool = Some(body.slice_ref(tool.as_bytes()));
+        if route.aggregate.is_some() && m == "tools/call" {
+            self.server = route
+                .workspace
+                .servers
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| tool.strip_prefix(s.name.as_str()).is_some_and(|r| r.starts_with("__")))
+                .max_by_key(|(_, s)| s.name.len())
+                .map(|(i, _)| i);
+        }
+    }
 }
 
 impl Gateway {
@@ -200,6 +239,17 @@ impl Gateway {
             if outcome.workspace.is_some() || status != 404 {
                 this.state.metrics.request(outcome.workspace, status);
             }
+            if let (Some(workspace), Some(t)) = (outcome.workspace, &outcome.token) {
+                this.state.usage.record(crate::usage::Request {
+                    workspace,
+                    token_id: &t.id,
+                    token_key: t.limiter_key,
+                    member_id: t.member.as_deref(),
+                    server: outcome.server,
+                    tool: outcome.tool.as_deref(),
+                    status,
+                });
+            }
             let span = tracing::Span::current();
             if let Some(i) = outcome.workspace {
                 span.record("workspace", this.state.config.workspaces[i].slug.as_str());
@@ -293,6 +343,9 @@ impl Gateway {
             }
         };
         outcome.workspace = Some(route.workspace.index);
+        if route.aggregate.is_none() {
+            outcome.server = Some(0);
+        }
         // 3. origin, and the token's server scope: a token limited to servers
         // this workspace no longer routes to may use nothing here.
         if let Some(origin) = req.headers().get(ORIGIN) {
@@ -342,7 +395,16 @@ impl Gateway {
         };
         if let Some(l) = limited {
             self.state.metrics.rate_limited(route.workspace.index);
-            let id = jsonrpc::request_id(&body).map(|r| r.to_owned());
+            let id = match jsonrpc::inspect(&body) {
+                Ok(parsed) => {
+                    outcome.note_body(route, &body, &parsed);
+                    match parsed {
+                        jsonrpc::Body::Message { id, .. } => id.map(|r| r.to_owned()),
+                        jsonrpc::Body::Batch => None,
+                    }
+                }
+                Err(_) => jsonrpc::request_id(&body).map(|r| r.to_owned()),
+            };
             return Err((
                 GatewayError::RateLimited {
                     limit: l.limit,
@@ -353,12 +415,15 @@ impl Gateway {
         }
         if method == Method::POST {
             match jsonrpc::inspect(&body) {
-                Ok(jsonrpc::Body::Message {
-                    method: Some(m), params, ..
-                }) if m == "tools/call" && self.state.audit.tool_calls() => {
-                    outcome.audit_call = Some(audit::call(&route.workspace, params));
+                Ok(parsed) => {
+                    outcome.note_body(route, &body, &parsed);
+                    if let jsonrpc::Body::Message { method: Some(m), name, .. } = &parsed
+                        && m == "tools/call"
+                        && self.state.audit.tool_calls()
+                    {
+                        outcome.audit_call = Some(audit::call(&route.workspace, *name));
+                    }
                 }
-                Ok(_) => {}
                 Err(BodyError::Parse) => return Err(fail(GatewayError::ParseError)),
                 Err(BodyError::InvalidRequest) => {
                     return Err((GatewayError::InvalidRequest, jsonrpc::request_id(&body).map(|r| r.to_owned())));

@@ -17,11 +17,8 @@ struct Envelope<'a> {
     id: Option<&'a RawValue>,
     #[serde(borrow)]
     method: Option<Str<'a>>,
-    /// Kept as the raw slice (skipped like `IgnoredAny`, not parsed), so
-    /// that a caller needing one field of it (the audit trail: a
-    /// `tools/call`'s `name`) reads only the params again.
     #[serde(borrow)]
-    params: Option<&'a RawValue>,
+    params: Option<ParamsName<'a>>,
     result: Option<IgnoredAny>,
     error: Option<IgnoredAny>,
 }
@@ -35,6 +32,70 @@ struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
 impl Str<'_> {
     fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// `params.name` (the tool of a `tools/call`, for usage analytics) when
+/// `params` is an object whose `name` is a string without escapes, borrowed
+/// from the body; every other value of `params` is skipped as before, so
+/// this costs a key comparison per member of `params` and no allocation.
+struct ParamsName<'a>(Option<&'a str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for ParamsName<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ParamsVisitor(std::marker::PhantomData))
+    }
+}
+
+struct ParamsVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> serde::de::Visitor<'de> for ParamsVisitor<'a> {
+    type Value = ParamsName<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut name = None;
+        while let Some(key) = map.next_key::<Str<'de>>()? {
+            if key.as_str() == "name" {
+                // The last `name` wins, as in most JSON parsers upstream.
+                let raw: &'de RawValue = map.next_value()?;
+                name = raw
+                    .get()
+                    .strip_prefix('"')
+                    .and_then(|r| r.strip_suffix('"'))
+                    .filter(|r| !r.contains('\\'));
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(ParamsName(name))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(ParamsName(None))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(ParamsName(None))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(ParamsName(None))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(ParamsName(None))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(ParamsName(None))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(ParamsName(None))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(ParamsName(None))
     }
 }
 
@@ -68,7 +129,9 @@ pub enum Body<'a> {
     Message {
         id: Option<&'a RawValue>,
         method: Option<Cow<'a, str>>,
-        params: Option<&'a RawValue>,
+        /// `params.name` as a string without escapes (a `tools/call`'s tool),
+        /// borrowed from the body.
+        name: Option<&'a str>,
     },
     /// A batch (allowed by protocol revision 2025-03-26).
     Batch,
@@ -98,7 +161,7 @@ pub fn inspect(bytes: &[u8]) -> Result<Body<'_>, BodyError> {
         Ok(Body::Message {
             id: env.id,
             method: env.method.map(|m| m.0),
-            params: env.params,
+            name: env.params.and_then(|p| p.0),
         })
     } else {
         Err(BodyError::InvalidRequest)
@@ -194,6 +257,36 @@ mod tests {
         ] {
             assert_eq!(inspect(b).unwrap_err(), BodyError::InvalidRequest, "{}", String::from_utf8_lossy(b));
         }
+    }
+
+    #[test]
+    fn params_name_is_borrowed_when_plain_and_skipped_otherwise() {
+        let name = |body: &str| match inspect(body.as_bytes()).unwrap() {
+            Body::Message { name, .. } => name.map(str::to_owned),
+            Body::Batch => panic!(),
+        };
+        let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{"name":"inner"},"name":"echo"}}"#;
+        assert_eq!(name(call).as_deref(), Some("echo"));
+        match inspect(call.as_bytes()).unwrap() {
+            Body::Message { name: Some(n), .. } => assert!(call.as_bytes().as_ptr_range().contains(&n.as_ptr())),
+            _ => panic!(),
+        }
+        // The last `name` wins; escaped, non-string or absent names are none.
+        assert_eq!(
+            name(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"name":"a","name":"b"}}"#).as_deref(),
+            Some("b")
+        );
+        assert_eq!(name(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"name":"e\u0063ho"}}"#), None);
+        assert_eq!(name(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"name":7}}"#), None);
+        assert_eq!(name(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":[1,{"name":"x"}]}"#), None);
+        assert_eq!(name(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":null}"#), None);
+        assert_eq!(name(r#"{"jsonrpc":"2.0","id":1,"method":"m"}"#), None);
+        // Params of any shape stay valid, as before.
+        assert!(inspect(br#"{"jsonrpc":"2.0","id":1,"method":"m","params":"s"}"#).is_ok());
+        assert_eq!(
+            inspect(br#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"name":}}"#).unwrap_err(),
+            BodyError::Parse
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod redis;
 pub mod sessions;
 pub mod sqlite;
+pub mod usage;
 
 use async_trait::async_trait;
 
@@ -141,5 +142,10 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Tells the revoking instance that this one has applied revocation `seq`.
     async fn acknowledge(&self, _seq: u64) -> Result<(), StoreError> {
         Ok(())
+    }
+    /// The usage buckets of this store (`usage`); `None`: it keeps none
+    /// (counts are then dropped and queries answer empty).
+    fn usage(&self) -> Option<&dyn usage::UsageStore> {
+        None
     }
 }

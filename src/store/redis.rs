@@ -542,6 +542,10 @@ impl TokenStore for RedisStore {
         self.live_instances.store(n.max(1), Ordering::Relaxed);
         Ok(())
     }
+
+    fn usage(&self) -> Option<&dyn super::usage::UsageStore> {
+        Some(self)
+    }
 }
 
 #[cfg(test)]

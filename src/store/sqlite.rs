@@ -67,6 +67,7 @@ impl SqliteStore {
         migrate(&writer)?;
         super::sessions::migrate(&writer)?;
         super::audit::sqlite::migrate(&writer)?;
+        super::usage::migrate_sqlite(&writer)?;
         let reader = open_connection(path)?;
         // The reader serves index misses only: the in-memory index is the
         // cache that matters, and the OS page cache already holds the file.
@@ -431,6 +432,10 @@ impl TokenStore for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Self::with(&self.reader, |c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable)).await
+    }
+
+    fn usage(&self) -> Option<&dyn super::usage::UsageStore> {
+        Some(self)
     }
 }
 

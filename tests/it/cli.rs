@@ -59,6 +59,7 @@ async fn every_command_has_help() {
         vec!["workspace", "token", "list", "--help"],
         vec!["workspace", "token", "get", "--help"],
         vec!["workspace", "token", "revoke", "--help"],
+        vec!["workspace", "usage", "--help"],
         vec!["token", "--help"],
         vec!["token", "validate", "--help"],
         vec!["doctor", "--help"],

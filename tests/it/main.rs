@@ -20,3 +20,4 @@ mod limits_headers;
 mod openapi;
 mod store;
 mod stream_revocation;
+mod usage;
