@@ -28,7 +28,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "gateway",
         &["auth", "config", "error", "mcp", "state", "telemetry", "token", "upstream"],
     ),
-    ("admin", &["auth", "config", "error", "state", "store", "telemetry", "token"]),
+    // Shared browser assets and markup (dashboard and members' pages).
+    ("ui", &["config"]),
+    ("admin", &["auth", "config", "error", "state", "store", "telemetry", "token", "ui"]),
+    // People-facing pages on the public listener (members, later OAuth).
+    ("web", &["auth", "config", "error", "state", "store", "telemetry", "token", "ui"]),
     ("server", &["error", "gateway", "state", "upstream"]),
     ("demo", &["error", "server"]),
     // Test-only entry points for the fuzz targets (fuzz/): parsers of
@@ -48,6 +52,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "telemetry",
             "token",
             "upstream",
+            "web",
         ],
     ),
 ];

@@ -2,7 +2,9 @@
 // framework and no build step; embedded in the binary and served from
 // /assets/app.js, the only script the Content-Security-Policy allows.
 //
-// It talks to the JSON admin API (/v1/...) with the session cookie; every
+// The dashboard's pages talk to the JSON admin API (/v1/...) and members'
+// pages on the public listener (/me) to /me/api/..., with the session
+// cookie (the page names its tokens API in data-api); every
 // state-changing call carries the X-CSRF-Token header from the page's
 // <meta name="csrf-token">. A new token's secret is only ever held in the
 // DOM of the dialog that shows it, and wiped when the dialog closes: it is
@@ -70,7 +72,7 @@
     let json = null;
     try { json = await r.json(); } catch (_) { json = null; }
     if (r.status === 401) {
-      window.location.assign("/");
+      window.location.assign(data.home || "/");
       throw new Error("session ended");
     }
     return { status: r.status, body: json };
@@ -93,6 +95,10 @@
 
   function tokensTab() {
     const body = $("tokens-body");
+    // The admin API, or a member's own (/me/api/tokens), which has no
+    // member filter, member field or server choice.
+    const tokensApi = data.api || "/v1/workspaces/" + enc(ws) + "/tokens";
+    const memberFilter = $("filter-member");
     const cursors = [null]; // cursor of each page shown so far
     let page = 0;
     let nextCursor = null;
@@ -103,7 +109,7 @@
     }
     function render() {
       const status = $("filter-status").value;
-      const member = $("filter-member").value.trim().toLowerCase();
+      const member = memberFilter ? memberFilter.value.trim().toLowerCase() : "";
       body.replaceChildren();
       const shown = rows.filter((t) =>
         (!status || t.status === status) &&
@@ -129,14 +135,14 @@
     }
     async function load() {
       const c = cursors[page];
-      const r = await api("GET", "/v1/workspaces/" + enc(ws) + "/tokens?page_size=25" + (c ? "&cursor=" + enc(c) : ""));
+      const r = await api("GET", tokensApi + "?page_size=25" + (c ? "&cursor=" + enc(c) : ""));
       if (r.status !== 200) { say("tokens-msg", errText(r), true); return; }
       rows = r.body.tokens;
       nextCursor = r.body.next_cursor || null;
       render();
     }
     $("filter-status").addEventListener("change", render);
-    $("filter-member").addEventListener("input", render);
+    if (memberFilter) memberFilter.addEventListener("input", render);
     $("page-next").addEventListener("click", () => { if (nextCursor) { cursors[page + 1] = nextCursor; page += 1; load(); } });
     $("page-prev").addEventListener("click", () => { if (page > 0) { page -= 1; load(); } });
 
@@ -155,7 +161,7 @@
       pending = null;
       confirmDialog.close();
       if (!t) return;
-      const r = await api("DELETE", "/v1/workspaces/" + enc(ws) + "/tokens/" + enc(t.id));
+      const r = await api("DELETE", tokensApi + "/" + enc(t.id));
       if (r.status !== 200) { say("tokens-msg", errText(r), true); return; }
       const i = rows.findIndex((x) => x.id === t.id);
       if (i >= 0) rows[i] = r.body;
@@ -199,11 +205,11 @@
       } else if (exp !== "none") {
         req.expires_in = EXPIRY_PRESETS[exp];
       }
-      const who = $("token-member").value.trim();
+      const who = $("token-member") ? $("token-member").value.trim() : "";
       if (who) { if (who.includes("@")) req.email = who; else req.member_id = who; }
-      const servers = Array.from($("token-servers").selectedOptions).map((o) => o.value);
+      const servers = $("token-servers") ? Array.from($("token-servers").selectedOptions).map((o) => o.value) : [];
       if (servers.length) req.allowed_servers = servers;
-      const r = await api("POST", "/v1/workspaces/" + enc(ws) + "/tokens", req);
+      const r = await api("POST", tokensApi, req);
       if (r.status !== 201) { say("new-token-error", errText(r), true); return; }
       showSecret(r.body);
       rows.unshift(r.body.info);
@@ -442,6 +448,7 @@
     }
   }
 
+  if (data.page === "me") tokensTab();
   if (data.page === "workspace") {
     if (data.tab === "tokens") tokensTab();
     else if (data.tab === "usage") usageTab();
