@@ -87,7 +87,11 @@ pub async fn sign_out(State(state): State<SharedState>, headers: HeaderMap, body
                 audit_signout(&me);
                 let mut r = html(
                     StatusCode::OK,
-                    pages::message(None, "Signed out", "You have signed out. Your tokens keep working until they expire or are revoked."),
+                    pages::message(
+                        None,
+                        "Signed out",
+                        "You have signed out. Your tokens keep working until they expire or are revoked.",
+                    ),
                 );
                 r.headers_mut().insert(header::SET_COOKIE, cookie);
                 r

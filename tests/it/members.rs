@@ -490,3 +490,85 @@ async fn on_redis_a_link_made_on_one_instance_signs_in_on_another_and_removal_en
         r.wait().await;
     }
 }
+
+/// `portcullis member …` end to end, through the admin API.
+#[tokio::test]
+async fn the_member_commands_add_list_invite_and_remove() {
+    let up = DemoUpstream::start().await;
+    let gw = Setup::new(&up.url).start().await;
+    let admin_url = format!("http://{}", gw.admin);
+    let cli = |args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        c.args(args)
+            .env_remove("PORTCULLIS_CONFIG")
+            .env("PORTCULLIS_LOG", "warn")
+            .env("PORTCULLIS_ADMIN_URL", &admin_url)
+            .env("PORTCULLIS_ADMIN_TOKEN", &gw.admin_token);
+        async move { tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap() }
+    };
+    let out = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let o = cli(&[
+        "member",
+        "add",
+        "demo",
+        "--email",
+        "Ivy@Example.com",
+        "--role",
+        "owner",
+        "--name",
+        "Ivy",
+        "--json",
+    ])
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ivy: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (ivy["email"].as_str(), ivy["role"].as_str()),
+        (Some("ivy@example.com"), Some("owner"))
+    );
+    // A duplicate: exit 1, the API's error object on stdout.
+    let o = cli(&["member", "add", "demo", "--email", "ivy@example.com", "--json"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    let e: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(e["error"]["code"], "member_exists");
+    let o = cli(&["member", "add", "demo", "--email", "nope", "--role", "member"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("error:"));
+    // Invite prints the link on the public URL, once.
+    let o = cli(&["member", "invite", "demo", "--email", "jay@example.com"]).await;
+    assert!(o.status.success());
+    let text = out(&o);
+    assert!(
+        text.contains("http://gateway.test/signin/link/") && text.contains("jay@example.com"),
+        "{text}"
+    );
+    let o = cli(&["member", "invite", "demo", "--email", "jay@example.com", "--json"]).await;
+    let inv: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(inv["created"], false);
+    let link = inv["url"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("http://gateway.test")
+        .unwrap()
+        .to_string();
+    follow(&gw, &link).await;
+    let o = cli(&["member", "list", "demo"]).await;
+    let text = out(&o);
+    assert!(
+        text.contains("ivy@example.com") && text.contains("jay@example.com") && text.contains("EMAIL"),
+        "{text}"
+    );
+    let o = cli(&["member", "list", "demo", "--json"]).await;
+    let list: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list["members"].as_array().unwrap().len(), 2);
+    let jay = inv["member"]["id"].as_str().unwrap();
+    let o = cli(&["member", "remove", "demo", jay]).await;
+    assert!(o.status.success());
+    assert!(out(&o).contains("revoked"), "{}", out(&o));
+    let o = cli(&["member", "remove", "demo", jay, "--json"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    let e: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(e["error"]["code"], "member_not_found");
+    let o = cli(&["member", "remove", "demo", "../tokens"]).await;
+    assert_eq!(o.status.code(), Some(2), "a path in an id is a usage error");
+}
