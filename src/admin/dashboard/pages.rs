@@ -11,6 +11,7 @@ use crate::config::Workspace;
 /// The workspace tabs, in order: path segment, label, testid.
 pub const TABS: &[(&str, &str, &str)] = &[
     ("tokens", "Tokens", "tab-tokens"),
+    ("members", "Members", "tab-members"),
     ("usage", "Usage", "tab-usage"),
     ("audit", "Audit", "tab-audit"),
     ("servers", "Servers", "tab-servers"),
@@ -130,12 +131,66 @@ pub fn workspace(who: &Who<'_>, w: &Workspace, tab: &str) -> Markup {
             }
             @match tab {
                 "tokens" => (crate::ui::tokens::section(w, true)),
+                "members" => (members(w)),
                 "usage" => (usage()),
                 "audit" => (audit()),
                 _ => (servers()),
             }
         },
     )
+}
+
+/// Members of the workspace (docs/members.md): add, remove, sign-in links.
+fn members(w: &Workspace) -> Markup {
+    html! {
+        section aria-labelledby="members-h" {
+            h2 #members-h { "Members" }
+            form.toolbar #member-form novalidate {
+                label { "Email "
+                    input #member-email data-testid="member-email" type="email" required autocomplete="off" spellcheck="false";
+                }
+                label { "Name (optional) "
+                    input #member-name data-testid="member-name" autocomplete="off";
+                }
+                label { "Role "
+                    select #member-role data-testid="member-role" {
+                        option value="member" selected { "Member (own tokens)" }
+                        option value="owner" { "Owner (all tokens)" }
+                    }
+                }
+                button #member-add data-testid="member-add" type="submit" { "Add member" }
+                button.secondary #member-invite data-testid="member-invite" type="button" { "Add and make a sign-in link" }
+            }
+            p #members-msg role="status" aria-live="polite" {}
+            div.card #invite-result hidden {
+                p.warning { strong { "Send this sign-in link to " span #invite-email {} " yourself." }
+                    " It works once, within 24 hours, and is shown only now." }
+                div.secret {
+                    code #invite-link data-testid="invite-link" {}
+                    button #invite-copy data-testid="invite-copy" type="button" { "Copy" }
+                }
+                p #invite-copy-status role="status" aria-live="polite" {}
+            }
+            table {
+                caption.visually-hidden { "Members of workspace " (w.slug) }
+                thead { tr {
+                    th scope="col" { "Email" } th scope="col" { "Name" } th scope="col" { "Role" }
+                    th scope="col" { "Added" } th scope="col" { span.visually-hidden { "Actions" } }
+                } }
+                tbody #members-body {}
+            }
+            p.note { "Members sign in on the gateway's public URL with a sign-in link, and manage their own tokens there. "
+                "Removing a member revokes their tokens (by member id or email) and ends their sessions at once." }
+        }
+        dialog #member-confirm-dialog role="alertdialog" aria-labelledby="member-confirm-h" aria-describedby="member-confirm-text" {
+            h2 #member-confirm-h { "Remove member?" }
+            p #member-confirm-text {}
+            div.buttons {
+                button.danger #member-confirm data-testid="confirm" type="button" { "Remove" }
+                button.secondary #member-confirm-cancel type="button" { "Cancel" }
+            }
+        }
+    }
 }
 
 fn usage() -> Markup {

@@ -248,6 +248,106 @@
     load();
   }
 
+  // ---- Members tab ---------------------------------------------------------
+  function membersTab() {
+    const base = "/v1/workspaces/" + enc(ws) + "/members";
+    const body = $("members-body");
+    let rows = [];
+    function render() {
+      body.replaceChildren();
+      for (const m of rows) {
+        body.append(el("tr", { testid: "member-row-" + m.id, "data-id": m.id },
+          el("td", {}, el("span", { class: "name", text: m.email }), el("br"), el("code", { class: "hint", text: m.id })),
+          el("td", { text: m.name || "—" }),
+          el("td", {}, el("span", { class: "status", testid: "member-role-" + m.id, text: m.role })),
+          el("td", { text: when(m.created_at) }),
+          el("td", {},
+            el("button", { type: "button", class: "small secondary", testid: "member-link-" + m.id,
+              "aria-label": "Make a sign-in link for " + m.email, onclick: () => invite(m.email, m.role) }, "Sign-in link"),
+            " ",
+            el("button", { type: "button", class: "danger small", testid: "member-remove-" + m.id,
+              "aria-label": "Remove " + m.email, onclick: () => askRemove(m) }, "Remove"))));
+      }
+      if (!rows.length) say("members-msg", "No members yet. Add one above.");
+    }
+    async function load() {
+      const r = await api("GET", base);
+      if (r.status !== 200) { say("members-msg", errText(r), true); return; }
+      rows = r.body.members;
+      render();
+    }
+    function fields() {
+      const email = $("member-email").value.trim();
+      if (!email) { say("members-msg", "Enter an email address.", true); $("member-email").focus(); return null; }
+      const req = { email, role: $("member-role").value };
+      const name = $("member-name").value.trim();
+      if (name) req.name = name;
+      return req;
+    }
+    async function invite(email, role) {
+      const r = await api("POST", base + "/invite", { email, role });
+      if (r.status !== 201) { say("members-msg", errText(r), true); return; }
+      $("invite-email").textContent = r.body.member.email;
+      $("invite-link").textContent = r.body.url;
+      $("invite-result").hidden = false;
+      say("invite-copy-status", "");
+      say("members-msg", r.body.created ? "Added " + r.body.member.email + "." : "");
+      if (r.body.created) { rows.push(r.body.member); render(); }
+      $("invite-copy").focus();
+    }
+    $("member-form").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const req = fields();
+      if (!req) return;
+      const r = await api("POST", base, req);
+      if (r.status !== 201) { say("members-msg", errText(r), true); return; }
+      rows.push(r.body);
+      render();
+      $("member-form").reset();
+      say("members-msg", "Added " + r.body.email + ".");
+    });
+    $("member-invite").addEventListener("click", async () => {
+      const req = fields();
+      if (!req) return;
+      await invite(req.email, req.role);
+      $("member-form").reset();
+    });
+    $("invite-copy").addEventListener("click", async () => {
+      try {
+        await navigator.clipboard.writeText($("invite-link").textContent);
+        say("invite-copy-status", "Copied to the clipboard.");
+      } catch (_) {
+        const range = document.createRange();
+        range.selectNodeContents($("invite-link"));
+        const sel = window.getSelection();
+        sel.removeAllRanges();
+        sel.addRange(range);
+        say("invite-copy-status", "Selected: press Ctrl+C (⌘C) to copy.");
+      }
+    });
+    const dialog = $("member-confirm-dialog");
+    let pending = null;
+    function askRemove(m) {
+      pending = m;
+      $("member-confirm-text").textContent = m.email + " (" + m.id + ") is removed: their tokens are revoked and their sessions end at once. This cannot be undone.";
+      dialog.showModal();
+      $("member-confirm-cancel").focus();
+    }
+    $("member-confirm-cancel").addEventListener("click", () => { pending = null; dialog.close(); });
+    $("member-confirm").addEventListener("click", async () => {
+      const m = pending;
+      pending = null;
+      dialog.close();
+      if (!m) return;
+      const r = await api("DELETE", base + "/" + enc(m.id));
+      if (r.status !== 200) { say("members-msg", errText(r), true); return; }
+      rows = rows.filter((x) => x.id !== m.id);
+      render();
+      say("members-msg", "Removed " + m.email + "; " + r.body.revoked_tokens + " token(s) revoked.");
+    });
+    load();
+  }
+
   // ---- Usage tab -----------------------------------------------------------
   const RANGES = { "1h": [3600, "minute"], "24h": [86400, "hour"], "7d": [604800, "hour"], "30d": [2592000, "day"] };
 
@@ -451,6 +551,7 @@
   if (data.page === "me") tokensTab();
   if (data.page === "workspace") {
     if (data.tab === "tokens") tokensTab();
+    else if (data.tab === "members") membersTab();
     else if (data.tab === "usage") usageTab();
     else if (data.tab === "audit") auditTab();
     else if (data.tab === "servers") serversTab();
