@@ -572,3 +572,89 @@ async fn the_member_commands_add_list_invite_and_remove() {
     let o = cli(&["member", "remove", "demo", "../tokens"]).await;
     assert_eq!(o.status.code(), Some(2), "a path in an id is a usage error");
 }
+
+/// The store's side, on SQLite and on Redis: one winner among concurrent
+/// uses of a link, states after use and expiry, unique emails, deletion
+/// taking sessions and links with it.
+async fn member_store_contract(s: &dyn portcullis::store::members::MemberStore) {
+    use portcullis::store::members::{LinkRecord, LinkState, MemberRecord, MemberSessionRecord, Role};
+    let now = portcullis::token::now_unix();
+    let m = MemberRecord {
+        id: "mem_contract000001".into(),
+        workspace: "w".into(),
+        email: "kim@example.com".into(),
+        name: None,
+        role: Role::Member,
+        created_at: now,
+    };
+    s.insert_member(&m).await.unwrap();
+    let dup = MemberRecord {
+        id: "mem_contract000002".into(),
+        ..m.clone()
+    };
+    assert!(matches!(
+        s.insert_member(&dup).await,
+        Err(portcullis::store::StoreError::Conflict(_))
+    ));
+    // Another workspace may have the same address.
+    let other = MemberRecord {
+        id: "mem_contract000003".into(),
+        workspace: "w2".into(),
+        ..m.clone()
+    };
+    s.insert_member(&other).await.unwrap();
+    assert_eq!(s.member_by_email("w", "kim@example.com").await.unwrap(), Some(m.clone()));
+    assert_eq!(
+        s.get_member("w2", &m.id).await.unwrap(),
+        None,
+        "ids are looked up within their workspace"
+    );
+    let link = LinkRecord {
+        workspace: "w".into(),
+        member_id: m.id.clone(),
+        created_at: now,
+        expires_at: now + 60,
+    };
+    s.create_link(&[1; 32], &link).await.unwrap();
+    assert_eq!(s.peek_link(&[1; 32], now).await.unwrap(), LinkState::Valid(link.clone()));
+    let results = futures_util::future::join_all((0..8).map(|_| s.consume_link(&[1; 32], now))).await;
+    let winners = results.iter().filter(|r| matches!(r, Ok(LinkState::Valid(_)))).count();
+    assert_eq!(winners, 1, "{results:?}");
+    assert!(results.iter().all(|r| matches!(r, Ok(LinkState::Valid(_)) | Ok(LinkState::Used))));
+    assert_eq!(s.peek_link(&[1; 32], now).await.unwrap(), LinkState::Used);
+    s.create_link(&[2; 32], &link).await.unwrap();
+    assert_eq!(s.consume_link(&[2; 32], now + 60).await.unwrap(), LinkState::Expired);
+    assert_eq!(s.consume_link(&[3; 32], now).await.unwrap(), LinkState::Unknown);
+    let sess = MemberSessionRecord {
+        workspace: "w".into(),
+        member_id: m.id.clone(),
+        created_at: now,
+        last_seen_at: now,
+        expires_at: now + 600,
+    };
+    s.create_member_session(&[4; 32], &sess, 60).await.unwrap();
+    s.touch_member_session(&[4; 32], now + 5, 60).await.unwrap();
+    assert_eq!(s.get_member_session(&[4; 32]).await.unwrap().unwrap().last_seen_at, now + 5);
+    s.create_link(&[5; 32], &link).await.unwrap();
+    assert_eq!(s.delete_member("w", &m.id).await.unwrap(), Some(m.clone()));
+    assert_eq!(s.delete_member("w", &m.id).await.unwrap(), None);
+    assert_eq!(s.get_member("w", &m.id).await.unwrap(), None);
+    assert_eq!(s.list_members("w").await.unwrap(), vec![]);
+    assert_eq!(s.list_members("w2").await.unwrap(), vec![other]);
+    // The address is free again.
+    s.insert_member(&dup).await.unwrap();
+    s.delete_member_session(&[4; 32]).await.unwrap();
+    assert_eq!(s.get_member_session(&[4; 32]).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn member_stores_keep_the_contract_on_sqlite_and_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = portcullis::store::sqlite::SqliteStore::open(&dir.path().join("m.db")).unwrap();
+    member_store_contract(&sqlite).await;
+    let redis = RedisServer::start().await;
+    let store = portcullis::store::redis::RedisStore::connect(&redis.url(), std::time::Duration::from_secs(2))
+        .await
+        .unwrap();
+    member_store_contract(&store).await;
+}
