@@ -15,6 +15,8 @@
 //!   revocable streams, and the aggregating server (`mcp::aggregate`).
 //! - [`upstream`]: pooled HTTP client to upstream servers; knows nothing of tokens.
 //! - [`admin`]: the control-plane HTTP API.
+//! - [`sso`]: members' single sign-on with an OpenID Connect provider,
+//!   at `/signin/oidc` on the data listener.
 //! - [`error`]: the one mapping from failures to what clients see.
 //! - [`config`]: the TOML file, validation and runtime types.
 //! - [`app`] and [`server`]: wiring, listeners, background tasks, shutdown;
@@ -43,6 +45,7 @@ pub mod gateway;
 pub mod limit;
 pub mod mcp;
 pub mod server;
+pub mod sso;
 pub mod state;
 pub mod store;
 pub mod telemetry;

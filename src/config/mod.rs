@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 mod dashboard;
 mod expand;
+mod oidc;
 mod spec;
 mod validate;
 
@@ -30,6 +31,7 @@ use expand::*;
 
 pub use dashboard::{DashboardConfig, DashboardSpec, SecureCookie, parse_duration};
 pub use expand::{ENV_OVERRIDE_PREFIX, process_overrides};
+pub use oidc::{AuthSpec, MEMBER_ROLES, OidcConfig, OidcSpec, Secret};
 pub use spec::*;
 pub use validate::is_valid_slug;
 
@@ -60,6 +62,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub limits: LimitsConfig,
     pub dashboard: DashboardConfig,
+    /// `[auth.oidc]`: single sign-on for members; `None` when not configured.
+    pub oidc: Option<OidcConfig>,
     pub workspaces: Vec<Arc<Workspace>>,
 }
 

@@ -224,6 +224,7 @@ impl ConfigSpec {
             }));
         }
 
+        let oidc = self.auth.into_config(path, &workspaces)?;
         Ok(Config {
             source: path.to_owned(),
             server: ServerConfig {
@@ -248,6 +249,7 @@ impl ConfigSpec {
                 scope,
             },
             dashboard,
+            oidc,
             workspaces,
         })
     }

@@ -26,8 +26,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "gateway",
-        &["auth", "config", "error", "mcp", "state", "telemetry", "token", "upstream"],
+        &["auth", "config", "error", "mcp", "sso", "state", "telemetry", "token", "upstream"],
     ),
+    // Members' single sign-on (OpenID Connect), routed to by `gateway`.
+    ("sso", &["config", "error", "state", "token"]),
     ("admin", &["auth", "config", "error", "state", "store", "telemetry", "token"]),
     ("server", &["error", "gateway", "state", "upstream"]),
     ("demo", &["error", "server"]),
