@@ -162,7 +162,7 @@ impl Sso {
                 );
             }
         };
-        match signin::sign_in(state, &self.cfg, &identity).await {
+        match signin::sign_in(state, &self.cfg, &identity, headers).await {
             Ok(done) => {
                 let clear = HeaderValue::try_from(clear.as_str()).expect("ascii cookie");
                 page::redirect(&done.location, &[clear, done.set_cookie])

@@ -4,7 +4,7 @@
 //! session. Everything before this point is OpenID Connect; everything after
 //! it is the members module's.
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 
 use crate::config::OidcConfig;
 use crate::state::AppState;
@@ -55,7 +55,7 @@ impl Refusal {
 
 /// Applies the e-mail policy, then maps the identity to a member and starts
 /// a member session.
-pub async fn sign_in(state: &AppState, cfg: &OidcConfig, id: &VerifiedIdentity) -> Result<SignedIn, Refusal> {
+pub async fn sign_in(state: &AppState, cfg: &OidcConfig, id: &VerifiedIdentity, headers: &HeaderMap) -> Result<SignedIn, Refusal> {
     let email = id.email.as_deref().filter(|e| !e.is_empty()).ok_or(Refusal::NoEmail)?;
     if !id.email_verified {
         return Err(Refusal::EmailNotVerified);
@@ -63,7 +63,7 @@ pub async fn sign_in(state: &AppState, cfg: &OidcConfig, id: &VerifiedIdentity) 
     if !cfg.domain_allowed(email) {
         return Err(Refusal::DomainNotAllowed { email: email.to_owned() });
     }
-    let signed_in = member_session(state, cfg, &email.to_ascii_lowercase(), id).await?;
+    let signed_in = member_session(state, cfg, &email.trim().to_ascii_lowercase(), id, headers).await?;
     record_signin_audit(state, &signed_in.member_id, "oidc");
     Ok(signed_in)
 }
@@ -72,7 +72,7 @@ pub async fn sign_in(state: &AppState, cfg: &OidcConfig, id: &VerifiedIdentity) 
 /// `auto_join_workspaces`), signed in.
 ///
 /// Members are not on this branch's base: until they are, nobody is a member.
-async fn member_session(_state: &AppState, _cfg: &OidcConfig, email: &str, _id: &VerifiedIdentity) -> Result<SignedIn, Refusal> {
+async fn member_session(_state: &AppState, _cfg: &OidcConfig, email: &str, _id: &VerifiedIdentity, _headers: &HeaderMap) -> Result<SignedIn, Refusal> {
     Err(Refusal::UnknownMember { email: email.to_owned() })
 }
 
