@@ -92,7 +92,7 @@ impl OidcConfig {
         match email.rsplit_once('@') {
             Some((local, domain)) if !local.is_empty() => {
                 let domain = domain.to_ascii_lowercase();
-                self.allowed_email_domains.iter().any(|d| *d == domain)
+                self.allowed_email_domains.contains(&domain)
             }
             _ => false,
         }

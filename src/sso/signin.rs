@@ -72,7 +72,13 @@ pub async fn sign_in(state: &AppState, cfg: &OidcConfig, id: &VerifiedIdentity, 
 /// `auto_join_workspaces`), signed in.
 ///
 /// Members are not on this branch's base: until they are, nobody is a member.
-async fn member_session(_state: &AppState, _cfg: &OidcConfig, email: &str, _id: &VerifiedIdentity, _headers: &HeaderMap) -> Result<SignedIn, Refusal> {
+async fn member_session(
+    _state: &AppState,
+    _cfg: &OidcConfig,
+    email: &str,
+    _id: &VerifiedIdentity,
+    _headers: &HeaderMap,
+) -> Result<SignedIn, Refusal> {
     Err(Refusal::UnknownMember { email: email.to_owned() })
 }
 
