@@ -48,12 +48,12 @@ class Gw:
         return self.public + "/signin/oidc/callback"
 
 
-def start_op(procs: ProcessManager, redirect_uri: str, **env: str) -> Op:
+def start_op(procs: ProcessManager, redirect_uri: str, *, port: int | None = None, secret: str | None = None, **env: str) -> Op:
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed")
-    port = free_port()
-    secret = "op-secret-" + secrets.token_hex(16)
+    port = port or free_port()
+    secret = secret or "op-secret-" + secrets.token_hex(16)
     e = {k: v for k, v in os.environ.items() if not k.startswith(("OP_", "PORTCULLIS_"))}
     e.update({"OP_PORT": str(port), "OP_CLIENT_ID": CLIENT_ID, "OP_CLIENT_SECRET": secret, "OP_REDIRECT_URI": redirect_uri, **env})
     proc = procs.start("oidc-provider", [node, OIDC_PROVIDER], env=e, cwd=OIDC_PROVIDER.parent)

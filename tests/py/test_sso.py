@@ -9,6 +9,8 @@ unverified and other-domain e-mail addresses."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -170,3 +172,37 @@ def test_the_client_secret_never_reaches_the_log(setup, context):
     log = gateway_log(gw)
     assert "sign-in refused" in log
     assert op.secret not in log
+
+
+def test_client_secret_post_when_the_provider_offers_only_that(procs, portcullis_bin, tmp_path_factory, demo_upstream, context):
+    listen_port = free_port()
+    op = start_op(procs, f"http://127.0.0.1:{listen_port}/signin/oidc/callback", OP_AUTH_METHODS="client_secret_post")
+    gw = start_gateway(procs, portcullis_bin, tmp_path_factory.mktemp("sso-post"), demo_upstream, op, listen_port)
+    resp, page = sign_in_as(context, gw, "bob@example.com")
+    # Refused as a non-member: the code exchange and the ID token went through.
+    assert resp.status == 403 and page.get_by_test_id("sso-refused").is_visible()
+    procs.stop(gw.proc)
+    procs.stop(op.proc)
+
+
+def test_a_rotated_provider_key_is_fetched_on_its_unknown_kid(procs, portcullis_bin, tmp_path_factory, demo_upstream, browser):
+    """The provider restarts with a new signing key (new kid); the gateway's
+    cached key set lacks it, reads the set again and accepts the token."""
+    listen_port = free_port()
+    redirect = f"http://127.0.0.1:{listen_port}/signin/oidc/callback"
+    op = start_op(procs, redirect)
+    gw = start_gateway(procs, portcullis_bin, tmp_path_factory.mktemp("sso-rotate"), demo_upstream, op, listen_port)
+    for round_ in range(2):
+        ctx = browser.new_context()
+        try:
+            resp, page = sign_in_as(ctx, gw, "bob@example.com")
+            assert resp.status == 403 and page.get_by_test_id("sso-refused").is_visible(), (round_, page.content())
+        finally:
+            ctx.close()
+        if round_ == 0:
+            procs.stop(op.proc)
+            # Past the gateway's minimum interval between two key-set reads (10 s).
+            time.sleep(10)
+            op = start_op(procs, redirect, port=op.port, secret=op.secret)
+    procs.stop(gw.proc)
+    procs.stop(op.proc)
