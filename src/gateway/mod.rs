@@ -247,7 +247,11 @@ impl Gateway {
             // Boxed: the sign-in's provider calls would otherwise grow every
             // request's future.
             let (method, uri, headers) = (req.method().clone(), req.uri().clone(), req.headers().clone());
-            return Box::pin(sso.handle(&self.state, &method, &uri, &headers)).await;
+            return match Box::pin(sso.handle(&self.state, &method, &uri, &headers)).await {
+                crate::sso::Outcome::Page(resp) => resp,
+                // Member sessions are not on this base: nobody gets this far.
+                crate::sso::Outcome::SignedIn { clear_cookie, .. } => sso.session_failed(&clear_cookie),
+            };
         }
         if path == "/v1/tokens/self" && req.method() == Method::GET {
             // Boxed for the same reason as the aggregator's call below.

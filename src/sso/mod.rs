@@ -59,7 +59,9 @@ impl Sso {
         path == SIGNIN_PATH || path == CALLBACK_PATH
     }
 
-    pub async fn handle(&self, state: &AppState, method: &Method, uri: &Uri, headers: &HeaderMap) -> http::Response<Body> {
+    /// Serves `/signin/oidc` and its callback. A successful callback yields
+    /// the member; the caller starts the member session and redirects.
+    pub async fn handle(&self, state: &AppState, method: &Method, uri: &Uri, headers: &HeaderMap) -> Outcome {
         if method != Method::GET {
             let mut r = page::page(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -69,10 +71,10 @@ impl Sso {
                 None,
             );
             r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("GET"));
-            return r;
+            return r.into();
         }
         match uri.path() {
-            SIGNIN_PATH => self.start().await,
+            SIGNIN_PATH => self.start().await.into(),
             _ => self.callback(state, uri, headers).await,
         }
     }
@@ -105,9 +107,11 @@ impl Sso {
         }
     }
 
-    async fn callback(&self, state: &AppState, uri: &Uri, headers: &HeaderMap) -> http::Response<Body> {
+    async fn callback(&self, state: &AppState, uri: &Uri, headers: &HeaderMap) -> Outcome {
         let clear = flow::clear_cookie(self.secure_cookie);
-        let bad = |title: &str, message: &str| page::page(StatusCode::BAD_REQUEST, "sso-bad-request", title, message, Some(&clear));
+        let bad = |title: &str, message: &str| {
+            Outcome::Page(page::page(StatusCode::BAD_REQUEST, "sso-bad-request", title, message, Some(&clear)))
+        };
         let query = uri.query().unwrap_or("");
         if query.len() > MAX_QUERY {
             return bad("Sign-in failed", "The answer from the identity provider is too long.");
@@ -143,14 +147,15 @@ impl Sso {
                 "The identity provider did not sign you in",
                 &format!("It answered `{error}`."),
                 Some(&clear),
-            );
+            )
+            .into();
         }
         let Some(code) = param("code").filter(|c| !c.is_empty()) else {
             return bad("Sign-in failed", "The identity provider sent no authorization code.");
         };
         let identity = match self.redeem(&code, &flow).await {
             Ok(id) => id,
-            Err(Failure::Provider(step, message)) => return self.provider_failed(step, &message).with_cookie(&clear),
+            Err(Failure::Provider(step, message)) => return self.provider_failed(step, &message).with_cookie(&clear).into(),
             Err(Failure::Token(e)) => {
                 tracing::warn!(error = %e, "an ID token was refused");
                 return page::page(
@@ -159,14 +164,15 @@ impl Sso {
                     "Sign-in failed",
                     &format!("The identity provider's answer could not be trusted: {e}."),
                     Some(&clear),
-                );
+                )
+                .into();
             }
         };
-        match signin::sign_in(state, &self.cfg, &identity, headers).await {
-            Ok(done) => {
-                let clear = HeaderValue::try_from(clear.as_str()).expect("ascii cookie");
-                page::redirect(&done.location, &[clear, done.set_cookie])
-            }
+        match signin::sign_in(state, &self.cfg, &identity).await {
+            Ok(member) => Outcome::SignedIn {
+                member,
+                clear_cookie: HeaderValue::try_from(clear.as_str()).expect("ascii cookie"),
+            },
             Err(refusal) => {
                 let (title, message) = refusal.page();
                 tracing::info!(reason = ?std::mem::discriminant(&refusal), issuer = %identity.issuer, "sign-in refused");
@@ -175,7 +181,7 @@ impl Sso {
                 } else {
                     StatusCode::FORBIDDEN
                 };
-                page::page(status, "sso-refused", title, &message, Some(&clear))
+                page::page(status, "sso-refused", title, &message, Some(&clear)).into()
             }
         }
     }
@@ -246,6 +252,39 @@ impl Sso {
             "Sign-in with your identity provider failed on its side or on the way. Try again in a minute; if it persists, tell your administrator (the gateway's log says why).",
             None,
         )
+    }
+}
+
+/// What a sign-in request came to.
+pub enum Outcome {
+    /// A page (a redirect to the provider, or why sign-in stopped).
+    Page(http::Response<Body>),
+    /// The provider vouched for a member: start their session, send them on,
+    /// and clear the flow cookie with `clear_cookie`.
+    SignedIn {
+        member: signin::MemberRef,
+        clear_cookie: HeaderValue,
+    },
+}
+
+impl From<http::Response<Body>> for Outcome {
+    fn from(r: http::Response<Body>) -> Self {
+        Outcome::Page(r)
+    }
+}
+
+impl Sso {
+    /// The page shown when the member session cannot be started after all.
+    pub fn session_failed(&self, clear_cookie: &HeaderValue) -> http::Response<Body> {
+        let mut r = page::page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "sso-refused",
+            "Sign-in is unavailable",
+            "Your identity was confirmed, but a session could not be started. Try again in a minute.",
+            None,
+        );
+        r.headers_mut().append(SET_COOKIE, clear_cookie.clone());
+        r
     }
 }
 

@@ -4,8 +4,6 @@
 //! session. Everything before this point is OpenID Connect; everything after
 //! it is the members module's.
 
-use http::{HeaderMap, HeaderValue};
-
 use crate::config::OidcConfig;
 use crate::state::AppState;
 
@@ -19,11 +17,12 @@ pub struct VerifiedIdentity {
     pub subject: String,
 }
 
-/// A signed-in member: where to send the browser and its session cookie.
-pub struct SignedIn {
+/// The member an identity maps to; the caller starts the member session
+/// (the members module, above this one, owns sessions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRef {
+    pub workspace: String,
     pub member_id: String,
-    pub set_cookie: HeaderValue,
-    pub location: String,
 }
 
 /// Why an identity does not sign in; each is a page the person reads.
@@ -53,9 +52,9 @@ impl Refusal {
     }
 }
 
-/// Applies the e-mail policy, then maps the identity to a member and starts
-/// a member session.
-pub async fn sign_in(state: &AppState, cfg: &OidcConfig, id: &VerifiedIdentity, headers: &HeaderMap) -> Result<SignedIn, Refusal> {
+/// Applies the e-mail policy, then maps the identity to a member (creating
+/// one with `auto_join_role`).
+pub async fn sign_in(state: &AppState, cfg: &OidcConfig, id: &VerifiedIdentity) -> Result<MemberRef, Refusal> {
     let email = id.email.as_deref().filter(|e| !e.is_empty()).ok_or(Refusal::NoEmail)?;
     if !id.email_verified {
         return Err(Refusal::EmailNotVerified);
@@ -63,27 +62,19 @@ pub async fn sign_in(state: &AppState, cfg: &OidcConfig, id: &VerifiedIdentity, 
     if !cfg.domain_allowed(email) {
         return Err(Refusal::DomainNotAllowed { email: email.to_owned() });
     }
-    let signed_in = member_session(state, cfg, &email.trim().to_ascii_lowercase(), id, headers).await?;
-    record_signin_audit(state, &signed_in.member_id, "oidc");
-    Ok(signed_in)
+    find_member(state, cfg, &email.trim().to_ascii_lowercase(), id).await
 }
 
 /// The member with `email` (or, with `auto_join_role`, a new one in the
-/// `auto_join_workspaces`), signed in.
+/// `auto_join_workspaces`).
 ///
 /// Members are not on this branch's base: until they are, nobody is a member.
-async fn member_session(
-    _state: &AppState,
-    _cfg: &OidcConfig,
-    email: &str,
-    _id: &VerifiedIdentity,
-    _headers: &HeaderMap,
-) -> Result<SignedIn, Refusal> {
+async fn find_member(_state: &AppState, _cfg: &OidcConfig, email: &str, _id: &VerifiedIdentity) -> Result<MemberRef, Refusal> {
     Err(Refusal::UnknownMember { email: email.to_owned() })
 }
 
 /// The audit event `signin` with method `oidc` (docs/contract.md §10). No
 /// audit module on this branch's base: a log line until the lead wires it.
-pub fn record_signin_audit(_state: &AppState, member_id: &str, method: &'static str) {
-    tracing::info!(event = "signin", method, member_id, "member signed in");
+pub fn record_signin_audit(member: &MemberRef, method: &'static str) {
+    tracing::info!(event = "signin", method, workspace = %member.workspace, member_id = %member.member_id, "audit: signin");
 }
