@@ -43,6 +43,10 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         super::create_token,
         super::get_token,
         super::revoke_token,
+        super::members::add,
+        super::members::list,
+        super::members::remove,
+        super::members::invite,
     ),
     components(schemas(crate::error::ApiErrorBody, crate::error::ApiErrorDetail)),
     modifiers(&BearerSchemes),
@@ -50,6 +54,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
     tags(
         (name = "tokens", description = "Workspace tokens: create, list, get, revoke, self-check"),
         (name = "workspaces", description = "The configured workspaces"),
+        (name = "members", description = "Members of a workspace and their sign-in links"),
         (name = "operations", description = "Health, readiness, metrics and this document; no token needed"),
     )
 )]

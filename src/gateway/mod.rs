@@ -88,8 +88,6 @@ pub struct Gateway {
     request_ids: RequestIds,
     /// Binds pass-through sessions to their token (see `session_bind`).
     sessions: session_bind::SessionBinder,
-    /// Members' sign-in with an OpenID provider (`[auth.oidc]`), if configured.
-    sso: Option<crate::sso::Sso>,
 }
 
 /// What the pipeline learned, for the access log and metrics.
@@ -140,13 +138,7 @@ impl Gateway {
             ([], Some(k)) => session_bind::SessionBinder::new(&[k]),
             (keys, _) => session_bind::SessionBinder::new(keys),
         };
-        let sso = state
-            .config
-            .oidc
-            .clone()
-            .map(|c| crate::sso::Sso::new(c, &state.config.server.public_url));
         Gateway {
-            sso,
             state,
             routes,
             request_ids: RequestIds::new(),
@@ -243,16 +235,6 @@ impl Gateway {
             };
         }
         tracing::Span::current().record("path", path);
-        if let Some(sso) = self.sso.as_ref().filter(|_| crate::sso::Sso::owns(path)) {
-            // Boxed: the sign-in's provider calls would otherwise grow every
-            // request's future.
-            let (method, uri, headers) = (req.method().clone(), req.uri().clone(), req.headers().clone());
-            return match Box::pin(sso.handle(&self.state, &method, &uri, &headers)).await {
-                crate::sso::Outcome::Page(resp) => resp,
-                // Member sessions are not on this base: nobody gets this far.
-                crate::sso::Outcome::SignedIn { clear_cookie, .. } => sso.session_failed(&clear_cookie),
-            };
-        }
         if path == "/v1/tokens/self" && req.method() == Method::GET {
             // Boxed for the same reason as the aggregator's call below.
             return Box::pin(crate::auth::self_check::respond(

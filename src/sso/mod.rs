@@ -4,8 +4,10 @@
 //! `GET /signin/oidc/callback` exchanges the code, validates the ID token and
 //! hands the identity to [`signin::sign_in`], the seam to members.
 //!
-//! Layering: a leaf next to `gateway` (which routes `/signin/oidc*` here);
-//! it uses `config`, `state`, `error` and nothing of the data plane.
+//! Layering: below `web`, which mounts the two routes on the public
+//! listener and starts the member session (`web/oidc.rs`); it uses
+//! `config`, `state`, `store` (members), `error`, and nothing of the data
+//! plane.
 
 pub mod fetch;
 mod flow;
@@ -175,7 +177,7 @@ impl Sso {
             },
             Err(refusal) => {
                 let (title, message) = refusal.page();
-                tracing::info!(reason = ?std::mem::discriminant(&refusal), issuer = %identity.issuer, "sign-in refused");
+                tracing::info!(reason = refusal.code(), issuer = %identity.issuer, "sign-in refused");
                 let status = if refusal == signin::Refusal::Unavailable {
                     StatusCode::SERVICE_UNAVAILABLE
                 } else {

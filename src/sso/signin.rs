@@ -6,6 +6,8 @@
 
 use crate::config::OidcConfig;
 use crate::state::AppState;
+use crate::store::StoreError;
+use crate::store::members::{MemberRecord, Role};
 
 /// An identity read from a valid ID token.
 #[derive(Debug, Clone)]
@@ -41,6 +43,17 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// For the log: which refusal, without the address.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::NoEmail => "no_email",
+            Refusal::EmailNotVerified => "email_not_verified",
+            Refusal::DomainNotAllowed { .. } => "domain_not_allowed",
+            Refusal::UnknownMember { .. } => "unknown_member",
+            Refusal::Unavailable => "unavailable",
+        }
+    }
+
     pub fn page(&self) -> (&'static str, String) {
         match self {
             Refusal::NoEmail => ("No e-mail address", "Your identity provider did not share an e-mail address, so you cannot be matched to a member. Ask your administrator to allow the `email` scope for this application.".into()),
@@ -65,12 +78,69 @@ pub async fn sign_in(state: &AppState, cfg: &OidcConfig, id: &VerifiedIdentity) 
     find_member(state, cfg, &email.trim().to_ascii_lowercase(), id).await
 }
 
-/// The member with `email` (or, with `auto_join_role`, a new one in the
-/// `auto_join_workspaces`).
-///
-/// Members are not on this branch's base: until they are, nobody is a member.
-async fn find_member(_state: &AppState, _cfg: &OidcConfig, email: &str, _id: &VerifiedIdentity) -> Result<MemberRef, Refusal> {
-    Err(Refusal::UnknownMember { email: email.to_owned() })
+/// The member with `email`: in the first workspace (in configuration order)
+/// that has one. Else, with `auto_join_role`, a new member with that role in
+/// each of `auto_join_workspaces`, signed in to the first.
+async fn find_member(state: &AppState, cfg: &OidcConfig, email: &str, id: &VerifiedIdentity) -> Result<MemberRef, Refusal> {
+    let store = state.store.members().ok_or(Refusal::Unavailable)?;
+    for w in &state.config.workspaces {
+        match store.member_by_email(&w.slug, email).await {
+            Ok(Some(m)) => {
+                return Ok(MemberRef {
+                    workspace: m.workspace,
+                    member_id: m.id,
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "member lookup failed during sign-in");
+                return Err(Refusal::Unavailable);
+            }
+        }
+    }
+    let Some(role) = cfg.auto_join_role.as_deref().and_then(Role::parse) else {
+        return Err(Refusal::UnknownMember { email: email.to_owned() });
+    };
+    let mut first = None;
+    for slug in &cfg.auto_join_workspaces {
+        let m = MemberRecord {
+            id: format!("mem_{}", crate::token::random_base62(16)),
+            workspace: slug.clone(),
+            email: email.to_owned(),
+            // Bounded like a name typed in the admin API.
+            name: id.name.as_deref().map(|n| n.chars().take(200).collect()),
+            role,
+            created_at: crate::token::now_unix(),
+        };
+        match store.insert_member(&m).await {
+            Ok(()) => {
+                record_member_joined(&m);
+                first.get_or_insert(MemberRef {
+                    workspace: m.workspace,
+                    member_id: m.id,
+                });
+            }
+            // A concurrent sign-in of the same person created it first.
+            Err(StoreError::Conflict(_)) => {
+                if let Ok(Some(existing)) = store.member_by_email(slug, email).await {
+                    first.get_or_insert(MemberRef {
+                        workspace: existing.workspace,
+                        member_id: existing.id,
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, workspace = %slug, "auto-join failed during sign-in");
+                return Err(Refusal::Unavailable);
+            }
+        }
+    }
+    first.ok_or(Refusal::Unavailable)
+}
+
+/// Audit hook: a member created by single sign-on's `auto_join_role`.
+fn record_member_joined(m: &MemberRecord) {
+    tracing::info!(event = "member_added", via = "oidc", workspace = %m.workspace, member_id = %m.id, role = m.role.as_str(), "audit: member joined by single sign-on");
 }
 
 /// The audit event `signin` with method `oidc` (docs/contract.md §10). No

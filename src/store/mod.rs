@@ -7,6 +7,8 @@
 //! holding an in-memory index can learn of revocations made elsewhere (another
 //! instance, or the offline CLI) by polling a single number.
 
+pub mod members;
+mod members_redis;
 pub mod redis;
 pub mod sessions;
 pub mod sqlite;
@@ -118,6 +120,11 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Where dashboard sessions live (`None`: this store keeps none, and
     /// the dashboard cannot sign anyone in).
     fn sessions(&self) -> Option<&dyn sessions::SessionStore> {
+        None
+    }
+    /// Where members, sign-in links and member sessions live (`None`: this
+    /// store keeps none, and nobody can be a member).
+    fn members(&self) -> Option<&dyn members::MemberStore> {
         None
     }
     /// Cheap reachability check for `/readyz`.

@@ -66,6 +66,7 @@ impl SqliteStore {
         let writer = open_connection(path)?;
         migrate(&writer)?;
         super::sessions::migrate(&writer)?;
+        super::members::migrate(&writer)?;
         let reader = open_connection(path)?;
         // The reader serves index misses only: the in-memory index is the
         // cache that matters, and the OS page cache already holds the file.
@@ -198,6 +199,10 @@ fn record_from_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
 #[async_trait]
 impl TokenStore for SqliteStore {
     fn sessions(&self) -> Option<&dyn super::sessions::SessionStore> {
+        Some(self)
+    }
+
+    fn members(&self) -> Option<&dyn super::members::MemberStore> {
         Some(self)
     }
 

@@ -26,11 +26,18 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "gateway",
-        &["auth", "config", "error", "mcp", "sso", "state", "telemetry", "token", "upstream"],
+        &["auth", "config", "error", "mcp", "state", "telemetry", "token", "upstream"],
     ),
-    // Members' single sign-on (OpenID Connect), routed to by `gateway`.
-    ("sso", &["config", "error", "state", "token"]),
-    ("admin", &["auth", "config", "error", "state", "store", "telemetry", "token"]),
+    // Shared browser assets and markup (dashboard and members' pages).
+    ("ui", &["config"]),
+    ("admin", &["auth", "config", "error", "state", "store", "telemetry", "token", "ui"]),
+    // Members' single sign-on (OpenID Connect), mounted by `web`.
+    ("sso", &["config", "error", "state", "store", "token"]),
+    // People-facing pages on the public listener (members, later OAuth).
+    (
+        "web",
+        &["auth", "config", "error", "sso", "state", "store", "telemetry", "token", "ui"],
+    ),
     ("server", &["error", "gateway", "state", "upstream"]),
     ("demo", &["error", "server"]),
     // Test-only entry points for the fuzz targets (fuzz/): parsers of
@@ -50,6 +57,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "telemetry",
             "token",
             "upstream",
+            "web",
         ],
     ),
 ];

@@ -16,6 +16,7 @@ mod layout;
 mod lb;
 mod lifecycle;
 mod limits_headers;
+mod members;
 mod openapi;
 mod store;
 mod stream_revocation;

@@ -97,6 +97,21 @@ headers = {{ Authorization = "Bearer ${{PORTCULLIS_IT_DEMO_KEY}}" }}
     return Gw(listen_port, admin_port, cfg, env, proc, workdir)
 
 
+def admin_token(gw: Gw, bin: Path) -> str:
+    res = subprocess.run(
+        [str(bin), "admin", "token", "create", "--config", str(gw.cfg), "--json", "--name", "sso-test-admin"],
+        env=gw.env, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+    )
+    assert res.returncode == 0, res.stderr
+    import json
+
+    return json.loads(res.stdout)["token"]
+
+
+def admin_api(gw: Gw, token: str, method: str, path: str, **kw) -> httpx.Response:
+    return httpx.request(method, f"http://127.0.0.1:{gw.admin_port}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=10, **kw)
+
+
 def begin(gw: Gw) -> tuple[str, str]:
     """GET /signin/oidc without following: (the provider URL, the flow cookie's value)."""
     r = httpx.get(gw.public + "/signin/oidc", timeout=10)
@@ -138,4 +153,4 @@ def gateway_log(gw: Gw) -> str:
     return gw.proc.log_path.read_text(encoding="utf-8", errors="replace")
 
 
-__all__ = ["Gw", "Op", "begin", "gateway_log", "sign_in_as", "start_gateway", "start_op", "with_param", "CLIENT_ID", "subprocess"]
+__all__ = ["Gw", "Op", "admin_api", "admin_token", "begin", "gateway_log", "sign_in_as", "start_gateway", "start_op", "with_param", "CLIENT_ID", "subprocess"]

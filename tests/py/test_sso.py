@@ -16,7 +16,7 @@ import pytest
 
 from conftest import free_port
 from dashboard_helpers import CHROMIUM_ARGS, CHROMIUM, playwright_sync
-from sso_helpers import CLIENT_ID, begin, gateway_log, sign_in_as, start_gateway, start_op, with_param
+from sso_helpers import CLIENT_ID, admin_api, admin_token, begin, gateway_log, sign_in_as, start_gateway, start_op, with_param
 
 
 @pytest.fixture(scope="module")
@@ -204,5 +204,57 @@ def test_a_rotated_provider_key_is_fetched_on_its_unknown_kid(procs, portcullis_
             # Past the gateway's minimum interval between two key-set reads (10 s).
             time.sleep(10)
             op = start_op(procs, redirect, port=op.port, secret=op.secret)
+    procs.stop(gw.proc)
+    procs.stop(op.proc)
+
+
+def test_a_member_signs_in_and_lands_on_their_page(setup, context, portcullis_bin):
+    """The happy path: a member of `team` signs in at the provider and gets a
+    member session on the public URL."""
+    _, gw = setup
+    token = admin_token(gw, portcullis_bin)
+    r = admin_api(gw, token, "POST", "/v1/workspaces/team/members", json={"email": "Ann@Example.com", "role": "member"})
+    assert r.status_code == 201, r.text
+    member_id = r.json()["id"]
+    resp, page = sign_in_as(context, gw, "ann@example.com")
+    assert resp.status == 303 and resp.headers["location"] == "/me"
+    page.wait_for_url(gw.public + "/me")
+    assert page.get_by_test_id("tab-tokens").is_visible()
+    assert page.get_by_test_id("signout").is_visible()
+    names = {c["name"] for c in context.cookies()}
+    assert "portcullis_oidc" not in names, names
+    session = [c for c in context.cookies() if c["name"] != "portcullis_oidc"]
+    assert session and all(c["httpOnly"] for c in session), session
+    # The audit hook's line: signin, method oidc, this member.
+    assert any("audit: signin" in line and member_id in line and "oidc" in line for line in gateway_log(gw).splitlines())
+    # The /me JSON answers for this member's session.
+    assert page.evaluate("() => fetch('/me/api/tokens').then(r => r.status)") == 200
+
+
+def test_auto_join_role_creates_the_member(procs, portcullis_bin, tmp_path_factory, demo_upstream, context):
+    listen_port = free_port()
+    op = start_op(procs, f"http://127.0.0.1:{listen_port}/signin/oidc/callback")
+    gw = start_gateway(
+        procs, portcullis_bin, tmp_path_factory.mktemp("sso-join"), demo_upstream, op, listen_port,
+        extra='auto_join_role = "member"\nauto_join_workspaces = ["team"]',
+    )
+    token = admin_token(gw, portcullis_bin)
+    assert admin_api(gw, token, "GET", "/v1/workspaces/team/members").json()["members"] == []
+    resp, page = sign_in_as(context, gw, "newcomer@example.com")
+    assert resp.status == 303
+    page.wait_for_url(gw.public + "/me")
+    members = admin_api(gw, token, "GET", "/v1/workspaces/team/members").json()["members"]
+    assert [(m["email"], m["role"], m["name"]) for m in members] == [("newcomer@example.com", "member", "New Comer")]
+    # Signing in again finds the same member; the domain and verification
+    # rules still hold with auto-join on.
+    context.clear_cookies()
+    resp, _ = sign_in_as(context, gw, "newcomer@example.com")
+    assert resp.status == 303
+    assert len(admin_api(gw, token, "GET", "/v1/workspaces/team/members").json()["members"]) == 1
+    for login in ("eve@other.org", "unverified@example.com"):
+        context.clear_cookies()
+        resp, _ = sign_in_as(context, gw, login)
+        assert resp.status == 403, login
+    assert len(admin_api(gw, token, "GET", "/v1/workspaces/team/members").json()["members"]) == 1
     procs.stop(gw.proc)
     procs.stop(op.proc)
