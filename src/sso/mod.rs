@@ -56,11 +56,6 @@ impl Sso {
         }
     }
 
-    /// Is `path` one of ours?
-    pub fn owns(path: &str) -> bool {
-        path == SIGNIN_PATH || path == CALLBACK_PATH
-    }
-
     /// Serves `/signin/oidc` and its callback. A successful callback yields
     /// the member; the caller starts the member session and redirects.
     pub async fn handle(&self, state: &AppState, method: &Method, uri: &Uri, headers: &HeaderMap) -> Outcome {
