@@ -112,6 +112,27 @@ def admin_api(gw: Gw, token: str, method: str, path: str, **kw) -> httpx.Respons
     return httpx.request(method, f"http://127.0.0.1:{gw.admin_port}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=10, **kw)
 
 
+def doctor_oidc(gw: Gw, bin: Path) -> dict:
+    """`portcullis doctor --json`'s `oidc` check (the run as a whole fails
+    while the gateway holds its ports)."""
+    import json
+
+    res = subprocess.run(
+        [str(bin), "doctor", "--config", str(gw.cfg), "--json"],
+        env=gw.env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    for out in (res.stdout, res.stderr):
+        try:
+            report = json.loads(out)
+        except ValueError:
+            continue
+        checks = report.get("checks") or report.get("error", {}).get("checks") or []
+        found = [c for c in checks if c["name"] == "oidc"]
+        if found:
+            return found[0]
+    raise AssertionError(f"no oidc check in doctor's output: {res.stdout!r} {res.stderr!r}")
+
+
 def begin(gw: Gw) -> tuple[str, str]:
     """GET /signin/oidc without following: (the provider URL, the flow cookie's value)."""
     r = httpx.get(gw.public + "/signin/oidc", timeout=10)
@@ -153,4 +174,4 @@ def gateway_log(gw: Gw) -> str:
     return gw.proc.log_path.read_text(encoding="utf-8", errors="replace")
 
 
-__all__ = ["Gw", "Op", "admin_api", "admin_token", "begin", "gateway_log", "sign_in_as", "start_gateway", "start_op", "with_param", "CLIENT_ID", "subprocess"]
+__all__ = ["Gw", "Op", "admin_api", "admin_token", "begin", "doctor_oidc", "gateway_log", "sign_in_as", "start_gateway", "start_op", "with_param", "CLIENT_ID", "subprocess"]

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import free_port
 from dashboard_helpers import CHROMIUM_ARGS, CHROMIUM, playwright_sync
-from sso_helpers import CLIENT_ID, admin_api, admin_token, begin, gateway_log, sign_in_as, start_gateway, start_op, with_param
+from sso_helpers import CLIENT_ID, admin_api, admin_token, begin, doctor_oidc, gateway_log, sign_in_as, start_gateway, start_op, with_param
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,13 @@ def context(browser):
         yield ctx
     finally:
         ctx.close()
+
+
+def test_doctor_checks_the_provider(setup, portcullis_bin):
+    op, gw = setup
+    c = doctor_oidc(gw, portcullis_bin)
+    assert c["status"] == "ok" and op.issuer in c["detail"], c
+    assert op.secret not in str(c)
 
 
 def test_start_redirects_to_the_provider_with_pkce_state_nonce_and_a_lax_cookie(setup):
@@ -163,6 +170,9 @@ def test_a_misnamed_issuer_is_refused_at_discovery(setup, procs, portcullis_bin,
     r = httpx.get(gw.public + "/signin/oidc", timeout=10)
     assert r.status_code == 502 and 'data-testid="sso-provider-error"' in r.text
     assert "names issuer" in gateway_log(gw)
+    # `portcullis doctor` says so before anyone tries.
+    c = doctor_oidc(gw, portcullis_bin)
+    assert c["status"] == "fail" and "names issuer" in c["detail"], c
     procs.stop(gw.proc)
 
 
