@@ -94,13 +94,14 @@ pub async fn start_with_store(config: Config, store: Arc<dyn TokenStore>) -> Res
         let gateway = Arc::clone(&gateway);
         let web = web.clone();
         let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            // Decided before anything is cloned: a gateway request costs one
+            // prefix test more, nothing else.
+            let web = crate::web::is_people_path(req.uri().path()).then(|| web.clone());
             let gateway = Arc::clone(&gateway);
-            let web = web.clone();
             async move {
-                if crate::web::is_people_path(req.uri().path()) {
-                    crate::web::handle(&web, req).await
-                } else {
-                    gateway.handle(req).await
+                match web {
+                    Some(web) => crate::web::handle(&web, req).await,
+                    None => gateway.handle(req).await,
                 }
             }
         });

@@ -196,7 +196,7 @@ pub(super) async fn add(State(state): State<SharedState>, admin: Admin, Path(ws)
         created_at: now_unix(),
     };
     members(&state)?.insert_member(&m).await.map_err(|e| conflict(e, &m.email))?;
-    audit_member_added(&admin, &m);
+    audit_member_added(&state, &admin, &m).await;
     Ok((StatusCode::CREATED, Json(MemberView::from(&m))).into_response())
 }
 
@@ -248,7 +248,7 @@ pub(super) async fn remove(
     let (m, revoked) = remove_member(&state, &ws, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("member_not_found", format!("workspace `{ws}` has no member `{id}`")))?;
-    audit_member_removed(&admin, &m, revoked);
+    audit_member_removed(&state, &admin, &m, revoked).await;
     Ok(Json(RemovedMember {
         member: MemberView::from(&m),
         revoked_tokens: revoked,
@@ -365,7 +365,7 @@ pub(super) async fn invite(
             };
             match store.insert_member(&m).await {
                 Ok(()) => {
-                    audit_member_added(&admin, &m);
+                    audit_member_added(&state, &admin, &m).await;
                     (m, true)
                 }
                 // Added concurrently: invite that one.
@@ -385,7 +385,7 @@ pub(super) async fn invite(
         expires_at: now + SIGNIN_LINK_TTL_SECS,
     };
     store.create_link(&sha256(&code), &link).await?;
-    audit_invite_created(&admin, &m);
+    audit_invite_created(&state, &admin, &m).await;
     Ok((
         StatusCode::CREATED,
         Json(Invitation {
@@ -398,17 +398,18 @@ pub(super) async fn invite(
         .into_response())
 }
 
-// Audit hooks: `crate::audit` is not on this branch; the lead records the
-// events (`member_added`, `member_removed`, `invite_created`) here.
+// Audit hooks: `crate::audit` was not on main when this branch started; at
+// merge, each records its event (`member_added`, `member_removed`,
+// `invite_created`; actor: the admin token id) with `state.audit.record`.
 
-fn audit_member_added(admin: &Admin, m: &MemberRecord) {
+async fn audit_member_added(_state: &AppState, admin: &Admin, m: &MemberRecord) {
     tracing::info!(workspace = %m.workspace, member_id = %m.id, role = m.role.as_str(), by = %admin.id, "audit: member_added");
 }
 
-fn audit_member_removed(admin: &Admin, m: &MemberRecord, revoked_tokens: usize) {
+async fn audit_member_removed(_state: &AppState, admin: &Admin, m: &MemberRecord, revoked_tokens: usize) {
     tracing::info!(workspace = %m.workspace, member_id = %m.id, revoked_tokens, by = %admin.id, "audit: member_removed");
 }
 
-fn audit_invite_created(admin: &Admin, m: &MemberRecord) {
+async fn audit_invite_created(_state: &AppState, admin: &Admin, m: &MemberRecord) {
     tracing::info!(workspace = %m.workspace, member_id = %m.id, by = %admin.id, "audit: invite_created");
 }

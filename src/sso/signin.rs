@@ -114,7 +114,7 @@ async fn find_member(state: &AppState, cfg: &OidcConfig, email: &str, id: &Verif
         };
         match store.insert_member(&m).await {
             Ok(()) => {
-                record_member_joined(&m);
+                record_member_joined(state, &m).await;
                 first.get_or_insert(MemberRef {
                     workspace: m.workspace,
                     member_id: m.id,
@@ -138,13 +138,15 @@ async fn find_member(state: &AppState, cfg: &OidcConfig, email: &str, id: &Verif
     first.ok_or(Refusal::Unavailable)
 }
 
-/// Audit hook: a member created by single sign-on's `auto_join_role`.
-fn record_member_joined(m: &MemberRecord) {
+/// Audit hook: a member created by single sign-on's `auto_join_role`
+/// (`member_added`, as the admin API's).
+async fn record_member_joined(_state: &AppState, m: &MemberRecord) {
     tracing::info!(event = "member_added", via = "oidc", workspace = %m.workspace, member_id = %m.id, role = m.role.as_str(), "audit: member joined by single sign-on");
 }
 
 /// The audit event `signin` with method `oidc` (docs/contract.md §10). No
-/// audit module on this branch's base: a log line until the lead wires it.
-pub fn record_signin_audit(member: &MemberRef, method: &'static str) {
+/// audit module on this branch's base: a log line until the lead wires it
+/// (`state.audit`, as the members' hooks).
+pub async fn record_signin_audit(_state: &AppState, member: &MemberRef, method: &'static str) {
     tracing::info!(event = "signin", method, workspace = %member.workspace, member_id = %member.member_id, "audit: signin");
 }

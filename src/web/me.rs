@@ -84,7 +84,7 @@ pub async fn sign_out(State(state): State<SharedState>, headers: HeaderMap, body
     match session::resolve(&state, &headers, &Method::POST, csrf).await {
         Ok(me) => match session::sign_out(&state, &me, &headers).await {
             Ok(cookie) => {
-                audit_signout(&me);
+                audit_signout(&state, &me).await;
                 let mut r = html(
                     StatusCode::OK,
                     pages::message(
@@ -117,9 +117,9 @@ fn form_csrf(body: &[u8]) -> Option<&str> {
         .filter(|v| v.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// Audit hook: a member signed out (`signout`). For the lead: record it in
-/// `crate::audit` here.
-pub fn audit_signout(me: &MemberSession) {
+/// Audit hook: a member signed out (`signout`; actor: the member id). At
+/// merge this records the event with `state.audit.record`.
+pub async fn audit_signout(_state: &AppState, me: &MemberSession) {
     tracing::info!(workspace = %me.workspace, member_id = %me.member_id, "audit: signout");
 }
 

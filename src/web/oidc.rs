@@ -33,7 +33,7 @@ async fn serve(sso: &Sso, state: &SharedState, method: &Method, uri: &Uri, heade
         Outcome::SignedIn { member, clear_cookie } => {
             match session::sign_in_member(state, &member.workspace, &member.member_id, headers).await {
                 Ok(cookie) => {
-                    crate::sso::signin::record_signin_audit(&member, "oidc");
+                    crate::sso::signin::record_signin_audit(state, &member, "oidc").await;
                     let mut r = Redirect::to("/me").into_response();
                     r.headers_mut().append(header::SET_COOKIE, clear_cookie);
                     r.headers_mut().append(header::SET_COOKIE, cookie);

@@ -104,7 +104,7 @@ pub async fn consume(State(state): State<SharedState>, Path(code): Path<String>,
     };
     match session::sign_in_member(&state, &link.workspace, &link.member_id, &headers).await {
         Ok(cookie) => {
-            audit_signin(&link.workspace, &link.member_id);
+            audit_signin(&state, &link.workspace, &link.member_id).await;
             let mut r = Redirect::to("/me").into_response();
             r.headers_mut().insert(header::SET_COOKIE, cookie);
             r
@@ -114,8 +114,9 @@ pub async fn consume(State(state): State<SharedState>, Path(code): Path<String>,
     }
 }
 
-/// Audit hook: a member signed in with a link (`signin`). The audit trail
-/// (`crate::audit`) is not on this branch; the lead records it here.
-pub fn audit_signin(workspace: &str, member_id: &str) {
+/// Audit hook: a member signed in with a link (`signin`; actor: the member
+/// id). `crate::audit` was not on main when this branch started; at merge
+/// this records the event with `state.audit.record`.
+pub async fn audit_signin(_state: &crate::state::AppState, workspace: &str, member_id: &str) {
     tracing::info!(workspace, member_id, via = "link", "audit: signin");
 }
