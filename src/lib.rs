@@ -15,6 +15,8 @@
 //!   revocable streams, and the aggregating server (`mcp::aggregate`).
 //! - [`upstream`]: pooled HTTP client to upstream servers; knows nothing of tokens.
 //! - [`admin`]: the control-plane HTTP API.
+//! - [`oauth`]: the OAuth 2.1 authorization server on the data listener
+//!   (`[oauth] enabled = true`).
 //! - [`error`]: the one mapping from failures to what clients see.
 //! - [`config`]: the TOML file, validation and runtime types.
 //! - [`app`] and [`server`]: wiring, listeners, background tasks, shutdown;
@@ -42,6 +44,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod limit;
 pub mod mcp;
+pub mod oauth;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -475,7 +475,7 @@ async fn find_token(state: &AppState, ws: &str, id: &str) -> Result<crate::token
         return Err(not_found());
     }
     match state.store.get(id).await? {
-        Some(r) if r.kind == TokenKind::Workspace && r.workspace.as_deref() == Some(ws) => Ok(r),
+        Some(r) if r.kind.is_data_plane() && r.workspace.as_deref() == Some(ws) => Ok(r),
         _ => Err(not_found()),
     }
 }

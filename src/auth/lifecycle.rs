@@ -85,3 +85,25 @@ pub async fn revoke(
     }
     Ok(revoked)
 }
+
+/// Revokes OAuth grant `grant_id` and every access token issued under it,
+/// each through [`revoke`], so that when this returns no instance accepts
+/// any of them. Refresh tokens of the grant die with it (the token
+/// endpoint refuses a revoked grant's). `None` if the grant is unknown.
+pub async fn revoke_grant(
+    verifier: Option<&Verifier>,
+    store: &Arc<dyn crate::store::TokenStore>,
+    grant_id: &str,
+    now: i64,
+) -> Result<Option<crate::store::grants::Grant>, StoreError> {
+    let Some(grants) = store.grants() else {
+        return Ok(None);
+    };
+    let Some(grant) = grants.revoke_grant(grant_id, now).await? else {
+        return Ok(None);
+    };
+    for token_id in grants.grant_tokens(grant_id).await? {
+        revoke(verifier, store, &token_id, now).await?;
+    }
+    Ok(Some(grant))
+}

@@ -22,6 +22,7 @@ use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 
 mod dashboard;
+mod oauth;
 mod expand;
 mod spec;
 mod validate;
@@ -29,6 +30,7 @@ mod validate;
 use expand::*;
 
 pub use dashboard::{DashboardConfig, DashboardSpec, SecureCookie, parse_duration};
+pub use oauth::{OAuthConfig, OAuthSpec};
 pub use expand::{ENV_OVERRIDE_PREFIX, process_overrides};
 pub use spec::*;
 pub use validate::is_valid_slug;
@@ -60,6 +62,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub limits: LimitsConfig,
     pub dashboard: DashboardConfig,
+    pub oauth: OAuthConfig,
     pub workspaces: Vec<Arc<Workspace>>,
 }
 

@@ -16,6 +16,8 @@ pub struct ConfigSpec {
     #[serde(default)]
     pub dashboard: DashboardSpec,
     #[serde(default)]
+    pub oauth: OAuthSpec,
+    #[serde(default)]
     pub workspaces: Vec<WorkspaceSpec>,
 }
 

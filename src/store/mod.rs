@@ -7,6 +7,7 @@
 //! holding an in-memory index can learn of revocations made elsewhere (another
 //! instance, or the offline CLI) by polling a single number.
 
+pub mod grants;
 pub mod redis;
 pub mod sessions;
 pub mod sqlite;
@@ -118,6 +119,11 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Where dashboard sessions live (`None`: this store keeps none, and
     /// the dashboard cannot sign anyone in).
     fn sessions(&self) -> Option<&dyn sessions::SessionStore> {
+        None
+    }
+    /// Where OAuth grants, codes and refresh tokens live (`None`: this
+    /// store keeps none, and the authorization server cannot issue any).
+    fn grants(&self) -> Option<&dyn grants::GrantStore> {
         None
     }
     /// Cheap reachability check for `/readyz`.

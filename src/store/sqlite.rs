@@ -66,6 +66,7 @@ impl SqliteStore {
         let writer = open_connection(path)?;
         migrate(&writer)?;
         super::sessions::migrate(&writer)?;
+        super::grants::migrate(&writer)?;
         let reader = open_connection(path)?;
         // The reader serves index misses only: the in-memory index is the
         // cache that matters, and the OS page cache already holds the file.
@@ -197,6 +198,10 @@ fn record_from_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
 
 #[async_trait]
 impl TokenStore for SqliteStore {
+    fn grants(&self) -> Option<&dyn super::grants::GrantStore> {
+        Some(self)
+    }
+
     fn sessions(&self) -> Option<&dyn super::sessions::SessionStore> {
         Some(self)
     }
