@@ -22,16 +22,16 @@ use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 
 mod dashboard;
-mod oauth;
 mod expand;
+mod oauth;
 mod spec;
 mod validate;
 
 use expand::*;
 
 pub use dashboard::{DashboardConfig, DashboardSpec, SecureCookie, parse_duration};
-pub use oauth::{OAuthConfig, OAuthSpec};
 pub use expand::{ENV_OVERRIDE_PREFIX, process_overrides};
+pub use oauth::{OAuthConfig, OAuthSpec};
 pub use spec::*;
 pub use validate::is_valid_slug;
 

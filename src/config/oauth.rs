@@ -41,9 +41,7 @@ pub struct OAuthConfig {
 
 impl Default for OAuthConfig {
     fn default() -> Self {
-        OAuthSpec::default()
-            .into_config(Path::new("-"))
-            .expect("the defaults are valid")
+        OAuthSpec::default().into_config(Path::new("-")).expect("the defaults are valid")
     }
 }
 

@@ -140,11 +140,7 @@ impl Gateway {
             ([], Some(k)) => session_bind::SessionBinder::new(&[k]),
             (keys, _) => session_bind::SessionBinder::new(keys),
         };
-        let oauth = state
-            .config
-            .oauth
-            .enabled
-            .then(|| crate::oauth::Server::new(Arc::clone(&state)));
+        let oauth = state.config.oauth.enabled.then(|| crate::oauth::Server::new(Arc::clone(&state)));
         Gateway {
             state,
             routes,

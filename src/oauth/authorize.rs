@@ -242,9 +242,7 @@ fn page(status: StatusCode, markup: Markup, redirect_uri: &str) -> Response<Body
         .ok()
         .and_then(|u| Some(format!("{}://{}", u.scheme_str()?, u.authority()?)))
         .unwrap_or_default();
-    let csp = format!(
-        "default-src 'none'; style-src 'self'; form-action 'self' {origin}; frame-ancestors 'none'; base-uri 'none'"
-    );
+    let csp = format!("default-src 'none'; style-src 'self'; form-action 'self' {origin}; frame-ancestors 'none'; base-uri 'none'");
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     if let Ok(v) = HeaderValue::from_str(&csp) {

@@ -121,9 +121,7 @@ impl Server {
         }
         let r = match (req.method.clone(), req.path) {
             (Method::GET, "/.well-known/oauth-authorization-server") => Ok(metadata::authorization_server(self)),
-            (Method::GET, p) if p.starts_with("/.well-known/oauth-protected-resource") => {
-                Ok(metadata::protected_resource(self, p))
-            }
+            (Method::GET, p) if p.starts_with("/.well-known/oauth-protected-resource") => Ok(metadata::protected_resource(self, p)),
             (Method::POST, "/oauth/register") => register::handle(self, &req).map(|v| reply::json(201, &v)),
             (Method::GET, "/oauth/authorize") => Ok(authorize::get(self, &req).await),
             (Method::POST, "/oauth/authorize") => Ok(authorize::post(self, &req).await),

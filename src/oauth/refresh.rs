@@ -16,7 +16,9 @@ use crate::token::{self, now_unix};
 
 pub async fn handle(s: &Server, f: &Form, client_id: &str) -> Result<Response<Body>, OAuthError> {
     let bad = OAuthError::InvalidGrant("the refresh token is invalid, expired, revoked or already used");
-    let raw = f.get("refresh_token").ok_or(OAuthError::InvalidRequest("refresh_token is required"))?;
+    let raw = f
+        .get("refresh_token")
+        .ok_or(OAuthError::InvalidRequest("refresh_token is required"))?;
     if token::parse_refresh(raw).is_err() {
         return Err(bad);
     }

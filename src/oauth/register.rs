@@ -57,8 +57,7 @@ pub fn handle(s: &Server, req: &Req<'_>) -> Result<serde_json::Value, OAuthError
             "only public clients are registered: token_endpoint_auth_method must be none",
         ));
     }
-    if r
-        .grant_types
+    if r.grant_types
         .as_ref()
         .is_some_and(|g| g.iter().any(|g| g != "authorization_code" && g != "refresh_token"))
     {
@@ -98,7 +97,9 @@ pub fn handle(s: &Server, req: &Req<'_>) -> Result<serde_json::Value, OAuthError
 /// with a fragment.
 pub fn check_redirect_uri(u: &str) -> Result<(), OAuthError> {
     if u.len() > MAX_URI_LEN || u.contains('#') || u.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(OAuthError::InvalidRedirectUri("redirect URIs must be absolute URLs without a fragment"));
+        return Err(OAuthError::InvalidRedirectUri(
+            "redirect URIs must be absolute URLs without a fragment",
+        ));
     }
     let Ok(parsed) = u.parse::<http::Uri>() else {
         return Err(OAuthError::InvalidRedirectUri("a redirect URI is not a URL"));
@@ -147,7 +148,12 @@ mod tests {
 
     #[test]
     fn redirect_uris_are_https_or_loopback_http() {
-        for ok in ["https://app.example/cb", "http://127.0.0.1:53121/callback", "http://localhost:9/x", "http://[::1]:80/"] {
+        for ok in [
+            "https://app.example/cb",
+            "http://127.0.0.1:53121/callback",
+            "http://localhost:9/x",
+            "http://[::1]:80/",
+        ] {
             assert!(check_redirect_uri(ok).is_ok(), "{ok}");
         }
         for bad in [

@@ -86,8 +86,10 @@ pub fn error(e: OAuthError) -> Response<Body> {
         resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
     if let OAuthError::InvalidClient(_) = e {
-        resp.headers_mut()
-            .insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer realm="portcullis""#));
+        resp.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Bearer realm="portcullis""#),
+        );
     }
     no_store(&mut resp);
     resp

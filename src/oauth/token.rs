@@ -21,7 +21,9 @@ use crate::token::{self, TokenKind, now_unix};
 /// `POST /oauth/token`.
 pub async fn handle(s: &Server, req: &Req<'_>) -> Result<Response<Body>, OAuthError> {
     let f = Form::parse(&req.body).map_err(|_| OAuthError::InvalidRequest("the form is malformed or repeats a parameter"))?;
-    let client_id = f.get("client_id").ok_or(OAuthError::InvalidClient("client_id is required (public client)"))?;
+    let client_id = f
+        .get("client_id")
+        .ok_or(OAuthError::InvalidClient("client_id is required (public client)"))?;
     if s.limited(&format!("client:{client_id}"), PER_CLIENT_PER_MINUTE) {
         return Err(OAuthError::SlowDown);
     }
@@ -36,7 +38,9 @@ pub async fn handle(s: &Server, req: &Req<'_>) -> Result<Response<Body>, OAuthEr
 async fn authorization_code(s: &Server, f: &Form, client_id: &str) -> Result<Response<Body>, OAuthError> {
     let bad_code = OAuthError::InvalidGrant("the code is invalid, expired or already used");
     let code = f.get("code").ok_or(OAuthError::InvalidRequest("code is required"))?;
-    let verifier = f.get("code_verifier").ok_or(OAuthError::InvalidRequest("code_verifier is required"))?;
+    let verifier = f
+        .get("code_verifier")
+        .ok_or(OAuthError::InvalidRequest("code_verifier is required"))?;
     let grants = s.state.store.grants().ok_or(OAuthError::TemporarilyUnavailable)?;
     if code.len() != token::TOKEN_LEN || !code.starts_with("mwc_") {
         return Err(bad_code);

@@ -183,11 +183,9 @@ impl GrantStore for SqliteStore {
         let id = id.to_owned();
         SqliteStore::with(&self.reader, move |c| {
             let row = c
-                .query_row(
-                    "SELECT body, last_used_at, revoked_at FROM oauth_grants WHERE id = ?1",
-                    [id],
-                    |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)),
-                )
+                .query_row("SELECT body, last_used_at, revoked_at FROM oauth_grants WHERE id = ?1", [id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
+                })
                 .optional()
                 .map_err(sql_err)?;
             row.map(|(b, l, r)| grant_from_row(b, l, r)).transpose()
@@ -206,7 +204,9 @@ impl GrantStore for SqliteStore {
                 )
                 .map_err(sql_err)?;
             let rows = stmt
-                .query_map(params![m, w, MAX_LISTED as i64], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))
+                .query_map(params![m, w, MAX_LISTED as i64], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
+                })
                 .map_err(sql_err)?;
             let mut out = Vec::new();
             for row in rows {
@@ -420,10 +420,7 @@ impl GrantStore for RedisStore {
             (None, Some(w)) => format!("portcullis:grants:ws:{w}"),
             (None, None) => return Ok(Vec::new()),
         };
-        let ids: Vec<String> = conn
-            .zrevrange(key, 0, MAX_LISTED as isize - 1)
-            .await
-            .map_err(redis_err)?;
+        let ids: Vec<String> = conn.zrevrange(key, 0, MAX_LISTED as isize - 1).await.map_err(redis_err)?;
         let mut grants = self.grants_by_ids(ids).await?;
         if let (Some(_), Some(w)) = (member_id, workspace) {
             grants.retain(|g| g.workspace == w);
@@ -462,9 +459,7 @@ impl GrantStore for RedisStore {
 
     async fn grant_tokens(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn.clone();
-        conn.lrange(format!("{}:tokens", grant_key(id)), 0, -1)
-            .await
-            .map_err(redis_err)
+        conn.lrange(format!("{}:tokens", grant_key(id)), 0, -1).await.map_err(redis_err)
     }
 
     async fn put_secret(&self, hash: &TokenHash, s: &Secret) -> Result<(), StoreError> {

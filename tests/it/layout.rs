@@ -31,10 +31,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("admin", &["auth", "config", "error", "state", "store", "telemetry", "token"]),
     // The authorization server: mounted by `gateway` on the data listener;
     // `admin` for who is signed in (member::current), never the reverse.
-    (
-        "oauth",
-        &["admin", "auth", "config", "error", "limit", "state", "store", "token"],
-    ),
+    ("oauth", &["admin", "auth", "config", "error", "limit", "state", "store", "token"]),
     ("server", &["error", "gateway", "state", "upstream"]),
     ("demo", &["error", "server"]),
     // Test-only entry points for the fuzz targets (fuzz/): parsers of
