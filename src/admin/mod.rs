@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod types;
 
 pub mod dashboard;
+pub mod grants;
 pub mod servers;
 pub mod session;
 
@@ -58,6 +59,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/workspaces/{ws}/tokens", get(list_tokens).post(create_token))
         .route("/v1/workspaces/{ws}/tokens/{id}", get(get_token).delete(revoke_token))
         .route("/v1/workspaces/{ws}/servers", get(servers::list))
+        .route("/v1/workspaces/{ws}/grants", get(grants::list))
+        .route("/v1/workspaces/{ws}/grants/{id}", axum::routing::delete(grants::revoke))
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint; see the API reference in docs/admin-api.md") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

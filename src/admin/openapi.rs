@@ -43,6 +43,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         super::create_token,
         super::get_token,
         super::revoke_token,
+        super::grants::list,
+        super::grants::revoke,
     ),
     components(schemas(crate::error::ApiErrorBody, crate::error::ApiErrorDetail)),
     modifiers(&BearerSchemes),
@@ -50,6 +52,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
     tags(
         (name = "tokens", description = "Workspace tokens: create, list, get, revoke, self-check"),
         (name = "workspaces", description = "The configured workspaces"),
+        (name = "oauth", description = "OAuth grants (connected apps): list and revoke"),
         (name = "operations", description = "Health, readiness, metrics and this document; no token needed"),
     )
 )]

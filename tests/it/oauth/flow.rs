@@ -276,3 +276,68 @@ async fn consent_can_narrow_the_servers() {
     assert_eq!(rec.allowed_servers, Some(vec!["b".to_string()]));
     assert_eq!(rec.workspace.as_deref(), Some("multi"));
 }
+
+#[tokio::test]
+async fn connected_apps_are_listed_and_revoked_through_the_admin_api() {
+    let up = DemoUpstream::start().await;
+    let gw = gateway(&up, "").await;
+    let (client_id, access, refresh_token) = tokens(&gw).await;
+    let r = gw.admin_call(Method::GET, "/v1/workspaces/demo/grants", None).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let grants = r.json()["grants"].as_array().unwrap().clone();
+    assert_eq!(grants.len(), 1);
+    let g = &grants[0];
+    assert_eq!(g["client_name"], "Test App");
+    assert_eq!(g["client_id"], client_id.as_str());
+    assert_eq!(g["status"], "active");
+    assert_eq!(g["servers"], json!(null), "all servers ticked = all");
+    assert!(!r.body.windows(4).any(|w| w == b"mwt_" || w == b"mwr_"), "never a token");
+    let id = g["id"].as_str().unwrap().to_string();
+    let member = g["member_id"].as_str().unwrap().to_string();
+    let r = gw
+        .admin_call(Method::GET, &format!("/v1/workspaces/demo/grants?member_id={}", enc(&member)), None)
+        .await;
+    assert_eq!(r.json()["grants"].as_array().unwrap().len(), 1);
+    let r = gw
+        .admin_call(Method::GET, "/v1/workspaces/demo/grants?member_id=someone", None)
+        .await;
+    assert_eq!(r.json()["grants"].as_array().unwrap().len(), 0);
+    // Another workspace does not see it, and cannot revoke it.
+    let r = gw.admin_call(Method::GET, "/v1/workspaces/other/grants", None).await;
+    assert_eq!(r.json()["grants"].as_array().unwrap().len(), 0);
+    let r = gw
+        .admin_call(Method::DELETE, &format!("/v1/workspaces/other/grants/{id}"), None)
+        .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "grant_not_found");
+    assert_eq!(call(&gw, &access).await.status, 200);
+
+    let r = gw
+        .admin_call(Method::DELETE, &format!("/v1/workspaces/demo/grants/{id}"), None)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "revoked");
+    assert_refused(&call(&gw, &access).await);
+    assert_oauth_error(&refresh(&gw, &client_id, &refresh_token).await, 400, "invalid_grant");
+    let again = gw
+        .admin_call(Method::DELETE, &format!("/v1/workspaces/demo/grants/{id}"), None)
+        .await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["revoked_at"], r.json()["revoked_at"]);
+    // The access token shows in the token listing as kind oauth, revoked.
+    let token_id = gw
+        .state()
+        .store
+        .find_by_hash(&portcullis::token::hash(&access))
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let r = gw
+        .admin_call(Method::GET, &format!("/v1/workspaces/demo/tokens/{token_id}"), None)
+        .await;
+    assert_eq!(r.json()["kind"], "oauth");
+    assert_eq!(r.json()["status"], "revoked");
+    let r = gw.admin_call(Method::GET, "/v1/workspaces/demo/grants/x", None).await;
+    assert_eq!(r.status, 405);
+}
