@@ -373,7 +373,7 @@ impl Gateway {
         let ws = &*route.workspace.slug;
         let sent = self
             .sessions
-            .inbound(ws, &token.id, &mut parts.headers)
+            .inbound(ws, token.session_owner(), &mut parts.headers)
             .map_err(|e| (e, jsonrpc::request_id(&body).map(|r| r.to_owned())))?;
         let resp = forward::forward(
             &self.state,
@@ -391,7 +391,7 @@ impl Gateway {
         let mut resp = resp.map_err(|e| (e, jsonrpc::request_id(&body).map(|r| r.to_owned())))?;
         let upstream_sent = parts.headers.get(&session_bind::MCP_SESSION_ID);
         self.sessions
-            .outbound(ws, &token.id, sent.as_ref().zip(upstream_sent), resp.headers_mut());
+            .outbound(ws, token.session_owner(), sent.as_ref().zip(upstream_sent), resp.headers_mut());
         Ok(resp)
     }
 

@@ -218,12 +218,15 @@ fn error_redirect(s: &Server, redirect_uri: &str, e: OAuthError, state: Option<&
     reply::redirect(&reply::with_query(redirect_uri, &params))
 }
 
-/// A browser's cross-site request (the consent POST must come from our page).
+/// A browser's cross-site request (the consent POST must come from our
+/// page). `Sec-Fetch-Site` decides when the browser sends it; otherwise
+/// `Origin`, when sent, must be this host's. (With `Referrer-Policy:
+/// no-referrer`, Chrome sends `Origin: null` even on a same-origin POST,
+/// so `null` is judged by `Sec-Fetch-Site` alone.)
 fn cross_site(h: &http::HeaderMap) -> bool {
-    if h.get("sec-fetch-site").is_some_and(|v| v != "same-origin" && v != "none") {
-        return true;
+    if let Some(site) = h.get("sec-fetch-site") {
+        return site != "same-origin";
     }
-    // Origin, when sent, must be this host's (the port included).
     match (h.get(http::header::ORIGIN).and_then(|o| o.to_str().ok()), h.get(http::header::HOST)) {
         (Some("null"), _) => true,
         (Some(o), Some(host)) => o.split_once("://").map(|(_, a)| a) != host.to_str().ok(),
