@@ -50,4 +50,6 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod token;
+pub mod ui;
 pub mod upstream;
+pub mod web;

@@ -45,6 +45,10 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         super::revoke_token,
         super::grants::list,
         super::grants::revoke,
+        super::members::add,
+        super::members::list,
+        super::members::remove,
+        super::members::invite,
     ),
     components(schemas(crate::error::ApiErrorBody, crate::error::ApiErrorDetail)),
     modifiers(&BearerSchemes),
@@ -53,6 +57,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         (name = "tokens", description = "Workspace tokens: create, list, get, revoke, self-check"),
         (name = "workspaces", description = "The configured workspaces"),
         (name = "oauth", description = "OAuth grants (connected apps): list and revoke"),
+        (name = "members", description = "Members of a workspace and their sign-in links"),
         (name = "operations", description = "Health, readiness, metrics and this document; no token needed"),
     )
 )]

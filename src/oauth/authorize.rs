@@ -72,13 +72,21 @@ pub async fn get(s: &Server, req: &Req<'_>) -> Response<Body> {
     let Some(ws) = q.get("resource").and_then(|r| s.workspace_of_resource(r)) else {
         return back(OAuthError::InvalidTarget);
     };
-    let Some(m) = member::current(&s.state, req.headers, req.client).await else {
-        let here = format!("/oauth/authorize?{}", req.query);
-        return reply::redirect(&member::sign_in_url(&s.issuer, &here));
+    let m = match member::current(&s.state, req.headers).await {
+        Some(m) if m.may_use(&ws.slug) => m,
+        other => {
+            let here = format!("/oauth/authorize?{}", req.query);
+            let mut resp = page(
+                StatusCode::UNAUTHORIZED,
+                sign_in_page(&client, &ws.slug, &here, other.is_some()),
+                &redirect_uri,
+            );
+            if let Some(c) = member::next_cookie(&s.state, req.headers, &here) {
+                resp.headers_mut().insert(http::header::SET_COOKIE, c);
+            }
+            return resp;
+        }
     };
-    if !m.may_use(&ws.slug) {
-        return back(OAuthError::AccessDenied);
-    }
     let checked = Checked {
         client_id: q.get("client_id").unwrap_or_default().to_owned(),
         redirect_uri: redirect_uri.clone(),
@@ -104,7 +112,7 @@ pub async fn post(s: &Server, req: &Req<'_>) -> Response<Body> {
     let Ok(f) = Form::parse(&req.body) else {
         return reply::error(OAuthError::InvalidRequest("the form is malformed"));
     };
-    let Some(m) = member::current(&s.state, req.headers, req.client).await else {
+    let Some(m) = member::current(&s.state, req.headers).await else {
         return reply::error(OAuthError::AccessDenied);
     };
     let (Some(request), Some(sig)) = (f.get("request"), f.get("sig")) else {
@@ -256,6 +264,40 @@ fn page(status: StatusCode, markup: Markup, redirect_uri: &str) -> Response<Body
     h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// Not signed in (or signed in to another workspace): how to sign in, and
+/// a link back here for when it is done.
+fn sign_in_page(client: &Client, ws: &str, here: &str, other_workspace: bool) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "Sign in to continue · Portcullis" }
+            }
+            body {
+                main {
+                    h1 { "Sign in to continue" }
+                    p {
+                        strong data-testid="consent-client" { (client.name) }
+                        " asks for access to workspace "
+                        code data-testid="consent-workspace" { (ws) } "."
+                    }
+                    @if other_workspace {
+                        p { "You are signed in to another workspace. Sign in as a member of this one." }
+                    }
+                    p {
+                        "Open the sign-in link your workspace's owner sent you (in this browser, within ten minutes): "
+                        "you will come back here to allow or deny. No link? Ask an owner for one ("
+                        code { "portcullis member invite" } ")."
+                    }
+                    p { a href=(here) data-testid="consent-retry" { "I have signed in: continue" } }
+                }
+            }
+        }
+    }
 }
 
 fn consent_page(client: &Client, redirect_uri: &str, ws: &str, servers: &[&str], request: &str, sig: &str) -> Markup {

@@ -2,53 +2,57 @@
 //! sign-in. `current` answers for a request; everything else in `oauth`
 //! only sees a [`Member`].
 //!
-//! Today the person is an administrator signed in to the dashboard whose
-//! session cookie reaches this listener (same host: browsers do not
-//! separate cookies by port), acting for the workspaces its admin token
-//! covers. Member sessions on the public listener (members of a workspace,
-//! sign-in links, SSO) plug in here.
+//! The person is a member of a workspace with a member session on the
+//! public listener (`web::current_member`, docs/members.md), and may grant
+//! access to that workspace only. Someone not signed in (or signed in to
+//! another workspace) gets a page that says how to sign in, and a
+//! short-lived `portcullis_next` cookie holding the authorization request,
+//! which the sign-in (`web::signin`) follows back once done.
 
-use std::net::IpAddr;
-
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderValue};
 
 use crate::state::AppState;
+
+/// The cookie that brings a person back to the authorization request after
+/// signing in (`web::signin` reads it; [`next_cookie`] writes it).
+pub use crate::web::NEXT_COOKIE;
 
 /// A signed-in person, as the consent page needs them.
 #[derive(Debug, Clone)]
 pub struct Member {
-    /// Stable id: the grant is theirs (`admin:<token id>` for an
-    /// administrator's dashboard session).
+    /// Stable id (`mem_…`): the grant is theirs.
     pub id: String,
     pub email: Option<String>,
-    /// Workspaces they may grant access to; `None` = all.
-    pub workspaces: Option<Vec<String>>,
+    /// The workspace they may grant access to.
+    pub workspace: String,
 }
 
 impl Member {
     pub fn may_use(&self, slug: &str) -> bool {
-        self.workspaces.as_ref().is_none_or(|w| w.iter().any(|s| s == slug))
+        self.workspace == slug
     }
 }
 
 /// The person signed in on this request, if any.
-pub async fn current(state: &AppState, headers: &HeaderMap, client: Option<IpAddr>) -> Option<Member> {
-    if !crate::admin::session::has_cookie(headers) {
-        return None;
-    }
-    // GET: the CSRF check of a state-changing call is the consent form's own.
-    let s = crate::admin::session::resolve(state, headers, &Method::GET, client, None)
-        .await
-        .ok()?;
+pub async fn current(state: &AppState, headers: &HeaderMap) -> Option<Member> {
+    let s = crate::web::current_member(state, headers).await?;
     Some(Member {
-        id: format!("admin:{}", s.admin_id),
-        email: None,
-        workspaces: s.workspace.map(|w| vec![w.to_string()]),
+        id: s.member_id,
+        email: Some(s.email),
+        workspace: s.workspace,
     })
 }
 
-/// Where to send someone who must sign in first, coming back to `back`
-/// (a path on this listener) afterwards.
-pub fn sign_in_url(issuer: &str, back: &str) -> String {
-    format!("{issuer}/signin?next={}", super::form::encode(back))
+/// `Set-Cookie` for the way back to `path_and_query` (an authorization
+/// request on this listener) after signing in: ten minutes, HttpOnly, and
+/// `SameSite=Lax` so that it survives the top-level navigation from a
+/// sign-in link opened from a mail client.
+pub fn next_cookie(state: &AppState, headers: &HeaderMap, path_and_query: &str) -> Option<HeaderValue> {
+    let secure = crate::auth::browser::secure(&state.config, headers);
+    let value = super::form::encode(path_and_query);
+    HeaderValue::from_str(&format!(
+        "{NEXT_COOKIE}={value}; Path=/; Max-Age=600; HttpOnly; SameSite=Lax{}",
+        if secure { "; Secure" } else { "" }
+    ))
+    .ok()
 }

@@ -8,6 +8,8 @@
 //! instance, or the offline CLI) by polling a single number.
 
 pub mod grants;
+pub mod members;
+mod members_redis;
 pub mod redis;
 pub mod sessions;
 pub mod sqlite;
@@ -124,6 +126,11 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Where OAuth grants, codes and refresh tokens live (`None`: this
     /// store keeps none, and the authorization server cannot issue any).
     fn grants(&self) -> Option<&dyn grants::GrantStore> {
+        None
+    }
+    /// Where members, sign-in links and member sessions live (`None`: this
+    /// store keeps none, and nobody can be a member).
+    fn members(&self) -> Option<&dyn members::MemberStore> {
         None
     }
     /// Cheap reachability check for `/readyz`.

@@ -67,6 +67,7 @@ impl SqliteStore {
         migrate(&writer)?;
         super::sessions::migrate(&writer)?;
         super::grants::migrate(&writer)?;
+        super::members::migrate(&writer)?;
         let reader = open_connection(path)?;
         // The reader serves index misses only: the in-memory index is the
         // cache that matters, and the OS page cache already holds the file.
@@ -203,6 +204,10 @@ impl TokenStore for SqliteStore {
     }
 
     fn sessions(&self) -> Option<&dyn super::sessions::SessionStore> {
+        Some(self)
+    }
+
+    fn members(&self) -> Option<&dyn super::members::MemberStore> {
         Some(self)
     }
 

@@ -28,10 +28,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "gateway",
         &["auth", "config", "error", "mcp", "oauth", "state", "telemetry", "token", "upstream"],
     ),
-    ("admin", &["auth", "config", "error", "state", "store", "telemetry", "token"]),
+    // Shared browser assets and markup (dashboard and members' pages).
+    ("ui", &["config"]),
+    ("admin", &["auth", "config", "error", "state", "store", "telemetry", "token", "ui"]),
+    // People-facing pages on the public listener (members, later OAuth).
+    ("web", &["auth", "config", "error", "state", "store", "telemetry", "token", "ui"]),
     // The authorization server: mounted by `gateway` on the data listener;
-    // `admin` for who is signed in (member::current), never the reverse.
-    ("oauth", &["admin", "auth", "config", "error", "limit", "state", "store", "token"]),
+    // `web` for who is signed in (oauth::member), never `admin`.
+    ("oauth", &["auth", "config", "error", "limit", "state", "store", "token", "web"]),
     ("server", &["error", "gateway", "state", "upstream"]),
     ("demo", &["error", "server"]),
     // Test-only entry points for the fuzz targets (fuzz/): parsers of
@@ -51,6 +55,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "telemetry",
             "token",
             "upstream",
+            "web",
         ],
     ),
 ];

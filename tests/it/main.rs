@@ -16,6 +16,7 @@ mod layout;
 mod lb;
 mod lifecycle;
 mod limits_headers;
+mod members;
 mod oauth;
 mod openapi;
 mod store;

@@ -92,15 +92,8 @@ async fn the_whole_flow_with_rotation_and_reuse_detection() {
     let cookie = sign_in(&gw).await;
     let client_id = register_client(&gw).await;
 
-    // Signed out: sent to sign in and back to the same request.
     let (_, challenge) = pkce();
     let url = authorize_url(&gw, &client_id, &challenge, "s", RESOURCE);
-    let r = send(Method::GET, &url, &[], "").await;
-    assert_eq!(r.status, 303);
-    assert!(
-        r.header("location")
-            .starts_with("http://gateway.test/signin?next=%2Foauth%2Fauthorize%3F")
-    );
 
     // The consent page: what it shows, and its strict headers.
     let (html, _, _) = consent_page(&gw, &cookie, &url).await;
@@ -143,7 +136,8 @@ async fn the_whole_flow_with_rotation_and_reuse_detection() {
     assert_eq!(rec.workspace.as_deref(), Some("demo"));
     assert_eq!(rec.name, "Test App");
     assert!(rec.created_by.starts_with("grt_"), "the grant made it");
-    assert!(rec.member_id.as_deref().unwrap().starts_with("admin:"));
+    assert!(rec.member_id.as_deref().unwrap().starts_with("mem_"));
+    assert_eq!(rec.email.as_deref(), Some("ann@example.com"));
     assert!(rec.expires_at.is_some());
     // Bound to its workspace: another workspace refuses it.
     assert_eq!(gw.post("other", Some(&access), echo_call(1, "x")).await.status, 401);
@@ -233,7 +227,8 @@ async fn consent_can_narrow_the_servers() {
         ))
         .start()
         .await;
-    let cookie = sign_in(&gw).await;
+    let link = invite(&gw, "multi", "ann@example.com").await;
+    let cookie = member_cookie(&follow_link(&gw, &link, None).await);
     let client_id = register_client(&gw).await;
     let (verifier, challenge) = pkce();
     let url = authorize_url(&gw, &client_id, &challenge, "n", "http://gateway.test/ws/multi");
@@ -340,4 +335,67 @@ async fn connected_apps_are_listed_and_revoked_through_the_admin_api() {
     assert_eq!(r.json()["status"], "revoked");
     let r = gw.admin_call(Method::GET, "/v1/workspaces/demo/grants/x", None).await;
     assert_eq!(r.status, 405);
+}
+
+#[tokio::test]
+async fn signed_out_people_sign_in_and_come_back_to_the_request() {
+    let up = DemoUpstream::start().await;
+    let gw = gateway(&up, "").await;
+    let client_id = register_client(&gw).await;
+    let (_, challenge) = pkce();
+    let url = authorize_url(&gw, &client_id, &challenge, "s", RESOURCE);
+    let path = url.strip_prefix(&format!("http://{}", gw.data)).unwrap().to_string();
+    // Not signed in: a page that says how, and the way back in a cookie.
+    let r = send(Method::GET, &url, &[], "").await;
+    assert_eq!(r.status, 401);
+    let html = String::from_utf8_lossy(&r.body).to_string();
+    assert!(html.contains("Sign in to continue") && html.contains(r#"data-testid="consent-client">Test App<"#));
+    assert!(!html.contains("consent-allow"));
+    let set = r.header("set-cookie").to_string();
+    assert!(
+        set.starts_with("portcullis_next=") && set.contains("HttpOnly") && set.contains("Max-Age=600"),
+        "{set}"
+    );
+    let next = set.split(';').next().unwrap().to_string();
+    // The sign-in link, with that cookie, comes back to the request.
+    let link = invite(&gw, "demo", "bo@example.com").await;
+    let r = follow_link(&gw, &link, Some(&next)).await;
+    assert_eq!(r.header("location"), path);
+    let cleared = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .any(|v| v.to_str().unwrap().starts_with("portcullis_next=;"));
+    assert!(cleared, "the way back is used once");
+    let cookie = member_cookie(&r);
+    let (html, _, _) = consent_page(&gw, &cookie, &url).await;
+    assert!(html.contains("consent-allow"));
+    // A cookie naming anything but an authorization request is ignored.
+    let link = invite(&gw, "demo", "cy@example.com").await;
+    let r = follow_link(&gw, &link, Some("portcullis_next=https%3A%2F%2Fevil.example%2F")).await;
+    assert_eq!(r.header("location"), "/me");
+    // A member of another workspace is not signed in for this one.
+    let link = invite(&gw, "other", "dee@example.com").await;
+    let other = member_cookie(&follow_link(&gw, &link, None).await);
+    let r = send(Method::GET, &url, &[("cookie", &other)], "").await;
+    assert_eq!(r.status, 401);
+    assert!(String::from_utf8_lossy(&r.body).contains("another workspace"));
+}
+
+#[tokio::test]
+async fn removing_a_member_revokes_their_grants() {
+    let up = DemoUpstream::start().await;
+    let gw = gateway(&up, "").await;
+    let (client_id, access, refresh_token) = tokens(&gw).await;
+    assert_eq!(call(&gw, &access).await.status, 200);
+    let r = gw.admin_call(Method::GET, "/v1/workspaces/demo/members", None).await;
+    let id = r.json()["members"][0]["id"].as_str().unwrap().to_string();
+    let r = gw
+        .admin_call(Method::DELETE, &format!("/v1/workspaces/demo/members/{id}"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_refused(&call(&gw, &access).await);
+    assert_oauth_error(&refresh(&gw, &client_id, &refresh_token).await, 400, "invalid_grant");
+    let r = gw.admin_call(Method::GET, "/v1/workspaces/demo/grants", None).await;
+    assert_eq!(r.json()["grants"][0]["status"], "revoked");
 }

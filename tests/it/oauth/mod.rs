@@ -2,8 +2,8 @@
 //! real sockets with raw HTTP: discovery, registration, the consent page,
 //! the code and refresh grants, revocation reaching the data plane, and
 //! every bad path answered with the right RFC 6749 error. The person who
-//! consents is signed in with a dashboard session (the seam of
-//! `oauth::member`). The Python SDK's own OAuth client is driven through
+//! consents is a member of the workspace signed in with a sign-in link
+//! (the seam of `oauth::member`). The Python SDK's own OAuth client is driven through
 //! the whole flow by tests/py/test_oauth.py.
 
 mod bad_paths;
@@ -32,17 +32,51 @@ pub fn data_url(gw: &Gateway, path: &str) -> String {
     format!("http://{}{path}", gw.data)
 }
 
-/// Signs in to the dashboard with the gateway's admin token; the cookie.
-pub async fn sign_in(gw: &Gateway) -> String {
-    let r = send(
-        Method::POST,
-        &gw.admin_url("/signin"),
-        &[("content-type", "application/x-www-form-urlencoded")],
-        format!("token={}", gw.admin_token),
-    )
-    .await;
+/// Invites `email` to `ws` as a member; the sign-in link's path.
+pub async fn invite(gw: &Gateway, ws: &str, email: &str) -> String {
+    let r = gw
+        .admin_call(
+            Method::POST,
+            &format!("/v1/workspaces/{ws}/members/invite"),
+            Some(json!({"email": email, "role": "member"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let url = r.json()["url"].as_str().unwrap().to_string();
+    url.strip_prefix("http://gateway.test").unwrap().to_string()
+}
+
+/// Presses Continue on a sign-in link's page (with `cookie`, if any): the
+/// answer (303 with the member's cookie).
+pub async fn follow_link(gw: &Gateway, link: &str, cookie: Option<&str>) -> Resp {
+    let origin = format!("http://{}", gw.data);
+    let mut h = vec![("origin", origin.as_str()), ("sec-fetch-site", "same-origin")];
+    if let Some(c) = cookie {
+        h.push(("cookie", c));
+    }
+    let r = send(Method::POST, &data_url(gw, link), &h, "").await;
     assert_eq!(r.status, 303, "{}", String::from_utf8_lossy(&r.body));
-    r.header("set-cookie").split(';').next().unwrap().to_string()
+    r
+}
+
+/// The member cookie of a sign-in answer.
+pub fn member_cookie(r: &Resp) -> String {
+    r.headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|v| v.starts_with("portcullis_member="))
+        .expect("a member cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A member of `demo` signs in with a link; their cookie.
+pub async fn sign_in(gw: &Gateway) -> String {
+    let link = invite(gw, "demo", "ann@example.com").await;
+    member_cookie(&follow_link(gw, &link, None).await)
 }
 
 pub async fn register(gw: &Gateway, body: Value) -> Resp {
