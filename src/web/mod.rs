@@ -18,6 +18,7 @@
 //! need the session's CSRF token and a same-origin `Origin`
 //! (`auth::browser`).
 
+pub mod apps;
 pub mod me;
 pub mod pages;
 pub mod session;
@@ -66,6 +67,9 @@ pub fn router(state: SharedState) -> Router {
         .route("/me/signout", post(me::sign_out))
         .route("/me/api/tokens", get(me::list_tokens).post(me::create_token))
         .route("/me/api/tokens/{id}", axum::routing::delete(me::revoke_token))
+        .route("/me/api/apps", get(apps::list))
+        .route("/me/api/apps/{id}", axum::routing::delete(apps::revoke))
+        .route("/me/apps/{id}/revoke", post(apps::revoke_form))
         .route(
             "/me/assets/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", crate::ui::APP_JS) }),

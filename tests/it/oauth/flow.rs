@@ -399,3 +399,85 @@ async fn removing_a_member_revokes_their_grants() {
     let r = gw.admin_call(Method::GET, "/v1/workspaces/demo/grants", None).await;
     assert_eq!(r.json()["grants"][0]["status"], "revoked");
 }
+
+#[tokio::test]
+async fn members_see_and_disconnect_their_apps_on_their_page() {
+    let up = DemoUpstream::start().await;
+    let gw = gateway(&up, "").await;
+    let cookie = sign_in(&gw).await;
+    let client_id = register_client(&gw).await;
+    let (code, verifier) = authorize(&gw, &cookie, &client_id, &["main"]).await;
+    let v = exchange(&gw, &client_id, &code, &verifier).await.json();
+    let access = v["access_token"].as_str().unwrap().to_string();
+    let me = send(Method::GET, &data_url(&gw, "/me"), &[("cookie", &cookie)], "").await;
+    assert_eq!(me.status, 200);
+    let html = String::from_utf8_lossy(&me.body).to_string();
+    let csrf = html
+        .split(r#"<meta name="csrf-token" content=""#)
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let r = send(Method::GET, &data_url(&gw, "/me/api/apps"), &[("cookie", &cookie)], "").await;
+    assert_eq!(r.status, 200);
+    let apps = r.json()["apps"].as_array().unwrap().clone();
+    assert_eq!(apps.len(), 1);
+    let id = apps[0]["id"].as_str().unwrap().to_string();
+    assert!(html.contains(&format!(r#"data-testid="app-row-{id}""#)), "{html}");
+    assert!(html.contains(&format!(r#"data-testid="app-name-{id}">Test App<"#)));
+    assert!(!html.contains("apps-empty"));
+
+    // Another member of the workspace cannot see or disconnect it.
+    let link = invite(&gw, "demo", "eve@example.com").await;
+    let eve = member_cookie(&follow_link(&gw, &link, None).await);
+    let r = send(Method::GET, &data_url(&gw, "/me/api/apps"), &[("cookie", &eve)], "").await;
+    assert_eq!(r.json()["apps"], json!([]));
+    let origin = format!("http://{}", gw.data);
+    let eve_page = send(Method::GET, &data_url(&gw, "/me"), &[("cookie", &eve)], "").await;
+    let eve_csrf = String::from_utf8_lossy(&eve_page.body)
+        .split(r#"<meta name="csrf-token" content=""#)
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let r = send(
+        Method::DELETE,
+        &data_url(&gw, &format!("/me/api/apps/{id}")),
+        &[("cookie", &eve), ("x-csrf-token", &eve_csrf), ("origin", &origin)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(call(&gw, &access).await.status, 200);
+    // Without the CSRF field: refused.
+    let r = send(
+        Method::POST,
+        &data_url(&gw, &format!("/me/apps/{id}/revoke")),
+        &[
+            ("cookie", &cookie),
+            ("origin", &origin),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(call(&gw, &access).await.status, 200);
+
+    // The page's Disconnect form: revoked at once.
+    let r = send(
+        Method::POST,
+        &data_url(&gw, &format!("/me/apps/{id}/revoke")),
+        &[
+            ("cookie", &cookie),
+            ("origin", &origin),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(r.status, 303);
+    assert_refused(&call(&gw, &access).await);
+    let me = send(Method::GET, &data_url(&gw, "/me"), &[("cookie", &cookie)], "").await;
+    assert!(String::from_utf8_lossy(&me.body).contains("apps-empty"));
+}
