@@ -64,6 +64,7 @@ pub fn router(state: SharedState) -> Router {
     Router::new()
         .route("/signin/link/{code}", get(signin::show).post(signin::consume))
         .route("/me", get(me::page))
+        .route("/me/", get(|| async { axum::response::Redirect::to("/me") }))
         .route("/me/signout", post(me::sign_out))
         .route("/me/api/tokens", get(me::list_tokens).post(me::create_token))
         .route("/me/api/tokens/{id}", axum::routing::delete(me::revoke_token))

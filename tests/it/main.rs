@@ -17,6 +17,7 @@ mod lb;
 mod lifecycle;
 mod limits_headers;
 mod members;
+mod members_redis;
 mod oauth;
 mod openapi;
 mod store;

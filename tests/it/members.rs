@@ -2,28 +2,25 @@
 //! sign-in links (single use, expiry, hashed at rest, GET never uses one),
 //! member sessions on the public listener, roles on `/me`, and removal
 //! revoking tokens and ending sessions at once; on SQLite (file read
-//! directly) and on Redis with two instances. Browser side:
+//! directly) and on Redis with two instances. The Redis
+//! variant and the store contract: members_redis.rs. Browser side:
 //! tests/py/test_members.py.
 
-use std::path::Path;
-
 use http::Method;
-use portcullis::app;
-use portcullis::config::Config;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::harness::*;
 
 /// A member's browser on the public (data) listener.
-struct Member {
-    base: String,
-    cookie: String,
-    csrf: String,
+pub(crate) struct Member {
+    pub(crate) base: String,
+    pub(crate) cookie: String,
+    pub(crate) csrf: String,
 }
 
 impl Member {
-    async fn get(&self, path: &str) -> Resp {
+    pub(crate) async fn get(&self, path: &str) -> Resp {
         send(Method::GET, &format!("{}{path}", self.base), &[("cookie", &self.cookie)], "").await
     }
     /// A state-changing call as the page's script makes it.
@@ -43,7 +40,7 @@ impl Member {
         )
         .await
     }
-    async fn new_token(&self, name: &str) -> (String, String) {
+    pub(crate) async fn new_token(&self, name: &str) -> (String, String) {
         let r = self.call(Method::POST, "/me/api/tokens", Some(json!({"name": name}))).await;
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
         let v = r.json();
@@ -62,7 +59,7 @@ impl Member {
 }
 
 /// Invites `email` through the admin API at `admin`; returns the link's path.
-async fn invite_at(admin: &str, token: &str, ws: &str, email: &str, role: &str) -> (String, Value) {
+pub(crate) async fn invite_at(admin: &str, token: &str, ws: &str, email: &str, role: &str) -> (String, Value) {
     let r = send(
         Method::POST,
         &format!("http://{admin}/v1/workspaces/{ws}/members/invite"),
@@ -82,12 +79,12 @@ async fn invite(gw: &Gateway, email: &str, role: &str) -> (String, Value) {
     invite_at(&gw.admin.to_string(), &gw.admin_token, "demo", email, role).await
 }
 
-fn origin(data: &str) -> String {
+pub(crate) fn origin(data: &str) -> String {
     format!("http://{data}")
 }
 
 /// Opens the link and presses Continue, as a browser does.
-async fn follow_at(data: &str, link: &str) -> Member {
+pub(crate) async fn follow_at(data: &str, link: &str) -> Member {
     let base = origin(data);
     let page = send(Method::GET, &format!("{base}{link}"), &[], "").await;
     assert_eq!(page.status, 200, "{}", String::from_utf8_lossy(&page.body));
@@ -395,6 +392,8 @@ async fn the_public_listener_keeps_its_other_answers() {
     assert_eq!(r.status, 404);
     // /me without a session: 401 page; the admin listener has no /me.
     assert_eq!(send(Method::GET, &format!("{base}/me"), &[], "").await.status, 401);
+    let r = send(Method::GET, &format!("{base}/me/"), &[], "").await;
+    assert_eq!((r.status.as_u16(), r.header("location")), (303, "/me"));
     let r = send(Method::GET, &gw.admin_url("/signin/link/00"), &[], "").await;
     assert_ne!(r.status, 200);
     // A dashboard cookie means nothing here.
@@ -406,88 +405,6 @@ async fn the_public_listener_keeps_its_other_answers() {
     )
     .await;
     assert_eq!(r.status, 401);
-}
-
-#[tokio::test]
-async fn on_redis_a_link_made_on_one_instance_signs_in_on_another_and_removal_ends_it_there() {
-    let redis = RedisServer::start().await;
-    let up = DemoUpstream::start().await;
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\npublic_url = \"http://gateway.test\"\nshutdown_grace_ms = 500\n\
-         [store]\nbackend = \"redis\"\nurl = \"{}\"\n\
-         [[workspaces]]\nslug = \"demo\"\n[[workspaces.servers]]\nname = \"main\"\nurl = \"{}\"\nheaders = {{ Authorization = \"Bearer {DEMO_KEY}\" }}\n",
-        redis.url(),
-        up.url
-    );
-    let start = || async {
-        app::start(Config::from_toml(Path::new("c.toml"), &text, &|_| None).unwrap())
-            .await
-            .unwrap()
-    };
-    let (a, b) = (start().await, start().await);
-    let req = portcullis::auth::lifecycle::NewTokenRequest {
-        name: "cluster-admin".into(),
-        kind: Some(portcullis::token::TokenKind::Admin),
-        created_by: "bootstrap".into(),
-        ..Default::default()
-    };
-    let (admin, _) = portcullis::auth::lifecycle::create(Some(&a.state.verifier), &a.state.store, req, portcullis::token::now_unix())
-        .await
-        .unwrap();
-    let (link, v) = invite_at(&a.admin_addr.to_string(), &admin, "demo", "hal@example.com", "member").await;
-    let id = v["member"]["id"].as_str().unwrap().to_string();
-    // Duplicates are refused on Redis too.
-    let r = send(
-        Method::POST,
-        &format!("http://{}/v1/workspaces/demo/members", a.admin_addr),
-        &[("authorization", &format!("Bearer {admin}")), ("content-type", "application/json")],
-        json!({"email": "HAL@example.com", "role": "owner"}).to_string(),
-    )
-    .await;
-    assert_eq!(r.status, 409);
-    // Redis holds the link under the hash of its code only.
-    let code_hex = link.rsplit('/').next().unwrap();
-    let mut c = redis.conn().await;
-    let keys: Vec<String> = redis::cmd("KEYS").arg("portcullis:*").query_async(&mut c).await.unwrap();
-    assert!(keys.iter().all(|k| !k.contains(code_hex)), "{keys:?}");
-    assert!(keys.iter().any(|k| k.starts_with("portcullis:signin:")));
-    // Used on B; used again on A: 410.
-    let m = follow_at(&b.data_addr.to_string(), &link).await;
-    let r = send(Method::POST, &format!("http://{}{link}", a.data_addr), &[], "").await;
-    assert_eq!(r.status, 410);
-    let (raw, _) = m.new_token("hal's").await;
-    let on_a = Member {
-        base: origin(&a.data_addr.to_string()),
-        cookie: m.cookie.clone(),
-        csrf: m.csrf.clone(),
-    };
-    assert_eq!(on_a.get("/me").await.status, 200, "the session is served by every instance");
-    // Removed on A: B refuses the session and the token at once.
-    let r = send(
-        Method::DELETE,
-        &format!("http://{}/v1/workspaces/demo/members/{id}", a.admin_addr),
-        &[("authorization", &format!("Bearer {admin}"))],
-        "",
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(m.get("/me").await.status, 401);
-    let r = send(
-        Method::POST,
-        &format!("http://{}/ws/demo", b.data_addr),
-        &[
-            ("authorization", &format!("Bearer {raw}")),
-            ("content-type", "application/json"),
-            ("accept", "application/json, text/event-stream"),
-        ],
-        echo_call(1, "x"),
-    )
-    .await;
-    assert_eq!(r.status, 401);
-    for r in [a, b] {
-        r.shutdown();
-        r.wait().await;
-    }
 }
 
 /// `portcullis member …` end to end, through the admin API.
@@ -570,90 +487,4 @@ async fn the_member_commands_add_list_invite_and_remove() {
     assert_eq!(e["error"]["code"], "member_not_found");
     let o = cli(&["member", "remove", "demo", "../tokens"]).await;
     assert_eq!(o.status.code(), Some(2), "a path in an id is a usage error");
-}
-
-/// The store's side, on SQLite and on Redis: one winner among concurrent
-/// uses of a link, states after use and expiry, unique emails, deletion
-/// taking sessions and links with it.
-async fn member_store_contract(s: &dyn portcullis::store::members::MemberStore) {
-    use portcullis::store::members::{LinkRecord, LinkState, MemberRecord, MemberSessionRecord, Role};
-    let now = portcullis::token::now_unix();
-    let m = MemberRecord {
-        id: "mem_contract000001".into(),
-        workspace: "w".into(),
-        email: "kim@example.com".into(),
-        name: None,
-        role: Role::Member,
-        created_at: now,
-    };
-    s.insert_member(&m).await.unwrap();
-    let dup = MemberRecord {
-        id: "mem_contract000002".into(),
-        ..m.clone()
-    };
-    assert!(matches!(
-        s.insert_member(&dup).await,
-        Err(portcullis::store::StoreError::Conflict(_))
-    ));
-    // Another workspace may have the same address.
-    let other = MemberRecord {
-        id: "mem_contract000003".into(),
-        workspace: "w2".into(),
-        ..m.clone()
-    };
-    s.insert_member(&other).await.unwrap();
-    assert_eq!(s.member_by_email("w", "kim@example.com").await.unwrap(), Some(m.clone()));
-    assert_eq!(
-        s.get_member("w2", &m.id).await.unwrap(),
-        None,
-        "ids are looked up within their workspace"
-    );
-    let link = LinkRecord {
-        workspace: "w".into(),
-        member_id: m.id.clone(),
-        created_at: now,
-        expires_at: now + 60,
-    };
-    s.create_link(&[1; 32], &link).await.unwrap();
-    assert_eq!(s.peek_link(&[1; 32], now).await.unwrap(), LinkState::Valid(link.clone()));
-    let results = futures_util::future::join_all((0..8).map(|_| s.consume_link(&[1; 32], now))).await;
-    let winners = results.iter().filter(|r| matches!(r, Ok(LinkState::Valid(_)))).count();
-    assert_eq!(winners, 1, "{results:?}");
-    assert!(results.iter().all(|r| matches!(r, Ok(LinkState::Valid(_)) | Ok(LinkState::Used))));
-    assert_eq!(s.peek_link(&[1; 32], now).await.unwrap(), LinkState::Used);
-    s.create_link(&[2; 32], &link).await.unwrap();
-    assert_eq!(s.consume_link(&[2; 32], now + 60).await.unwrap(), LinkState::Expired);
-    assert_eq!(s.consume_link(&[3; 32], now).await.unwrap(), LinkState::Unknown);
-    let sess = MemberSessionRecord {
-        workspace: "w".into(),
-        member_id: m.id.clone(),
-        created_at: now,
-        last_seen_at: now,
-        expires_at: now + 600,
-    };
-    s.create_member_session(&[4; 32], &sess, 60).await.unwrap();
-    s.touch_member_session(&[4; 32], now + 5, 60).await.unwrap();
-    assert_eq!(s.get_member_session(&[4; 32]).await.unwrap().unwrap().last_seen_at, now + 5);
-    s.create_link(&[5; 32], &link).await.unwrap();
-    assert_eq!(s.delete_member("w", &m.id).await.unwrap(), Some(m.clone()));
-    assert_eq!(s.delete_member("w", &m.id).await.unwrap(), None);
-    assert_eq!(s.get_member("w", &m.id).await.unwrap(), None);
-    assert_eq!(s.list_members("w").await.unwrap(), vec![]);
-    assert_eq!(s.list_members("w2").await.unwrap(), vec![other]);
-    // The address is free again.
-    s.insert_member(&dup).await.unwrap();
-    s.delete_member_session(&[4; 32]).await.unwrap();
-    assert_eq!(s.get_member_session(&[4; 32]).await.unwrap(), None);
-}
-
-#[tokio::test]
-async fn member_stores_keep_the_contract_on_sqlite_and_redis() {
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = portcullis::store::sqlite::SqliteStore::open(&dir.path().join("m.db")).unwrap();
-    member_store_contract(&sqlite).await;
-    let redis = RedisServer::start().await;
-    let store = portcullis::store::redis::RedisStore::connect(&redis.url(), std::time::Duration::from_secs(2))
-        .await
-        .unwrap();
-    member_store_contract(&store).await;
 }
