@@ -14,8 +14,9 @@ pub struct OAuthSpec {
     pub access_token_ttl: String,
     /// Lifetime of a refresh token (`mwr_…`) from its issue, e.g. `"30d"`.
     pub refresh_token_ttl: String,
-    /// Fetch Client ID Metadata Documents from private, loopback and
-    /// link-local addresses, and over plain http. For tests only.
+    /// Fetch Client ID Metadata Documents also from private, loopback and
+    /// link-local addresses, and over plain http. For tests only: it turns
+    /// off the SSRF guard (`oauth::client_metadata`).
     pub allow_private_client_metadata: bool,
 }
 

@@ -7,6 +7,7 @@
 //! the whole flow by tests/py/test_oauth.py.
 
 mod bad_paths;
+mod cimd;
 mod flow;
 mod store;
 
