@@ -30,6 +30,7 @@ fn not_found(ws: &str, id: &str) -> ApiError {
 #[utoipa::path(
     get,
     path = "/v1/workspaces/{ws}/grants",
+    operation_id = "list_grants",
     tag = "oauth",
     summary = "List the workspace's OAuth grants (connected apps)",
     params(("ws" = String, Path, description = "Workspace slug"), GrantQuery),
@@ -60,6 +61,7 @@ pub async fn list(
 #[utoipa::path(
     delete,
     path = "/v1/workspaces/{ws}/grants/{id}",
+    operation_id = "revoke_grant",
     tag = "oauth",
     summary = "Revoke a grant and every token it issued",
     description = "Immediate: when the call returns, no instance accepts the grant's access tokens, \
