@@ -269,3 +269,42 @@ def test_python_sdk_oauth_client_completes_the_flow_and_refreshes(oauth_gateway:
     grants = r.json()["grants"]
     assert [g["client_name"] for g in grants] == ["Python SDK test"]
     assert grants[0]["status"] == "revoked"
+
+
+def test_typescript_sdk_oauth_client_completes_the_flow_and_refreshes(oauth_gateway: OAuthGateway) -> None:
+    """The TypeScript SDK's OAuthClientProvider (tests/js/oauth_client.mjs): discovery,
+    registration, consent (posted with a member's session cookie), code exchange,
+    tools, and a refresh after the 3-second access token expired."""
+    import shutil
+
+    gw = oauth_gateway
+    node = shutil.which("node")
+    script = Path(__file__).resolve().parent.parent / "js" / "oauth_client.mjs"
+    if node is None or not (script.parent / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir():
+        pytest.skip("node or tests/js/node_modules missing (scripts/test-deps.sh)")
+    r = httpx.post(
+        f"{gw.admin}/v1/workspaces/demo/members/invite",
+        json={"email": "ts@example.com", "role": "member"},
+        headers={"authorization": f"Bearer {gw.admin_token}"},
+    )
+    assert r.status_code == 201, r.text
+    link = r.json()["url"]
+    r = httpx.post(link, headers={"origin": gw.base, "sec-fetch-site": "same-origin"})
+    assert r.status_code == 303, r.text
+    cookie = r.headers["set-cookie"].split(";")[0]
+    assert cookie.startswith("portcullis_member=")
+    res = subprocess.run(
+        [node, str(script), "--url", f"{gw.base}/ws/demo", "--cookie", cookie, "--wait-ms", "4000"],
+        capture_output=True, text=True, timeout=60, cwd=script.parent,
+    )
+    seen = json.loads(res.stdout.strip().splitlines()[-1])
+    assert seen["ok"], seen.get("error")
+    assert seen["unauthorizedFirst"] is True
+    assert seen["consentStatus"] == 200 and seen["client"] == "TypeScript SDK test"
+    assert seen["iss"] == gw.base
+    assert "echo" in seen["tools"]
+    assert "ts via oauth" in seen["echo1"] and "ts after refresh" in seen["echo2"]
+    tokens = seen["tokens"]
+    assert len(tokens) >= 2, tokens
+    assert tokens[0]["access"] == "mwt_" and tokens[0]["refresh"] == "mwr_"
+    assert tokens[-1]["r"] != tokens[0]["r"], "rotated"
