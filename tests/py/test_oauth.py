@@ -308,3 +308,44 @@ def test_typescript_sdk_oauth_client_completes_the_flow_and_refreshes(oauth_gate
     assert len(tokens) >= 2, tokens
     assert tokens[0]["access"] == "mwt_" and tokens[0]["refresh"] == "mwr_"
     assert tokens[-1]["r"] != tokens[0]["r"], "rotated"
+
+
+def test_dashboard_lists_and_disconnects_connected_apps(oauth_gateway: OAuthGateway) -> None:
+    """The admin dashboard's Connected apps tab (tab-apps) after the two SDK tests:
+    the Python SDK's grant revoked (refresh-token reuse), the TypeScript SDK's active
+    until disconnected here; its token is refused at once."""
+    gw = oauth_gateway
+    grants = httpx.get(f"{gw.admin}/v1/workspaces/demo/grants", headers={"authorization": f"Bearer {gw.admin_token}"}).json()["grants"]
+    ts = [g for g in grants if g["client_name"] == "TypeScript SDK test" and g["status"] == "active"]
+    if not ts:
+        pytest.skip("the TypeScript SDK test did not run first")
+    gid = ts[0]["id"]
+    out: dict = {}
+
+    async def run() -> None:
+        async with async_api.async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = await browser.new_page()
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            await page.goto(gw.admin + "/")
+            await page.get_by_test_id("signin-token").fill(gw.admin_token)
+            await page.get_by_test_id("signin-submit").click()
+            await page.wait_for_url(gw.admin + "/workspaces")
+            await page.goto(gw.admin + "/workspaces/demo/apps")
+            await page.get_by_test_id(f"app-row-{gid}").wait_for()
+            out["name"] = await page.get_by_test_id(f"app-name-{gid}").inner_text()
+            out["before"] = await page.get_by_test_id(f"app-status-{gid}").inner_text()
+            await page.get_by_test_id(f"app-revoke-{gid}").click()
+            await page.get_by_test_id("confirm").click()
+            await async_api.expect(page.get_by_test_id(f"app-status-{gid}")).to_have_text("revoked")
+            out["after"] = await page.get_by_test_id(f"app-status-{gid}").inner_text()
+            out["errors"] = errors
+            await browser.close()
+
+    asyncio.run(asyncio.wait_for(run(), 60))
+    assert out["name"] == "TypeScript SDK test"
+    assert (out["before"], out["after"]) == ("active", "revoked")
+    assert out["errors"] == [], "no CSP violation or script error"
+    grants = httpx.get(f"{gw.admin}/v1/workspaces/demo/grants", headers={"authorization": f"Bearer {gw.admin_token}"}).json()["grants"]
+    assert all(g["status"] == "revoked" for g in grants), grants
