@@ -8,6 +8,7 @@
 
 mod bad_paths;
 mod cimd;
+mod cluster;
 mod flow;
 mod store;
 
