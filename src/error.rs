@@ -189,6 +189,18 @@ impl GatewayError {
     }
 }
 
+/// `WWW-Authenticate` of a data-plane 401 when the authorization server is
+/// on: the contract's value plus `resource_metadata` (RFC 9728 §5.1),
+/// pointing at `metadata_url`. `None` if the URL cannot be a header value.
+pub fn www_authenticate_with_metadata(header_missing: bool, metadata_url: &str) -> Option<HeaderValue> {
+    let base = if header_missing {
+        r#"Bearer realm="portcullis""#
+    } else {
+        r#"Bearer realm="portcullis", error="invalid_token""#
+    };
+    HeaderValue::from_str(&format!(r#"{base}, resource_metadata="{metadata_url}""#)).ok()
+}
+
 // `IntoResponse for ApiError` serializes this struct, and the OpenAPI
 // document derives its `Error` schema from it.
 /// The body of every admin API error (contract §4): `{"error": {"code", "message"}}`.

@@ -22,6 +22,8 @@
 //! - [`admin`]: the control-plane HTTP API.
 //! - [`sso`]: members' single sign-on with an OpenID Connect provider,
 //!   at `/signin/oidc` on the data listener.
+//! - [`oauth`]: the OAuth 2.1 authorization server on the data listener
+//!   (`[oauth] enabled = true`).
 //! - [`error`]: the one mapping from failures to what clients see.
 //! - [`config`]: the TOML file, validation and runtime types.
 //! - [`app`] and [`server`]: wiring, listeners, background tasks, shutdown;
@@ -50,6 +52,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod limit;
 pub mod mcp;
+pub mod oauth;
 pub mod server;
 pub mod sso;
 pub mod state;

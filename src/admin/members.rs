@@ -274,10 +274,19 @@ pub async fn remove_member(state: &AppState, ws: &str, id: &str) -> Result<Optio
     Ok(Some((m, revoked)))
 }
 
-/// Hook: revokes the OAuth grants (and their tokens) of a member being
-/// removed. Nothing to do until the OAuth server lands: at merge it calls
-/// `oauth::revoke_member_grants` here.
-pub async fn revoke_member_grants(_state: &AppState, _m: &MemberRecord) -> Result<(), ApiError> {
+/// Revokes the OAuth grants of a member being removed, and with each the
+/// access tokens it issued (`auth::lifecycle::revoke_grant`: refused on
+/// every instance when this returns; the grants' refresh tokens die too).
+pub async fn revoke_member_grants(state: &AppState, m: &MemberRecord) -> Result<(), ApiError> {
+    let Some(grants) = state.store.grants() else {
+        return Ok(());
+    };
+    let now = now_unix();
+    for g in grants.list_grants(Some(&m.id), Some(&m.workspace)).await? {
+        if g.revoked_at.is_none() {
+            crate::auth::lifecycle::revoke_grant(Some(&state.verifier), &state.store, &g.id, None, "member_removed", now).await?;
+        }
+    }
     Ok(())
 }
 

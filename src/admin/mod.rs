@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod types;
 
 pub mod dashboard;
+pub mod grants;
 pub mod members;
 pub mod servers;
 pub mod session;
@@ -65,6 +66,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/workspaces/{ws}/servers", get(servers::list))
         .merge(audit::routes())
         .route("/v1/workspaces/{ws}/usage", get(usage::usage))
+        .route("/v1/workspaces/{ws}/grants", get(grants::list))
+        .route("/v1/workspaces/{ws}/grants/{id}", axum::routing::delete(grants::revoke))
         .route("/v1/workspaces/{ws}/members", get(members::list).post(members::add))
         .route("/v1/workspaces/{ws}/members/invite", axum::routing::post(members::invite))
         .route("/v1/workspaces/{ws}/members/{id}", axum::routing::delete(members::remove))
@@ -485,7 +488,7 @@ async fn find_token(state: &AppState, ws: &str, id: &str) -> Result<crate::token
         return Err(not_found());
     }
     match state.store.get(id).await? {
-        Some(r) if r.kind == TokenKind::Workspace && r.workspace.as_deref() == Some(ws) => Ok(r),
+        Some(r) if r.kind.is_data_plane() && r.workspace.as_deref() == Some(ws) => Ok(r),
         _ => Err(not_found()),
     }
 }

@@ -43,6 +43,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         super::create_token,
         super::get_token,
         super::revoke_token,
+        super::grants::list,
+        super::grants::revoke,
         super::members::add,
         super::members::list,
         super::members::remove,
@@ -54,6 +56,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
     tags(
         (name = "tokens", description = "Workspace tokens: create, list, get, revoke, self-check"),
         (name = "workspaces", description = "The configured workspaces"),
+        (name = "oauth", description = "OAuth grants (connected apps): list and revoke"),
         (name = "members", description = "Members of a workspace and their sign-in links"),
         (name = "operations", description = "Health, readiness, metrics and this document; no token needed"),
     )

@@ -117,3 +117,59 @@ pub struct Readiness {
     #[schema(example = "in_sync")]
     pub revocations: &'static str,
 }
+
+/// An OAuth grant: one person's consent that one client may use one
+/// workspace (a "connected app"). Never holds a token.
+#[derive(Serialize, ToSchema)]
+pub struct GrantInfo {
+    /// Grant id (`grt_…`); the `created_by` of the access tokens it issued.
+    #[schema(example = "grt_3f9K2mQ7xL1pZ8aB")]
+    pub id: String,
+    /// The client's name as it registered it (shown on the consent page).
+    pub client_name: String,
+    pub client_id: String,
+    /// Who consented (`admin:<token id>` for an administrator's session).
+    pub member_id: String,
+    #[schema(required = true)]
+    pub email: Option<String>,
+    pub workspace: String,
+    /// Servers consented to; `null` = all of the workspace's.
+    #[schema(required = true)]
+    pub servers: Option<Vec<String>>,
+    /// `active` or `revoked`.
+    #[schema(example = "active")]
+    pub status: &'static str,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    /// RFC 3339 UTC: the last token issue (code exchange or refresh).
+    #[schema(required = true)]
+    pub last_used_at: Option<String>,
+    /// RFC 3339 UTC.
+    #[schema(required = true)]
+    pub revoked_at: Option<String>,
+}
+
+impl From<crate::store::grants::Grant> for GrantInfo {
+    fn from(g: crate::store::grants::Grant) -> Self {
+        use crate::token::format_rfc3339;
+        GrantInfo {
+            status: if g.revoked_at.is_some() { "revoked" } else { "active" },
+            created_at: format_rfc3339(g.created_at),
+            last_used_at: g.last_used_at.map(format_rfc3339),
+            revoked_at: g.revoked_at.map(format_rfc3339),
+            id: g.id,
+            client_name: g.client_name,
+            client_id: g.client_id,
+            member_id: g.member_id,
+            email: g.email,
+            workspace: g.workspace,
+            servers: g.servers,
+        }
+    }
+}
+
+/// `GET /v1/workspaces/{ws}/grants`: newest first, at most 500.
+#[derive(Serialize, ToSchema)]
+pub struct GrantList {
+    pub grants: Vec<GrantInfo>,
+}

@@ -140,3 +140,41 @@ pub async fn revoke_by(
     }
     Ok(revoked)
 }
+
+/// Revokes OAuth grant `grant_id` and every access token issued under it,
+/// each through [`revoke`], so that when this returns no instance accepts
+/// any of them. Refresh tokens of the grant die with it (the token
+/// endpoint refuses a revoked grant's). `None` if the grant is unknown.
+///
+/// `actor` (an admin token id or a member id; `None` for the client or
+/// the authorization server itself) and `why` go into the audit trail's
+/// `grant_revoked` event, and `actor` into each `token_revoked`.
+pub async fn revoke_grant(
+    verifier: Option<&Verifier>,
+    store: &Arc<dyn crate::store::TokenStore>,
+    grant_id: &str,
+    actor: Option<&str>,
+    why: &str,
+    now: i64,
+) -> Result<Option<crate::store::grants::Grant>, StoreError> {
+    let Some(grants) = store.grants() else {
+        return Ok(None);
+    };
+    let Some(grant) = grants.revoke_grant(grant_id, now).await? else {
+        return Ok(None);
+    };
+    if let Some(audit) = verifier.and_then(Verifier::audit) {
+        let event = AuditEvent {
+            actor: actor.map(str::to_owned),
+            workspace: Some(grant.workspace.clone()),
+            member_id: Some(grant.member_id.clone()),
+            method: Some(why.to_owned()),
+            ..AuditEvent::new(EventType::GrantRevoked, 0)
+        };
+        audit.record(event).await;
+    }
+    for token_id in grants.grant_tokens(grant_id).await? {
+        revoke_by(verifier, store, &token_id, actor, now).await?;
+    }
+    Ok(Some(grant))
+}

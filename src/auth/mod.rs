@@ -57,6 +57,11 @@ pub struct CachedToken {
     /// The member the token was issued to (its `member_id`, else its
     /// `email`), for usage analytics.
     pub member: Option<Box<str>>,
+    /// The OAuth grant of a token of kind `oauth` (its record's
+    /// `created_by`); `None` for the others. Sessions are bound to the
+    /// grant, not the token, because the client's access token changes at
+    /// every refresh while its MCP session goes on ([`Self::session_owner`]).
+    pub grant: Option<Box<str>>,
     /// Last successful use (Unix seconds), kept in memory and flushed in batches.
     last_used: UnixSecs,
     /// The value of `last_used` last written to the store.
@@ -110,6 +115,7 @@ impl CachedToken {
             allowed_servers: r.allowed_servers.as_ref().map(|v| v.iter().map(|s| s.as_str().into()).collect()),
             limiter_key: token::limiter_key(hash),
             member: r.member_id.as_deref().or(r.email.as_deref()).map(Into::into),
+            grant: (r.kind == TokenKind::Oauth).then(|| r.created_by.as_str().into()),
             last_used: UnixSecs::new(last_used),
             flushed_last_used: UnixSecs::new(last_used),
             last_seen: UnixSecs::new(now),
@@ -129,6 +135,7 @@ impl CachedToken {
             allowed_servers: self.allowed_servers.clone(),
             limiter_key: self.limiter_key,
             member: self.member.clone(),
+            grant: self.grant.clone(),
             last_used: UnixSecs::new(self.last_used.load(Ordering::Relaxed)),
             flushed_last_used: UnixSecs::new(self.flushed_last_used.load(Ordering::Relaxed)),
             last_seen: UnixSecs::new(self.last_seen.load(Ordering::Relaxed)),
@@ -138,6 +145,13 @@ impl CachedToken {
 
     /// The signal that this entry stopped being valid; a streaming response
     /// waits on it (see `gateway::revocable`).
+    /// Whom an MCP session opened with this token belongs to: the token
+    /// itself, or for an OAuth access token its grant (the same client
+    /// and person across refreshes; a revoked grant refuses every token).
+    pub fn session_owner(&self) -> &str {
+        self.grant.as_deref().unwrap_or(&self.id)
+    }
+
     pub fn ended(&self) -> CancellationToken {
         self.ended.get_or_init(CancellationToken::new).clone()
     }

@@ -60,7 +60,7 @@ pub async fn respond(state: Deps<'_>, headers: &HeaderMap, client: Option<IpAddr
     let checked = async {
         let t = verify_bearer(state, headers, client).await?;
         if listener == Listener::Data {
-            if t.kind != TokenKind::Workspace {
+            if !t.kind.is_data_plane() {
                 state.verifier.reject(AuthFailureReason::WrongKind);
                 return Err(ApiError::unauthorized());
             }

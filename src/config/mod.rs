@@ -24,6 +24,7 @@ use serde::Deserialize;
 mod audit;
 mod dashboard;
 mod expand;
+mod oauth;
 mod oidc;
 mod spec;
 mod validate;
@@ -33,6 +34,7 @@ use expand::*;
 pub use audit::{AuditConfig, AuditSink, AuditSpec};
 pub use dashboard::{DashboardConfig, DashboardSpec, SecureCookie, parse_duration};
 pub use expand::{ENV_OVERRIDE_PREFIX, process_overrides};
+pub use oauth::{OAuthConfig, OAuthSpec};
 pub use oidc::{AuthSpec, MEMBER_ROLES, OidcConfig, OidcSpec, Secret};
 pub use spec::*;
 pub use validate::is_valid_slug;
@@ -67,6 +69,7 @@ pub struct Config {
     pub usage: UsageConfig,
     /// `[auth.oidc]`: single sign-on for members; `None` when not configured.
     pub oidc: Option<OidcConfig>,
+    pub oauth: OAuthConfig,
     pub workspaces: Vec<Arc<Workspace>>,
     pub audit: AuditConfig,
 }

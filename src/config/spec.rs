@@ -20,6 +20,8 @@ pub struct ConfigSpec {
     #[serde(default)]
     pub auth: AuthSpec,
     #[serde(default)]
+    pub oauth: OAuthSpec,
+    #[serde(default)]
     pub workspaces: Vec<WorkspaceSpec>,
     #[serde(default)]
     pub audit: AuditSpec,

@@ -84,6 +84,7 @@ impl ConfigSpec {
         let store = self.store.to_store_config(path)?;
         let dashboard = self.dashboard.into_config(path)?;
         let audit = self.audit.to_config(path)?;
+        let oauth = self.oauth.into_config(path)?;
         check_listeners_distinct(path, listen, admin_listen)?;
 
         if self.limits.requests_per_minute == 0 {
@@ -253,6 +254,7 @@ impl ConfigSpec {
             dashboard,
             usage,
             oidc,
+            oauth,
             workspaces,
             audit,
         })

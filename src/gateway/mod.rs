@@ -42,7 +42,7 @@ use crate::mcp::jsonrpc::{self, BodyError};
 use crate::mcp::session::Sealer;
 use crate::state::AppState;
 use crate::telemetry::AuthFailureReason;
-use crate::token::{TokenKind, now_unix};
+use crate::token::now_unix;
 use crate::upstream::Upstream;
 
 pub use request_id::RequestIds;
@@ -89,6 +89,8 @@ pub struct Gateway {
     request_ids: RequestIds,
     /// Binds pass-through sessions to their token (see `session_bind`).
     sessions: session_bind::SessionBinder,
+    /// The authorization server, when `[oauth] enabled = true`.
+    oauth: Option<crate::oauth::Server>,
 }
 
 /// What the pipeline learned, for the access log and metrics.
@@ -181,11 +183,13 @@ impl Gateway {
             ([], Some(k)) => session_bind::SessionBinder::new(&[k]),
             (keys, _) => session_bind::SessionBinder::new(keys),
         };
+        let oauth = state.config.oauth.enabled.then(|| crate::oauth::Server::new(Arc::clone(&state)));
         Gateway {
             state,
             routes,
             request_ids: RequestIds::new(),
             sessions,
+            oauth,
         }
     }
 
@@ -293,6 +297,9 @@ impl Gateway {
                 .record("workspace", field::debug(tried));
             return match self.workspace_request(req, &slug, request_id, outcome).await {
                 Ok(resp) => resp,
+                Err((GatewayError::Unauthorized { header_missing }, id)) if self.oauth.is_some() => {
+                    self.unauthorized_with_metadata(&slug, header_missing, id.as_deref())
+                }
                 Err((e, id)) => e.into_response(id.as_deref()),
             };
         }
@@ -306,6 +313,11 @@ impl Gateway {
                 crate::auth::self_check::Listener::Data,
             ))
             .await;
+        }
+        if let Some(oauth) = &self.oauth
+            && crate::oauth::owns(path)
+        {
+            return self.oauth_request(oauth, req, outcome.client).await;
         }
         // MCP clients (mcp-remote) probe OAuth metadata at connect time. These
         // are static tokens, so answer a quick, unauthenticated 404 that sends
@@ -443,7 +455,7 @@ impl Gateway {
         let ws = &*route.workspace.slug;
         let sent = self
             .sessions
-            .inbound(ws, &token.id, &mut parts.headers)
+            .inbound(ws, token.session_owner(), &mut parts.headers)
             .map_err(|e| (e, jsonrpc::request_id(&body).map(|r| r.to_owned())))?;
         let resp = forward::forward(
             &self.state,
@@ -461,8 +473,52 @@ impl Gateway {
         let mut resp = resp.map_err(|e| (e, jsonrpc::request_id(&body).map(|r| r.to_owned())))?;
         let upstream_sent = parts.headers.get(&session_bind::MCP_SESSION_ID);
         self.sessions
-            .outbound(ws, &token.id, sent.as_ref().zip(upstream_sent), resp.headers_mut());
+            .outbound(ws, token.session_owner(), sent.as_ref().zip(upstream_sent), resp.headers_mut());
         Ok(resp)
+    }
+
+    /// A 401 of `/ws/{slug}` with `resource_metadata`, so that an OAuth
+    /// client finds the authorization server. Every well-formed slug gets
+    /// the same shape, known or not: the 401 still enumerates nothing.
+    fn unauthorized_with_metadata(&self, slug: &str, header_missing: bool, id: Option<&serde_json::value::RawValue>) -> Response<Body> {
+        let mut resp = GatewayError::Unauthorized { header_missing }.into_response(id);
+        let well_formed = !slug.is_empty() && slug.len() <= 64 && slug.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if well_formed {
+            let base = self.state.config.server.public_url.trim_end_matches('/');
+            let url = format!("{base}/.well-known/oauth-protected-resource/ws/{slug}");
+            if let Some(v) = crate::error::www_authenticate_with_metadata(header_missing, &url) {
+                resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+            }
+        }
+        resp
+    }
+
+    /// Hands a request under `/oauth/` or `/.well-known/oauth-` to the
+    /// authorization server, its body read first (bounded: these are
+    /// small forms and JSON documents).
+    async fn oauth_request<B>(&self, oauth: &crate::oauth::Server, req: Request<B>, client: Option<IpAddr>) -> Response<Body>
+    where
+        B: RequestBody,
+    {
+        let (parts, body) = req.into_parts();
+        let limited = Limited::new(body, crate::oauth::MAX_BODY);
+        let body = match tokio::time::timeout(self.state.config.server.body_read_timeout, limited.collect()).await {
+            Ok(Ok(c)) => c.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return crate::oauth::too_large(parts.uri.path());
+            }
+            _ => return GatewayError::BodyTimeout.into_response(None),
+        };
+        oauth
+            .handle(crate::oauth::Req {
+                method: &parts.method,
+                path: parts.uri.path(),
+                query: parts.uri.query().unwrap_or(""),
+                headers: &parts.headers,
+                body,
+                client,
+            })
+            .await
     }
 
     /// Extracts and verifies the bearer token; only workspace tokens pass.
@@ -477,7 +533,7 @@ impl Gateway {
             return Err(GatewayError::Unauthorized { header_missing: false });
         };
         match verifier.verify_from(raw, now_unix(), client).await {
-            Ok(t) if t.kind == TokenKind::Workspace => Ok(t),
+            Ok(t) if t.kind.is_data_plane() => Ok(t),
             Ok(_) => {
                 verifier.reject(AuthFailureReason::WrongKind);
                 Err(GatewayError::Unauthorized { header_missing: false })

@@ -8,6 +8,7 @@
 //! instance, or the offline CLI) by polling a single number.
 
 pub mod audit;
+pub mod grants;
 pub mod members;
 mod members_redis;
 pub mod redis;
@@ -127,6 +128,11 @@ pub trait TokenStore: Send + Sync + 'static {
     /// The audit trail kept in this store (`store::audit`). `None`: this
     /// store keeps none (events then go to the sink only, if any).
     fn audit(&self) -> Option<&dyn audit::AuditStore> {
+        None
+    }
+    /// Where OAuth grants, codes and refresh tokens live (`None`: this
+    /// store keeps none, and the authorization server cannot issue any).
+    fn grants(&self) -> Option<&dyn grants::GrantStore> {
         None
     }
     /// Where members, sign-in links and member sessions live (`None`: this

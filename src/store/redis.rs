@@ -269,6 +269,10 @@ fn list_key(kind: TokenKind, workspace: Option<&str>) -> String {
 
 #[async_trait]
 impl TokenStore for RedisStore {
+    fn grants(&self) -> Option<&dyn super::grants::GrantStore> {
+        Some(self)
+    }
+
     fn sessions(&self) -> Option<&dyn super::sessions::SessionStore> {
         Some(self)
     }

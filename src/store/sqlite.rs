@@ -68,6 +68,7 @@ impl SqliteStore {
         super::sessions::migrate(&writer)?;
         super::audit::sqlite::migrate(&writer)?;
         super::usage::migrate_sqlite(&writer)?;
+        super::grants::migrate(&writer)?;
         super::members::migrate(&writer)?;
         let reader = open_connection(path)?;
         // The reader serves index misses only: the in-memory index is the
@@ -200,6 +201,10 @@ fn record_from_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
 
 #[async_trait]
 impl TokenStore for SqliteStore {
+    fn grants(&self) -> Option<&dyn super::grants::GrantStore> {
+        Some(self)
+    }
+
     fn sessions(&self) -> Option<&dyn super::sessions::SessionStore> {
         Some(self)
     }

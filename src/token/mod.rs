@@ -17,6 +17,9 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 pub const WORKSPACE_PREFIX: &str = "mwt_";
 /// Prefix of admin (control-plane) tokens.
 pub const ADMIN_PREFIX: &str = "mwa_";
+/// Prefix of OAuth refresh tokens. Never a bearer credential: `parse`
+/// refuses it, so the data plane rejects one before any lookup.
+pub const REFRESH_PREFIX: &str = "mwr_";
 /// Prefix of public token ids.
 pub const ID_PREFIX: &str = "tkn_";
 const RANDOM_LEN: usize = 30;
@@ -64,6 +67,51 @@ pub fn parse(raw: &str) -> Result<TokenKind, MalformedToken> {
     Ok(kind)
 }
 
+/// Checks the shape and checksum of a refresh token (`mwr_…`, the same
+/// format as the others).
+pub fn parse_refresh(raw: &str) -> Result<(), MalformedToken> {
+    let bytes = raw.as_bytes();
+    if bytes.len() != TOKEN_LEN {
+        return Err(MalformedToken::Length);
+    }
+    if &bytes[..4] != REFRESH_PREFIX.as_bytes() {
+        return Err(MalformedToken::Prefix);
+    }
+    check_body(&bytes[4..])
+}
+
+/// A new refresh token (raw value, hash, hint).
+pub fn generate_refresh() -> NewToken {
+    generate_with_prefix(REFRESH_PREFIX)
+}
+
+/// A random secret with `prefix` in the token format (OAuth authorization
+/// codes use it too: checksummed, 30 base62 characters of randomness).
+pub fn generate_with_prefix(prefix: &str) -> NewToken {
+    let random = random_base62(RANDOM_LEN);
+    let mut raw = String::with_capacity(prefix.len() + RANDOM_LEN + CHECKSUM_LEN);
+    raw.push_str(prefix);
+    raw.push_str(&random);
+    raw.push_str(std::str::from_utf8(&encode_checksum(crc32fast::hash(random.as_bytes()))).expect("base62 is ASCII"));
+    let hint = format!("{prefix}{}…", &random[..4]);
+    NewToken {
+        hash: hash(&raw),
+        raw,
+        hint,
+    }
+}
+
+fn check_body(body: &[u8]) -> Result<(), MalformedToken> {
+    let (random, checksum) = body.split_at(RANDOM_LEN);
+    if !random.iter().chain(checksum).all(u8::is_ascii_alphanumeric) {
+        return Err(MalformedToken::Alphabet);
+    }
+    if encode_checksum(crc32fast::hash(random)) != checksum {
+        return Err(MalformedToken::Checksum);
+    }
+    Ok(())
+}
+
 /// SHA-256 of the token string.
 pub fn hash(raw: &str) -> TokenHash {
     Sha256::digest(raw.as_bytes()).into()
@@ -78,17 +126,7 @@ pub struct NewToken {
 
 /// Generates a token of `kind` from the OS CSPRNG.
 pub fn generate(kind: TokenKind) -> NewToken {
-    let random = random_base62(RANDOM_LEN);
-    let mut raw = String::with_capacity(TOKEN_LEN);
-    raw.push_str(kind.prefix());
-    raw.push_str(&random);
-    raw.push_str(std::str::from_utf8(&encode_checksum(crc32fast::hash(random.as_bytes()))).expect("base62 is ASCII"));
-    let hint = format!("{}{}…", kind.prefix(), &random[..4]);
-    NewToken {
-        hash: hash(&raw),
-        raw,
-        hint,
-    }
+    generate_with_prefix(kind.prefix())
 }
 
 /// A new public token id, `tkn_` + 16 base62 characters.
@@ -152,6 +190,21 @@ mod tests {
             assert_eq!(t.hash, hash(&t.raw));
             assert_eq!(t.hint, format!("{}…", &t.raw[..8]));
         }
+    }
+
+    #[test]
+    fn refresh_tokens_have_the_format_and_are_no_bearer() {
+        let r = generate_refresh();
+        assert!(r.raw.starts_with("mwr_"));
+        assert_eq!(r.raw.len(), TOKEN_LEN);
+        assert_eq!(parse_refresh(&r.raw), Ok(()));
+        assert_eq!(parse(&r.raw), Err(MalformedToken::Prefix), "never valid on the data plane");
+        let w = generate(TokenKind::Workspace).raw;
+        assert_eq!(parse_refresh(&w), Err(MalformedToken::Prefix));
+        let mut bad = r.raw.into_bytes();
+        bad[6] = if bad[6] == b'a' { b'b' } else { b'a' };
+        assert_eq!(parse_refresh(std::str::from_utf8(&bad).unwrap()), Err(MalformedToken::Checksum));
+        assert_eq!(generate(TokenKind::Oauth).raw[..4], *"mwt_");
     }
 
     #[test]

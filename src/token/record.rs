@@ -3,18 +3,22 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Data-plane workspace token or control-plane admin token.
+/// Data-plane workspace token, control-plane admin token, or a workspace
+/// token issued by the OAuth authorization server (`oauth`: same `mwt_`
+/// prefix, index, limits and revocation as `workspace`; its record names
+/// the client in `name` and the grant in `created_by`, docs/oauth.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenKind {
     Workspace,
     Admin,
+    Oauth,
 }
 
 impl TokenKind {
     pub fn prefix(self) -> &'static str {
         match self {
-            TokenKind::Workspace => super::WORKSPACE_PREFIX,
+            TokenKind::Workspace | TokenKind::Oauth => super::WORKSPACE_PREFIX,
             TokenKind::Admin => super::ADMIN_PREFIX,
         }
     }
@@ -23,13 +27,21 @@ impl TokenKind {
         match self {
             TokenKind::Workspace => "workspace",
             TokenKind::Admin => "admin",
+            TokenKind::Oauth => "oauth",
         }
+    }
+
+    /// Whether a token of this kind is a bearer credential of the data
+    /// plane (`/ws/{slug}`).
+    pub fn is_data_plane(self) -> bool {
+        matches!(self, TokenKind::Workspace | TokenKind::Oauth)
     }
 
     pub fn from_str_opt(s: &str) -> Option<Self> {
         match s {
             "workspace" => Some(TokenKind::Workspace),
             "admin" => Some(TokenKind::Admin),
+            "oauth" => Some(TokenKind::Oauth),
             _ => None,
         }
     }

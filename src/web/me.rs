@@ -53,6 +53,7 @@ pub async fn page(State(state): State<SharedState>, headers: HeaderMap) -> Respo
         );
     };
     let owner = me.role == Role::Owner;
+    let grants = super::apps::of(&state, &me).await.unwrap_or_default();
     html(
         StatusCode::OK,
         layout(
@@ -69,10 +70,7 @@ pub async fn page(State(state): State<SharedState>, headers: HeaderMap) -> Respo
                 }
                 @if owner { p.note { "You are an owner of this workspace: you see and can revoke every token of it." } }
                 (crate::ui::tokens::section(w, false))
-                section #apps aria-labelledby="apps-h" {
-                    h2 #apps-h { "Connected apps" }
-                    p #apps-msg data-testid="apps-empty" { "No connected apps." }
-                }
+                (super::apps::section(&me, &grants))
             },
         ),
     )

@@ -9,15 +9,16 @@
 //! data plane's hot path is untouched. Paths:
 //! - `/signin/...`: sign-in links (`signin`);
 //! - `/me`, `/me/...`: the member's pages and their JSON (`me`);
-//! - `/oauth/...`: reserved for the OAuth authorization server (404 here
-//!   until it lands). `/.well-known/oauth-*` stays with the gateway, which
-//!   answers its quick 404 while OAuth is off.
+//! - `/oauth/...` and `/.well-known/oauth-*` are not here: the gateway
+//!   hands them to the OAuth authorization server (`crate::oauth`, which
+//!   calls [`current_member`]), or answers a quick 404 while OAuth is off.
 //!
 //! Every response carries the dashboard's security headers (strict CSP,
 //! no framing, nosniff, no-referrer, no-store); state-changing requests
 //! need the session's CSRF token and a same-origin `Origin`
 //! (`auth::browser`).
 
+pub mod apps;
 pub mod me;
 pub mod oidc;
 pub mod pages;
@@ -40,10 +41,23 @@ use crate::state::AppState;
 
 type SharedState = Arc<AppState>;
 
+/// The cookie that brings a person back to where signing in was asked for
+/// (an OAuth authorization request, `oauth::member`); the sign-in follows
+/// it when it holds one of our own paths that [`is_return_path`] accepts.
+pub const NEXT_COOKIE: &str = "portcullis_next";
+
+/// Where a sign-in may send the browser on to: an authorization request
+/// on this listener, nothing else (no open redirect).
+pub fn is_return_path(p: &str) -> bool {
+    // Always a path of this origin (it starts with one `/`), so the browser
+    // cannot be sent elsewhere.
+    p.starts_with("/oauth/authorize?") && p.len() <= 8192
+}
+
 /// Whether a data-listener request is for the people-facing pages (one
 /// prefix test, on paths other than `/ws/...`).
 pub fn is_people_path(path: &str) -> bool {
-    path == "/me" || path.starts_with("/me/") || path.starts_with("/signin/") || path.starts_with("/oauth/")
+    path == "/me" || path.starts_with("/me/") || path.starts_with("/signin/")
 }
 
 /// The people-facing router, with its state.
@@ -55,6 +69,9 @@ pub fn router(state: SharedState) -> Router {
         .route("/me/signout", post(me::sign_out))
         .route("/me/api/tokens", get(me::list_tokens).post(me::create_token))
         .route("/me/api/tokens/{id}", axum::routing::delete(me::revoke_token))
+        .route("/me/api/apps", get(apps::list))
+        .route("/me/api/apps/{id}", axum::routing::delete(apps::revoke))
+        .route("/me/apps/{id}/revoke", post(apps::revoke_form))
         .route(
             "/me/assets/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", crate::ui::APP_JS) }),

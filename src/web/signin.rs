@@ -105,13 +105,43 @@ pub async fn consume(State(state): State<SharedState>, Path(code): Path<String>,
     match session::sign_in_member(&state, &link.workspace, &link.member_id, &headers).await {
         Ok(cookie) => {
             audit_signin(&state, &link.workspace, &link.member_id).await;
-            let mut r = Redirect::to("/me").into_response();
-            r.headers_mut().insert(header::SET_COOKIE, cookie);
+            // Back to an authorization request that sent the person to
+            // sign in (`oauth::member`), or on to their own page.
+            let next = return_path(&headers);
+            let mut r = Redirect::to(next.as_deref().unwrap_or("/me")).into_response();
+            r.headers_mut().append(header::SET_COOKIE, cookie);
+            if next.is_some() {
+                r.headers_mut().append(
+                    header::SET_COOKIE,
+                    axum::http::HeaderValue::from_static("portcullis_next=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"),
+                );
+            }
             r
         }
         Err(e) if e.status == StatusCode::NOT_FOUND => refused(&LinkState::Unknown),
         Err(_) => unavailable(),
     }
+}
+
+/// The path in the `portcullis_next` cookie, decoded, if it is one a
+/// sign-in may return to (`super::is_return_path`).
+fn return_path(headers: &HeaderMap) -> Option<String> {
+    let raw = crate::auth::browser::cookie_value(headers, super::NEXT_COOKIE)?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let p = String::from_utf8(out).ok()?;
+    super::is_return_path(&p).then_some(p)
 }
 
 /// Audit hook: a member signed in with a link (`signin`; actor: the member

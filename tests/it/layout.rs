@@ -37,6 +37,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "config",
             "error",
             "mcp",
+            "oauth",
             "state",
             "telemetry",
             "token",
@@ -78,6 +79,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "token",
             "ui",
         ],
+    ),
+    // The authorization server: mounted by `gateway` on the data listener;
+    // `web` for who is signed in (oauth::member), never `admin`.
+    (
+        "oauth",
+        &["audit", "auth", "config", "error", "limit", "state", "store", "token", "web"],
     ),
     ("server", &["error", "gateway", "state", "upstream"]),
     ("demo", &["error", "server"]),

@@ -19,6 +19,7 @@ mod lifecycle;
 mod limits_headers;
 mod members;
 mod members_redis;
+mod oauth;
 mod openapi;
 mod store;
 mod stream_revocation;

@@ -15,6 +15,7 @@ pub const TABS: &[(&str, &str, &str)] = &[
     ("usage", "Usage", "tab-usage"),
     ("audit", "Audit", "tab-audit"),
     ("servers", "Servers", "tab-servers"),
+    ("apps", "Connected apps", "tab-apps"),
 ];
 
 /// The signed-in part of the header.
@@ -134,6 +135,7 @@ pub fn workspace(who: &Who<'_>, w: &Workspace, tab: &str) -> Markup {
                 "members" => (members(w)),
                 "usage" => (usage()),
                 "audit" => (audit()),
+                "apps" => (apps(w)),
                 _ => (servers()),
             }
         },
@@ -188,6 +190,36 @@ fn members(w: &Workspace) -> Markup {
             div.buttons {
                 button.danger #member-confirm data-testid="confirm" type="button" { "Remove" }
                 button.secondary #member-confirm-cancel type="button" { "Cancel" }
+            }
+        }
+    }
+}
+
+/// Connected apps: the workspace's OAuth grants (docs/oauth.md), filled
+/// by the script from `/v1/workspaces/{ws}/grants`; Disconnect revokes a
+/// grant and every token it issued, after a confirmation.
+fn apps(w: &Workspace) -> Markup {
+    html! {
+        section aria-labelledby="apps-h" {
+            h2 #apps-h { "Connected apps" }
+            p #apps-msg role="status" aria-live="polite" {}
+            table {
+                caption.visually-hidden { "OAuth grants of workspace " (w.slug) }
+                thead { tr {
+                    th scope="col" { "App" } th scope="col" { "Member" } th scope="col" { "Servers" }
+                    th scope="col" { "Status" } th scope="col" { "Last used" } th scope="col" { span.visually-hidden { "Actions" } }
+                } }
+                tbody #apps-body {}
+            }
+            p.note { "Apps connect with only the workspace URL when OAuth is on ([oauth] enabled = true). "
+                "Disconnecting one revokes every token it holds at once." }
+        }
+        dialog #app-confirm-dialog role="alertdialog" aria-labelledby="app-confirm-h" aria-describedby="app-confirm-text" {
+            h2 #app-confirm-h { "Disconnect app?" }
+            p #app-confirm-text {}
+            div.buttons {
+                button.danger #app-confirm data-testid="confirm" type="button" { "Disconnect" }
+                button.secondary #app-confirm-cancel type="button" { "Cancel" }
             }
         }
     }

@@ -72,7 +72,7 @@ impl Aggregator {
             }
         }
         let session = SessionState {
-            token_id: token.id.to_string(),
+            token_id: token.session_owner().to_string(),
             version: (*version).to_owned(),
             client: Some(client),
             upstreams,

@@ -284,7 +284,7 @@ impl Aggregator {
             .sealer
             .open(&self.workspace.slug, sealed)
             .ok_or(GatewayError::SessionNotFound)?;
-        if *session.token_id != *token.id {
+        if *session.token_id != *token.session_owner() {
             // Sessions are bearer-bound: another token's session is refused
             // like a bad credential, and says nothing about whose it is.
             tracing::warn!("session id presented with another token");

@@ -30,12 +30,12 @@ impl Aggregator {
             "clientInfo": field("io.modelcontextprotocol/clientInfo").unwrap_or_else(|| json!({"name": "unknown", "version": "0"})),
         });
         let session = SessionState {
-            token_id: token.id.to_string(),
+            token_id: token.session_owner().to_string(),
             version: SUPPORTED_VERSIONS[0].to_owned(),
             client: Some(client),
             upstreams: Vec::new(),
         };
-        let key = format!("stateless/{}", token.id);
+        let key = format!("stateless/{}", token.session_owner());
         let ctx = Ctx {
             state,
             token,

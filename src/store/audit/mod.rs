@@ -38,10 +38,22 @@ pub enum EventType {
     MemberRemoved,
     /// A one-time sign-in link made for a member.
     InviteCreated,
+    /// OAuth: a member consented; the grant is created (`token_id`: none;
+    /// `method`: the client's name).
+    GrantCreated,
+    /// OAuth: a member denied consent.
+    ConsentDenied,
+    /// OAuth: an access/refresh pair issued (`method`:
+    /// `authorization_code` or `refresh_token`).
+    OauthTokensIssued,
+    /// OAuth: a grant and all its tokens revoked (`method` says why: `admin`,
+    /// `member`, `client`, `member_removed`, `code_reused`,
+    /// `refresh_reused`, `refresh_stolen`).
+    GrantRevoked,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 12] = [
+    pub const ALL: [EventType; 16] = [
         EventType::TokenCreated,
         EventType::TokenRevoked,
         EventType::TokenRolled,
@@ -54,6 +66,10 @@ impl EventType {
         EventType::MemberAdded,
         EventType::MemberRemoved,
         EventType::InviteCreated,
+        EventType::GrantCreated,
+        EventType::ConsentDenied,
+        EventType::OauthTokensIssued,
+        EventType::GrantRevoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +86,10 @@ impl EventType {
             EventType::MemberAdded => "member_added",
             EventType::MemberRemoved => "member_removed",
             EventType::InviteCreated => "invite_created",
+            EventType::GrantCreated => "grant_created",
+            EventType::ConsentDenied => "consent_denied",
+            EventType::OauthTokensIssued => "oauth_tokens_issued",
+            EventType::GrantRevoked => "grant_revoked",
         }
     }
 

@@ -348,6 +348,55 @@
     load();
   }
 
+  // ---- Connected apps tab (OAuth grants, docs/oauth.md) ---------------------
+  function appsTab() {
+    const base = "/v1/workspaces/" + enc(ws) + "/grants";
+    const body = $("apps-body");
+    let rows = [];
+    function render() {
+      body.replaceChildren();
+      for (const g of rows) {
+        const active = g.status === "active";
+        body.append(el("tr", { testid: "app-row-" + g.id, "data-id": g.id },
+          el("td", {}, el("span", { class: "name", testid: "app-name-" + g.id, text: g.client_name }), el("br"), el("code", { class: "hint", text: g.id })),
+          el("td", { text: g.email || g.member_id }),
+          el("td", { text: g.servers ? g.servers.join(", ") : "all" }),
+          el("td", {}, el("span", { class: "status", testid: "app-status-" + g.id, text: g.status })),
+          el("td", { text: g.last_used_at ? when(g.last_used_at) : "never" }),
+          el("td", {}, active ? el("button", { type: "button", class: "danger small", testid: "app-revoke-" + g.id,
+            "aria-label": "Disconnect " + g.client_name, onclick: () => ask(g) }, "Disconnect") : "")));
+      }
+      say("apps-msg", rows.length ? "" : "No connected apps. Apps appear here once someone allows one on the consent page.");
+    }
+    async function load() {
+      const r = await api("GET", base);
+      if (r.status !== 200) { say("apps-msg", errText(r), true); return; }
+      rows = r.body.grants;
+      render();
+    }
+    const dialog = $("app-confirm-dialog");
+    let pending = null;
+    function ask(g) {
+      pending = g;
+      $("app-confirm-text").textContent = g.client_name + " (" + g.id + ") loses access to this workspace: every token it holds is revoked at once.";
+      dialog.showModal();
+      $("app-confirm-cancel").focus();
+    }
+    $("app-confirm-cancel").addEventListener("click", () => { pending = null; dialog.close(); });
+    $("app-confirm").addEventListener("click", async () => {
+      const g = pending;
+      pending = null;
+      dialog.close();
+      if (!g) return;
+      const r = await api("DELETE", base + "/" + enc(g.id));
+      if (r.status !== 200) { say("apps-msg", errText(r), true); return; }
+      rows = rows.map((x) => (x.id === g.id ? r.body : x));
+      render();
+      say("apps-msg", "Disconnected " + g.client_name + ".");
+    });
+    load();
+  }
+
   // ---- Usage tab -----------------------------------------------------------
   const RANGES = { "1h": [3600, "minute"], "24h": [86400, "hour"], "7d": [604800, "hour"], "30d": [2592000, "day"] };
 
@@ -555,5 +604,6 @@
     else if (data.tab === "usage") usageTab();
     else if (data.tab === "audit") auditTab();
     else if (data.tab === "servers") serversTab();
+    else if (data.tab === "apps") appsTab();
   }
 })();
