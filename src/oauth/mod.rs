@@ -193,29 +193,6 @@ fn unb64(s: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hmac_matches_rfc_4231_shape_and_separates_labels() {
-        let k = [7u8; 32];
-        assert_eq!(hmac_sha256(&k, "a", b"x"), hmac_sha256(&k, "a", b"x"));
-        assert_ne!(hmac_sha256(&k, "a", b"x"), hmac_sha256(&k, "b", b"x"));
-        assert_ne!(hmac_sha256(&k, "a", b"x"), hmac_sha256(&[8u8; 32], "a", b"x"));
-        assert!(ct_eq(b"abc", b"abc") && !ct_eq(b"abc", b"abd") && !ct_eq(b"ab", b"abc"));
-    }
-
-    #[test]
-    fn owned_paths() {
-        assert!(owns("/oauth/token"));
-        assert!(owns("/.well-known/oauth-authorization-server"));
-        assert!(owns("/.well-known/oauth-protected-resource/ws/a"));
-        assert!(!owns("/ws/a"));
-        assert!(!owns("/.well-known/openid-configuration"));
-    }
-}
-
 /// Records a consent step in the audit trail: the member as actor, the
 /// client's name as `method` (never a code, token or redirect URI).
 pub(crate) async fn audit(s: &Server, kind: EventType, workspace: &str, member_id: &str, client_name: &str) {
@@ -241,4 +218,27 @@ pub(crate) async fn audit_issued(s: &Server, grant: &crate::store::grants::Grant
         ..AuditEvent::new(EventType::OauthTokensIssued, 0)
     };
     s.state.audit.record(event).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231_shape_and_separates_labels() {
+        let k = [7u8; 32];
+        assert_eq!(hmac_sha256(&k, "a", b"x"), hmac_sha256(&k, "a", b"x"));
+        assert_ne!(hmac_sha256(&k, "a", b"x"), hmac_sha256(&k, "b", b"x"));
+        assert_ne!(hmac_sha256(&k, "a", b"x"), hmac_sha256(&[8u8; 32], "a", b"x"));
+        assert!(ct_eq(b"abc", b"abc") && !ct_eq(b"abc", b"abd") && !ct_eq(b"ab", b"abc"));
+    }
+
+    #[test]
+    fn owned_paths() {
+        assert!(owns("/oauth/token"));
+        assert!(owns("/.well-known/oauth-authorization-server"));
+        assert!(owns("/.well-known/oauth-protected-resource/ws/a"));
+        assert!(!owns("/ws/a"));
+        assert!(!owns("/.well-known/openid-configuration"));
+    }
 }

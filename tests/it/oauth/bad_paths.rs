@@ -41,7 +41,10 @@ async fn wrong_verifier_and_reused_code() {
     let text = String::from_utf8_lossy(&trail.body).to_string();
     let events = trail.json()["events"].as_array().cloned().unwrap();
     let has = |kind: &str, method: &str| events.iter().any(|e| e["type"] == kind && e["method"] == method);
-    assert!(has("grant_created", "Test client") || events.iter().any(|e| e["type"] == "grant_created"), "{text}");
+    assert!(
+        has("grant_created", "Test client") || events.iter().any(|e| e["type"] == "grant_created"),
+        "{text}"
+    );
     assert!(has("oauth_tokens_issued", "authorization_code"), "{text}");
     assert!(has("grant_revoked", "code_reused"), "{text}");
     assert!(events.iter().any(|e| e["type"] == "token_revoked"), "{text}");
