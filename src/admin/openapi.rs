@@ -1,8 +1,9 @@
 //! `GET /v1/openapi.json`: the OpenAPI 3.1 description of the admin API,
 //! generated from the code (utoipa). Each operation comes from the
-//! `#[utoipa::path]` annotation on its handler (`mod.rs`), each schema from
-//! the type the handler serializes (`types.rs`, `token::TokenView`,
-//! `auth::self_check::SelfView`, `error::ApiErrorBody`).
+//! `#[utoipa::path]` annotation on its handler (`mod.rs`, `servers.rs`,
+//! `usage.rs`, `audit.rs`), each schema from the type the handler
+//! serializes (`types.rs`, `token::TokenView`, `auth::self_check::SelfView`,
+//! `store::audit::AuditEvent`, `audit::Stats`, `error::ApiErrorBody`).
 //!
 //! Served without a token: it describes the API's shape and holds nothing
 //! of a deployment (no workspace, server or token), so tools (code
