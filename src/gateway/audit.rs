@@ -46,16 +46,9 @@ pub(super) fn call(workspace: &Workspace, name: Option<&str>) -> Call {
     Call {
         at: now_ms(),
         server: if workspace.is_aggregate() { server } else { Some(0) },
-        // Client input: a name outside the tool-name alphabet or too long
-        // is recorded as "other", as usage counts it, so no such string
-        // (markup, control characters) reaches the store or a screen.
-        tool: tool.map(|t| {
-            if crate::usage::name::is_valid(t.as_bytes()) {
-                t.into()
-            } else {
-                "other".into()
-            }
-        }),
+        // Bounded: a tool name is at most 64 characters by the protocol's
+        // rules, but a client may send anything.
+        tool: tool.map(|t| t[..t.char_indices().nth(128).map_or(t.len(), |(i, _)| i)].into()),
     }
 }
 
