@@ -51,6 +51,7 @@ type Params = Result<Query<AuditParams>, axum::extract::rejection::QueryRejectio
 #[utoipa::path(
     get,
     path = "/v1/workspaces/{ws}/audit",
+    operation_id = "list_workspace_audit",
     tag = "audit",
     summary = "A workspace's audit events",
     description = "Newest first. Every filter is optional; times are inclusive.",
@@ -86,6 +87,7 @@ pub(super) async fn workspace_audit(
 #[utoipa::path(
     get,
     path = "/v1/audit",
+    operation_id = "list_audit",
     tag = "audit",
     summary = "Every audit event",
     description = "Newest first, across workspaces and including events of no workspace. Global admin tokens only.",
@@ -118,6 +120,7 @@ pub(super) async fn global_audit(State(state): State<SharedState>, admin: Admin,
 #[utoipa::path(
     get,
     path = "/v1/audit/stats",
+    operation_id = "get_audit_stats",
     tag = "audit",
     summary = "The audit writer's counters",
     description = "Events written, dropped (queue full: the trail has gaps) and failed writes since start, on this instance.",

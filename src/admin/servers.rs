@@ -17,6 +17,7 @@ use crate::token::format_rfc3339;
 #[utoipa::path(
     get,
     path = "/v1/workspaces/{ws}/servers",
+    operation_id = "list_servers",
     tag = "workspaces",
     summary = "A workspace's servers and their health",
     description = "Health is what this instance last saw (a request or a probe); no secrets.",

@@ -37,6 +37,7 @@ fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
 #[utoipa::path(
     get,
     path = "/v1/workspaces/{ws}/usage",
+    operation_id = "get_usage",
     tag = "usage",
     summary = "A workspace's usage over time",
     description = "Requests, errors and 429s per time bucket, grouped by token, member, server or tool. \
