@@ -88,10 +88,27 @@ pub async fn start_with_store(config: Config, store: Arc<dyn TokenStore>) -> Res
         max_body: server_cfg.max_body_bytes,
         body_read_timeout: server_cfg.body_read_timeout,
     };
+    // People-facing pages (`web`: sign-in links, /me, OAuth later) share
+    // the data listener: hyper's path sends them there by path prefix; the
+    // fast path (`POST /ws/...`) never sees them.
+    let web = crate::web::service(Arc::clone(&state));
     let make_data_service = move |thread: usize| {
         crate::upstream::use_pool_on_this_thread(thread + 1);
         let gateway = Arc::clone(&gateway);
-        (service_fn(move |req| Arc::clone(&gateway).handle(req)), Some(fast.clone()))
+        let web = web.clone();
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            // Decided before anything is cloned: a gateway request costs one
+            // prefix test more, nothing else.
+            let web = crate::web::is_people_path(req.uri().path()).then(|| web.clone());
+            let gateway = Arc::clone(&gateway);
+            async move {
+                match web {
+                    Some(web) => crate::web::handle(&web, req).await,
+                    None => gateway.handle(req).await,
+                }
+            }
+        });
+        (service, Some(fast.clone()))
     };
     let data = server::serve_per_core("data", data_listeners, make_data_service, opts.clone(), shutdown.clone())
         .await

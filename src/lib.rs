@@ -53,5 +53,7 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod token;
+pub mod ui;
 pub mod upstream;
 pub mod usage;
+pub mod web;

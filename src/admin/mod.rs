@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod types;
 
 pub mod dashboard;
+pub mod members;
 pub mod servers;
 pub mod session;
 
@@ -64,6 +65,9 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/workspaces/{ws}/servers", get(servers::list))
         .merge(audit::routes())
         .route("/v1/workspaces/{ws}/usage", get(usage::usage))
+        .route("/v1/workspaces/{ws}/members", get(members::list).post(members::add))
+        .route("/v1/workspaces/{ws}/members/invite", axum::routing::post(members::invite))
+        .route("/v1/workspaces/{ws}/members/{id}", axum::routing::delete(members::remove))
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint; see the API reference in docs/admin-api.md") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

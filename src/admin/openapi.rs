@@ -51,6 +51,10 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
         super::audit::workspace_audit,
         super::audit::global_audit,
         super::audit::stats,
+        super::members::add,
+        super::members::list,
+        super::members::remove,
+        super::members::invite,
     ),
     components(schemas(crate::error::ApiErrorBody, crate::error::ApiErrorDetail)),
     modifiers(&SecuritySchemes),
@@ -58,6 +62,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
     tags(
         (name = "tokens", description = "Workspace tokens: create, list, get, revoke, self-check"),
         (name = "workspaces", description = "The configured workspaces and their servers"),
+        (name = "members", description = "Members of a workspace and their sign-in links"),
         (name = "usage", description = "Per-token, member, server and tool usage over time"),
         (name = "audit", description = "The audit trail: who did what, when, to which token"),
         (name = "operations", description = "Health, readiness, metrics and this document; no token needed"),

@@ -21,20 +21,20 @@
 
 use std::net::IpAddr;
 
-use axum::http::{HeaderMap, HeaderValue, Method, header};
-use sha2::{Digest, Sha256};
+use axum::http::{HeaderMap, HeaderValue, Method};
 
 use crate::auth::VerifyError;
-use crate::config::SecureCookie;
+use crate::auth::browser::{self, check_csrf, cookie_value, hex, parse_id, sha256};
+pub use crate::auth::browser::{CSRF_HEADER, changes_state, check_origin, csrf_error, ct_eq};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::audit::{AuditEvent, EventType};
 use crate::store::sessions::{SessionHash, SessionRecord};
 use crate::token::{TokenKind, now_unix};
 
+/// The dashboard's cookie (members' on the public listener is another:
+/// cookies are not kept apart by port).
 pub const COOKIE: &str = "portcullis_session";
-/// The header a cookie-authenticated state-changing request carries.
-pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// A live session, checked.
 pub struct Session {
@@ -47,94 +47,15 @@ pub struct Session {
 
 /// Whether the request carries our session cookie at all.
 pub fn has_cookie(headers: &HeaderMap) -> bool {
-    cookie_value(headers).is_some()
-}
-
-fn cookie_value(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| {
-            let (k, v) = kv.trim().split_once('=')?;
-            (k == COOKIE).then_some(v)
-        })
-}
-
-/// 64 lowercase hex digits, or nothing: anything else is not ours.
-fn parse_id(v: &str) -> Option<[u8; 32]> {
-    if v.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(v.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
+    cookie_value(headers, COOKIE).is_some()
 }
 
 fn id_hash(id: &[u8; 32]) -> SessionHash {
-    Sha256::digest(id).into()
+    sha256(id)
 }
 
 fn csrf_of(id: &[u8; 32]) -> String {
-    let mut h = Sha256::new();
-    h.update(b"portcullis dashboard csrf\0");
-    h.update(id);
-    hex(&h.finalize())
-}
-
-/// Equal-length byte strings compared without an early exit.
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-pub fn changes_state(method: &Method) -> bool {
-    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
-}
-
-/// Refuses a request another site made the browser send: an `Origin` other
-/// than this listener's own (as the `Host` header names it), or a
-/// `Sec-Fetch-Site` other than `same-origin` (or `none`: typed by the
-/// person). Absent headers pass: non-browser clients send neither, and a
-/// browser that sends neither cannot add our CSRF header either.
-///
-/// `Origin: null` is what a browser sends for a form of our own pages under
-/// `Referrer-Policy: no-referrer` (and also for sandboxed or opaque
-/// documents): it passes only with `Sec-Fetch-Site: same-origin`.
-pub fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
-    let site = headers.get("sec-fetch-site").map(HeaderValue::as_bytes);
-    if site.is_some_and(|s| !matches!(s, b"same-origin" | b"none")) {
-        return Err(csrf_error());
-    }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        if origin.as_bytes() == b"null" {
-            return if site == Some(b"same-origin") { Ok(()) } else { Err(csrf_error()) };
-        }
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
-        let ok = origin
-            .to_str()
-            .ok()
-            .and_then(|o| o.strip_prefix("http://").or_else(|| o.strip_prefix("https://")))
-            .is_some_and(|o| !host.is_empty() && o.eq_ignore_ascii_case(host));
-        if !ok {
-            return Err(csrf_error());
-        }
-    }
-    Ok(())
-}
-
-pub fn csrf_error() -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::FORBIDDEN,
-        "csrf_failed",
-        "this request changes state and needs the dashboard's X-CSRF-Token header from the same origin; reload the page and try again",
-    )
+    browser::csrf_of(b"portcullis dashboard csrf\0", id)
 }
 
 fn session_ended() -> ApiError {
@@ -156,7 +77,7 @@ pub async fn resolve(
     client: Option<IpAddr>,
     form_csrf: Option<&str>,
 ) -> Result<Session, ApiError> {
-    let id = cookie_value(headers).and_then(parse_id).ok_or_else(session_ended)?;
+    let id = cookie_value(headers, COOKIE).and_then(parse_id).ok_or_else(session_ended)?;
     let sessions = state.store.sessions().ok_or_else(session_ended)?;
     let hash = id_hash(&id);
     let record = sessions.get_session(&hash).await?.ok_or_else(session_ended)?;
@@ -168,15 +89,7 @@ pub async fn resolve(
     }
     let csrf = csrf_of(&id);
     if changes_state(method) {
-        check_origin(headers)?;
-        let presented = headers
-            .get(CSRF_HEADER)
-            .map(HeaderValue::as_bytes)
-            .or(form_csrf.map(str::as_bytes))
-            .ok_or_else(csrf_error)?;
-        if !ct_eq(presented, csrf.as_bytes()) {
-            return Err(csrf_error());
-        }
+        check_csrf(headers, form_csrf, &csrf)?;
     }
     let token = match state.verifier.verify_hash(&record.admin_token_hash, now, client).await {
         Ok(t) if t.kind == TokenKind::Admin && *t.id == *record.admin_token_id => t,
@@ -212,8 +125,7 @@ pub enum SignInError {
 /// `Set-Cookie` value. (The audit trail's `signin` event belongs here.)
 pub async fn sign_in_success(state: &AppState, admin_token_id: &str, raw: &str, secure: bool) -> Result<HeaderValue, ApiError> {
     let sessions = state.store.sessions().ok_or_else(ApiError::unavailable)?;
-    let mut id = [0u8; 32];
-    getrandom::fill(&mut id).map_err(|_| ApiError::unavailable())?;
+    let id = browser::random_id()?;
     let now = now_unix();
     let d = &state.config.dashboard;
     let record = SessionRecord {
@@ -280,71 +192,16 @@ async fn audit_session(state: &AppState, kind: EventType, admin_token_id: &str, 
 }
 
 fn cookie(value: &str, max_age: u64, secure: bool) -> HeaderValue {
-    let secure = if secure { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!(
-        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
-    ))
-    .expect("ascii cookie")
+    browser::cookie(COOKIE, value, max_age, secure)
 }
 
 pub fn clear_cookie(secure: bool) -> HeaderValue {
     cookie("", 0, secure)
 }
 
-/// Whether the cookie gets `Secure` (`dashboard.secure_cookie`): always,
-/// never, or (auto) when the gateway's public URL is https or a proxy in
-/// front says the request came over TLS. The admin listener itself speaks
-/// plain HTTP; over TLS it is always behind such a proxy.
+/// Whether the cookie gets `Secure` (`dashboard.secure_cookie`; see
+/// `auth::browser::secure`). The admin listener itself speaks plain HTTP;
+/// over TLS it is always behind a proxy.
 pub fn secure(state: &AppState, headers: &HeaderMap) -> bool {
-    match state.config.dashboard.secure_cookie {
-        SecureCookie::Always => true,
-        SecureCookie::Never => false,
-        SecureCookie::Auto => {
-            state.config.server.public_url.starts_with("https://")
-                || headers
-                    .get("x-forwarded-proto")
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn constant_time_compare_is_equality() {
-        assert!(ct_eq(b"abc", b"abc"));
-        assert!(!ct_eq(b"abc", b"abd"));
-        assert!(!ct_eq(b"abc", b"ab"));
-    }
-
-    #[test]
-    fn only_our_cookie_of_the_right_shape_is_read() {
-        let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=b; portcullis_session=zz"));
-        assert_eq!(cookie_value(&h), Some("zz"));
-        assert!(parse_id("zz").is_none());
-        assert!(parse_id(&"ab".repeat(32)).is_some());
-    }
-
-    #[test]
-    fn other_origins_and_sites_are_refused() {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:9090"));
-        assert!(check_origin(&h).is_ok());
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:9090"));
-        assert!(check_origin(&h).is_ok());
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:9091"));
-        assert!(check_origin(&h).is_err());
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:9090"));
-        h.insert("sec-fetch-site", HeaderValue::from_static("same-site"));
-        assert!(check_origin(&h).is_err());
-        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
-        assert!(check_origin(&h).is_err());
-        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
-        assert!(check_origin(&h).is_ok());
-        h.remove("sec-fetch-site");
-        assert!(check_origin(&h).is_err());
-    }
+    browser::secure(&state.config, headers)
 }

@@ -14,6 +14,7 @@
 //! - Expiry is checked on every request, not when an entry is filled.
 
 mod bearer;
+pub mod browser;
 pub mod lifecycle;
 mod miss_budget;
 mod negative;

@@ -10,6 +10,7 @@ mod client;
 mod doctor;
 mod duration;
 mod init;
+mod member;
 mod output;
 mod serve;
 mod token;
@@ -165,6 +166,13 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Members of a workspace and their sign-in links, through the admin API.
+    Member {
+        #[command(flatten)]
+        api: AdminApiArgs,
+        #[command(subcommand)]
+        command: member::MemberCommand,
+    },
     /// Check a workspace token.
     Token {
         #[command(subcommand)]
@@ -246,6 +254,7 @@ pub fn run() -> ExitCode {
             Command::Admin { command } => admin::run(command).await,
             Command::Workspace { api, command } => workspace::run(&api, command).await,
             Command::Audit { api, command } => audit::run(&api, command).await,
+            Command::Member { api, command } => member::run(&api, command).await,
             Command::Token { command } => token::run(command).await,
             Command::Doctor { config, json } => doctor::run(&config.config, json).await,
             Command::Init { dir, force, json } => init::run(&dir, force, json),

@@ -8,6 +8,8 @@
 //! instance, or the offline CLI) by polling a single number.
 
 pub mod audit;
+pub mod members;
+mod members_redis;
 pub mod redis;
 pub mod sessions;
 pub mod sqlite;
@@ -125,6 +127,11 @@ pub trait TokenStore: Send + Sync + 'static {
     /// The audit trail kept in this store (`store::audit`). `None`: this
     /// store keeps none (events then go to the sink only, if any).
     fn audit(&self) -> Option<&dyn audit::AuditStore> {
+        None
+    }
+    /// Where members, sign-in links and member sessions live (`None`: this
+    /// store keeps none, and nobody can be a member).
+    fn members(&self) -> Option<&dyn members::MemberStore> {
         None
     }
     /// Cheap reachability check for `/readyz`.

@@ -273,6 +273,10 @@ impl TokenStore for RedisStore {
         Some(self)
     }
 
+    fn members(&self) -> Option<&dyn super::members::MemberStore> {
+        Some(self)
+    }
+
     async fn insert(&self, r: &TokenRecord, hash: &TokenHash) -> Result<(), StoreError> {
         let h = hex(hash);
         let mut inv = self.scripts.insert.prepare_invoke();

@@ -68,6 +68,7 @@ impl SqliteStore {
         super::sessions::migrate(&writer)?;
         super::audit::sqlite::migrate(&writer)?;
         super::usage::migrate_sqlite(&writer)?;
+        super::members::migrate(&writer)?;
         let reader = open_connection(path)?;
         // The reader serves index misses only: the in-memory index is the
         // cache that matters, and the OS page cache already holds the file.
@@ -200,6 +201,10 @@ fn record_from_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
 #[async_trait]
 impl TokenStore for SqliteStore {
     fn sessions(&self) -> Option<&dyn super::sessions::SessionStore> {
+        Some(self)
+    }
+
+    fn members(&self) -> Option<&dyn super::members::MemberStore> {
         Some(self)
     }
 

@@ -121,7 +121,7 @@ fn encode_checksum(mut crc: u32) -> [u8; CHECKSUM_LEN] {
 }
 
 /// `len` uniformly distributed base62 characters from the OS random source.
-fn random_base62(len: usize) -> String {
+pub fn random_base62(len: usize) -> String {
     let mut out = String::with_capacity(len);
     let mut buf = [0u8; 64];
     while out.len() < len {

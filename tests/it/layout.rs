@@ -46,7 +46,25 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "admin",
-        &["audit", "auth", "config", "error", "state", "store", "telemetry", "token", "usage"],
+        &[
+            "audit",
+            "auth",
+            "config",
+            "error",
+            "state",
+            "store",
+            "telemetry",
+            "token",
+            "ui",
+            "usage",
+        ],
+    ),
+    // Shared browser assets and markup (dashboard and members' pages).
+    ("ui", &["config"]),
+    // People-facing pages on the public listener (members, later OAuth).
+    (
+        "web",
+        &["audit", "auth", "config", "error", "state", "store", "telemetry", "token", "ui"],
     ),
     ("server", &["error", "gateway", "state", "upstream"]),
     ("demo", &["error", "server"]),
@@ -69,6 +87,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "token",
             "upstream",
             "usage",
+            "web",
         ],
     ),
 ];

@@ -17,6 +17,8 @@ mod layout;
 mod lb;
 mod lifecycle;
 mod limits_headers;
+mod members;
+mod members_redis;
 mod openapi;
 mod store;
 mod stream_revocation;

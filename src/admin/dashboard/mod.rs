@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::Form;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::Markup;
@@ -24,8 +24,7 @@ use crate::state::{AppState, PeerAddr};
 
 type SharedState = Arc<AppState>;
 
-const APP_JS: &str = include_str!("assets/app.js");
-const APP_CSS: &str = include_str!("assets/app.css");
+use crate::ui::{APP_CSS, APP_JS};
 
 pub fn routes() -> axum::Router<SharedState> {
     axum::Router::new()
@@ -43,26 +42,8 @@ pub fn routes() -> axum::Router<SharedState> {
         .route("/assets/icon.svg", get(|| async { asset("image/svg+xml", pages::ICON) }))
 }
 
-/// Added to every response of the admin listener: pages allow only their
-/// own script and style (no inline script), may not be framed, and the
-/// browser neither guesses types nor sends the URL to anyone.
-pub async fn security_headers(mut resp: Response) -> Response {
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
-             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    // Pages and API answers are per-session (and one holds a new token):
-    // nothing is kept in a cache. Assets set their own.
-    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
-    resp
-}
+/// Added to every response of the admin listener (`auth::browser`).
+pub use crate::auth::browser::security_headers;
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()

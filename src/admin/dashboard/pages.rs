@@ -11,6 +11,7 @@ use crate::config::Workspace;
 /// The workspace tabs, in order: path segment, label, testid.
 pub const TABS: &[(&str, &str, &str)] = &[
     ("tokens", "Tokens", "tab-tokens"),
+    ("members", "Members", "tab-members"),
     ("usage", "Usage", "tab-usage"),
     ("audit", "Audit", "tab-audit"),
     ("servers", "Servers", "tab-servers"),
@@ -129,7 +130,8 @@ pub fn workspace(who: &Who<'_>, w: &Workspace, tab: &str) -> Markup {
                 }
             }
             @match tab {
-                "tokens" => (tokens(w)),
+                "tokens" => (crate::ui::tokens::section(w, true)),
+                "members" => (members(w)),
                 "usage" => (usage()),
                 "audit" => (audit()),
                 _ => (servers()),
@@ -138,92 +140,54 @@ pub fn workspace(who: &Who<'_>, w: &Workspace, tab: &str) -> Markup {
     )
 }
 
-fn tokens(w: &Workspace) -> Markup {
+/// Members of the workspace (docs/members.md): add, remove, sign-in links.
+fn members(w: &Workspace) -> Markup {
     html! {
-        section aria-labelledby="tokens-h" {
-            h2 #tokens-h { "Tokens" }
-            div.toolbar {
-                label { "Status "
-                    select #filter-status data-testid="filter-status" {
-                        option value="" { "All" }
-                        option value="active" { "Active" }
-                        option value="revoked" { "Revoked" }
-                        option value="expired" { "Expired" }
+        section aria-labelledby="members-h" {
+            h2 #members-h { "Members" }
+            form.toolbar #member-form novalidate {
+                label { "Email "
+                    input #member-email data-testid="member-email" type="email" required autocomplete="off" spellcheck="false";
+                }
+                label { "Name (optional) "
+                    input #member-name data-testid="member-name" autocomplete="off";
+                }
+                label { "Role "
+                    select #member-role data-testid="member-role" {
+                        option value="member" selected { "Member (own tokens)" }
+                        option value="owner" { "Owner (all tokens)" }
                     }
                 }
-                label { "Member "
-                    input #filter-member data-testid="filter-member" type="search" placeholder="member id or email";
-                }
-                button #token-new data-testid="token-new" type="button" { "New token" }
+                button #member-add data-testid="member-add" type="submit" { "Add member" }
+                button.secondary #member-invite data-testid="member-invite" type="button" { "Add and make a sign-in link" }
             }
-            p #tokens-msg role="status" aria-live="polite" {}
-            table {
-                caption.visually-hidden { "Tokens of workspace " (w.slug) }
-                thead { tr {
-                    th scope="col" { "Name" } th scope="col" { "Status" } th scope="col" { "Member" }
-                    th scope="col" { "Last used" } th scope="col" { "Expires" } th scope="col" { "Created" }
-                    th scope="col" { span.visually-hidden { "Actions" } }
-                } }
-                tbody #tokens-body {}
-            }
-            nav.pager aria-label="Token pages" {
-                button #page-prev type="button" disabled { "Previous page" }
-                button #page-next type="button" disabled { "Next page" }
-            }
-        }
-        dialog #new-token-dialog aria-labelledby="new-token-h" {
-            h2 #new-token-h { "New token" }
-            form #new-token-form novalidate {
-                label for="token-name" { "Name" }
-                input #token-name data-testid="token-name" name="name" required maxlength="200" autocomplete="off";
-                label for="token-expiry" { "Expires" }
-                select #token-expiry data-testid="token-expiry" name="expiry" {
-                    option value="none" { "Never" }
-                    option value="90d" selected { "In 90 days" }
-                    option value="30d" { "In 30 days" }
-                    option value="24h" { "In 24 hours" }
-                    option value="1h" { "In 1 hour" }
-                    option value="custom" { "Custom…" }
-                }
-                div #custom-expiry hidden {
-                    label for="token-expiry-custom" { "Expires at (your local time)" }
-                    input #token-expiry-custom data-testid="token-expiry-custom" type="datetime-local";
-                }
-                label for="token-member" { "Member id or email (optional)" }
-                input #token-member data-testid="token-member" name="member" autocomplete="off";
-                label for="token-servers" { "Servers it may use (none selected: all)" }
-                select #token-servers data-testid="token-servers" name="servers" multiple size=(w.servers.len().clamp(2, 6)) {
-                    @for s in &w.servers { option value=(s.name) { (s.name) } }
-                }
-                p.error #new-token-error role="alert" {}
-                div.buttons {
-                    button type="submit" data-testid="token-create" { "Create token" }
-                    button.secondary #new-token-cancel type="button" { "Cancel" }
-                }
-            }
-            div #new-token-result hidden {
-                p.warning { strong { "Copy this token now." } " It is shown once: it is not stored anywhere it could be shown again." }
+            p #members-msg role="status" aria-live="polite" {}
+            div.card #invite-result hidden {
+                p.warning { strong { "Send this sign-in link to " span #invite-email {} " yourself." }
+                    " It works once, within 24 hours, and is shown only now." }
                 div.secret {
-                    code #token-secret data-testid="token-secret" {}
-                    button #token-copy data-testid="token-copy" type="button" { "Copy" }
+                    code #invite-link data-testid="invite-link" {}
+                    button #invite-copy data-testid="invite-copy" type="button" { "Copy" }
                 }
-                p #copy-status role="status" aria-live="polite" {}
-                h3 { code { "mcp.json" } }
-                pre #token-mcp-json data-testid="token-mcp-json" tabindex="0" {}
-                h3 { "Set up a client" }
-                details { summary { "Claude Desktop (through mcp-remote)" } pre #recipe-claude-desktop tabindex="0" {} }
-                details { summary { "Cursor" } pre #recipe-cursor tabindex="0" {} }
-                details { summary { "Claude Code" } pre #recipe-claude-code tabindex="0" {} }
-                details { summary { "VS Code" } pre #recipe-vscode tabindex="0" {} }
-                div.buttons { button #new-token-done type="button" { "Done" } }
+                p #invite-copy-status role="status" aria-live="polite" {}
             }
+            table {
+                caption.visually-hidden { "Members of workspace " (w.slug) }
+                thead { tr {
+                    th scope="col" { "Email" } th scope="col" { "Name" } th scope="col" { "Role" }
+                    th scope="col" { "Added" } th scope="col" { span.visually-hidden { "Actions" } }
+                } }
+                tbody #members-body {}
+            }
+            p.note { "Members sign in on the gateway's public URL with a sign-in link, and manage their own tokens there. "
+                "Removing a member revokes their tokens (by member id or email) and ends their sessions at once." }
         }
-        dialog #confirm-dialog role="alertdialog" aria-labelledby="confirm-h" aria-describedby="confirm-text" {
-            h2 #confirm-h { "Revoke token?" }
-            p #confirm-text {}
+        dialog #member-confirm-dialog role="alertdialog" aria-labelledby="member-confirm-h" aria-describedby="member-confirm-text" {
+            h2 #member-confirm-h { "Remove member?" }
+            p #member-confirm-text {}
             div.buttons {
-                button.danger #confirm data-testid="confirm" type="button" { "Revoke" }
-                button.secondary #confirm-cancel type="button" { "Cancel" }
+                button.danger #member-confirm data-testid="confirm" type="button" { "Remove" }
+                button.secondary #member-confirm-cancel type="button" { "Cancel" }
             }
         }
     }
@@ -350,5 +314,4 @@ pub fn error_page(who: Option<&Who<'_>>, title: &str, message: &str) -> Markup {
     )
 }
 
-/// An inline SVG icon served as a file (no inline content in pages).
-pub const ICON: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" fill="#1d3557"/><path d="M3 4h10M3 8h10M5 4v9M8 4v9M11 4v9" stroke="#f1faee" stroke-width="1.5"/></svg>"##;
+pub use crate::ui::ICON;

@@ -32,10 +32,16 @@ pub enum EventType {
     ConfigReloaded,
     ToolCall,
     RevokedTokenRefused,
+    /// A member added to a workspace (admin API, CLI or dashboard).
+    MemberAdded,
+    /// A member removed (their tokens revoked, sessions ended).
+    MemberRemoved,
+    /// A one-time sign-in link made for a member.
+    InviteCreated,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 12] = [
         EventType::TokenCreated,
         EventType::TokenRevoked,
         EventType::TokenRolled,
@@ -45,6 +51,9 @@ impl EventType {
         EventType::ConfigReloaded,
         EventType::ToolCall,
         EventType::RevokedTokenRefused,
+        EventType::MemberAdded,
+        EventType::MemberRemoved,
+        EventType::InviteCreated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +67,9 @@ impl EventType {
             EventType::ConfigReloaded => "config_reloaded",
             EventType::ToolCall => "tool_call",
             EventType::RevokedTokenRefused => "revoked_token_refused",
+            EventType::MemberAdded => "member_added",
+            EventType::MemberRemoved => "member_removed",
+            EventType::InviteCreated => "invite_created",
         }
     }
 

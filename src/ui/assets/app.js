@@ -2,7 +2,9 @@
 // framework and no build step; embedded in the binary and served from
 // /assets/app.js, the only script the Content-Security-Policy allows.
 //
-// It talks to the JSON admin API (/v1/...) with the session cookie; every
+// The dashboard's pages talk to the JSON admin API (/v1/...) and members'
+// pages on the public listener (/me) to /me/api/..., with the session
+// cookie (the page names its tokens API in data-api); every
 // state-changing call carries the X-CSRF-Token header from the page's
 // <meta name="csrf-token">. A new token's secret is only ever held in the
 // DOM of the dialog that shows it, and wiped when the dialog closes: it is
@@ -70,7 +72,7 @@
     let json = null;
     try { json = await r.json(); } catch (_) { json = null; }
     if (r.status === 401) {
-      window.location.assign("/");
+      window.location.assign(data.home || "/");
       throw new Error("session ended");
     }
     return { status: r.status, body: json };
@@ -93,6 +95,10 @@
 
   function tokensTab() {
     const body = $("tokens-body");
+    // The admin API, or a member's own (/me/api/tokens), which has no
+    // member filter, member field or server choice.
+    const tokensApi = data.api || "/v1/workspaces/" + enc(ws) + "/tokens";
+    const memberFilter = $("filter-member");
     const cursors = [null]; // cursor of each page shown so far
     let page = 0;
     let nextCursor = null;
@@ -103,7 +109,7 @@
     }
     function render() {
       const status = $("filter-status").value;
-      const member = $("filter-member").value.trim().toLowerCase();
+      const member = memberFilter ? memberFilter.value.trim().toLowerCase() : "";
       body.replaceChildren();
       const shown = rows.filter((t) =>
         (!status || t.status === status) &&
@@ -129,14 +135,14 @@
     }
     async function load() {
       const c = cursors[page];
-      const r = await api("GET", "/v1/workspaces/" + enc(ws) + "/tokens?page_size=25" + (c ? "&cursor=" + enc(c) : ""));
+      const r = await api("GET", tokensApi + "?page_size=25" + (c ? "&cursor=" + enc(c) : ""));
       if (r.status !== 200) { say("tokens-msg", errText(r), true); return; }
       rows = r.body.tokens;
       nextCursor = r.body.next_cursor || null;
       render();
     }
     $("filter-status").addEventListener("change", render);
-    $("filter-member").addEventListener("input", render);
+    if (memberFilter) memberFilter.addEventListener("input", render);
     $("page-next").addEventListener("click", () => { if (nextCursor) { cursors[page + 1] = nextCursor; page += 1; load(); } });
     $("page-prev").addEventListener("click", () => { if (page > 0) { page -= 1; load(); } });
 
@@ -155,7 +161,7 @@
       pending = null;
       confirmDialog.close();
       if (!t) return;
-      const r = await api("DELETE", "/v1/workspaces/" + enc(ws) + "/tokens/" + enc(t.id));
+      const r = await api("DELETE", tokensApi + "/" + enc(t.id));
       if (r.status !== 200) { say("tokens-msg", errText(r), true); return; }
       const i = rows.findIndex((x) => x.id === t.id);
       if (i >= 0) rows[i] = r.body;
@@ -199,11 +205,11 @@
       } else if (exp !== "none") {
         req.expires_in = EXPIRY_PRESETS[exp];
       }
-      const who = $("token-member").value.trim();
+      const who = $("token-member") ? $("token-member").value.trim() : "";
       if (who) { if (who.includes("@")) req.email = who; else req.member_id = who; }
-      const servers = Array.from($("token-servers").selectedOptions).map((o) => o.value);
+      const servers = $("token-servers") ? Array.from($("token-servers").selectedOptions).map((o) => o.value) : [];
       if (servers.length) req.allowed_servers = servers;
-      const r = await api("POST", "/v1/workspaces/" + enc(ws) + "/tokens", req);
+      const r = await api("POST", tokensApi, req);
       if (r.status !== 201) { say("new-token-error", errText(r), true); return; }
       showSecret(r.body);
       rows.unshift(r.body.info);
@@ -238,6 +244,106 @@
         sel.addRange(range);
         say("copy-status", "Selected: press Ctrl+C (⌘C) to copy.");
       }
+    });
+    load();
+  }
+
+  // ---- Members tab ---------------------------------------------------------
+  function membersTab() {
+    const base = "/v1/workspaces/" + enc(ws) + "/members";
+    const body = $("members-body");
+    let rows = [];
+    function render() {
+      body.replaceChildren();
+      for (const m of rows) {
+        body.append(el("tr", { testid: "member-row-" + m.id, "data-id": m.id },
+          el("td", {}, el("span", { class: "name", text: m.email }), el("br"), el("code", { class: "hint", text: m.id })),
+          el("td", { text: m.name || "—" }),
+          el("td", {}, el("span", { class: "status", testid: "member-role-" + m.id, text: m.role })),
+          el("td", { text: when(m.created_at) }),
+          el("td", {},
+            el("button", { type: "button", class: "small secondary", testid: "member-link-" + m.id,
+              "aria-label": "Make a sign-in link for " + m.email, onclick: () => invite(m.email, m.role) }, "Sign-in link"),
+            " ",
+            el("button", { type: "button", class: "danger small", testid: "member-remove-" + m.id,
+              "aria-label": "Remove " + m.email, onclick: () => askRemove(m) }, "Remove"))));
+      }
+      if (!rows.length) say("members-msg", "No members yet. Add one above.");
+    }
+    async function load() {
+      const r = await api("GET", base);
+      if (r.status !== 200) { say("members-msg", errText(r), true); return; }
+      rows = r.body.members;
+      render();
+    }
+    function fields() {
+      const email = $("member-email").value.trim();
+      if (!email) { say("members-msg", "Enter an email address.", true); $("member-email").focus(); return null; }
+      const req = { email, role: $("member-role").value };
+      const name = $("member-name").value.trim();
+      if (name) req.name = name;
+      return req;
+    }
+    async function invite(email, role) {
+      const r = await api("POST", base + "/invite", { email, role });
+      if (r.status !== 201) { say("members-msg", errText(r), true); return; }
+      $("invite-email").textContent = r.body.member.email;
+      $("invite-link").textContent = r.body.url;
+      $("invite-result").hidden = false;
+      say("invite-copy-status", "");
+      say("members-msg", r.body.created ? "Added " + r.body.member.email + "." : "");
+      if (r.body.created) { rows.push(r.body.member); render(); }
+      $("invite-copy").focus();
+    }
+    $("member-form").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const req = fields();
+      if (!req) return;
+      const r = await api("POST", base, req);
+      if (r.status !== 201) { say("members-msg", errText(r), true); return; }
+      rows.push(r.body);
+      render();
+      $("member-form").reset();
+      say("members-msg", "Added " + r.body.email + ".");
+    });
+    $("member-invite").addEventListener("click", async () => {
+      const req = fields();
+      if (!req) return;
+      await invite(req.email, req.role);
+      $("member-form").reset();
+    });
+    $("invite-copy").addEventListener("click", async () => {
+      try {
+        await navigator.clipboard.writeText($("invite-link").textContent);
+        say("invite-copy-status", "Copied to the clipboard.");
+      } catch (_) {
+        const range = document.createRange();
+        range.selectNodeContents($("invite-link"));
+        const sel = window.getSelection();
+        sel.removeAllRanges();
+        sel.addRange(range);
+        say("invite-copy-status", "Selected: press Ctrl+C (⌘C) to copy.");
+      }
+    });
+    const dialog = $("member-confirm-dialog");
+    let pending = null;
+    function askRemove(m) {
+      pending = m;
+      $("member-confirm-text").textContent = m.email + " (" + m.id + ") is removed: their tokens are revoked and their sessions end at once. This cannot be undone.";
+      dialog.showModal();
+      $("member-confirm-cancel").focus();
+    }
+    $("member-confirm-cancel").addEventListener("click", () => { pending = null; dialog.close(); });
+    $("member-confirm").addEventListener("click", async () => {
+      const m = pending;
+      pending = null;
+      dialog.close();
+      if (!m) return;
+      const r = await api("DELETE", base + "/" + enc(m.id));
+      if (r.status !== 200) { say("members-msg", errText(r), true); return; }
+      rows = rows.filter((x) => x.id !== m.id);
+      render();
+      say("members-msg", "Removed " + m.email + "; " + r.body.revoked_tokens + " token(s) revoked.");
     });
     load();
   }
@@ -452,8 +558,10 @@
     }
   }
 
+  if (data.page === "me") tokensTab();
   if (data.page === "workspace") {
     if (data.tab === "tokens") tokensTab();
+    else if (data.tab === "members") membersTab();
     else if (data.tab === "usage") usageTab();
     else if (data.tab === "audit") auditTab();
     else if (data.tab === "servers") serversTab();
