@@ -15,6 +15,7 @@ pub struct ConfigSpec {
     pub limits: LimitsSpec,
     #[serde(default)]
     pub dashboard: DashboardSpec,
+    #[serde(default)]
     pub usage: UsageSpec,
     #[serde(default)]
     pub workspaces: Vec<WorkspaceSpec>,
