@@ -32,6 +32,10 @@ pub(super) struct Call {
 /// `name` is `params.name` as the JSON-RPC check read it (`None` when
 /// absent, or written with escapes, which no valid tool name needs).
 pub(super) fn call(workspace: &Workspace, name: Option<&str>) -> Call {
+    // Client input: a name outside the tool-name alphabet (markup, control
+    // characters, a pasted secret) is not stored; the event says a
+    // `tools/call` happened, without a tool (as usage counts it "other").
+    let name = name.filter(|n| crate::usage::name::is_valid(n.as_bytes()));
     let (server, tool) = match name {
         None => (None, None),
         Some(n) if workspace.is_aggregate() => match n.split_once("__") {
@@ -46,9 +50,8 @@ pub(super) fn call(workspace: &Workspace, name: Option<&str>) -> Call {
     Call {
         at: now_ms(),
         server: if workspace.is_aggregate() { server } else { Some(0) },
-        // Bounded: a tool name is at most 64 characters by the protocol's
-        // rules, but a client may send anything.
-        tool: tool.map(|t| t[..t.char_indices().nth(128).map_or(t.len(), |(i, _)| i)].into()),
+        // Bounded by the check above (at most 64 bytes).
+        tool: tool.map(Into::into),
     }
 }
 
