@@ -5,7 +5,8 @@
 #     and only when something has to be installed):
 #       redis-server  - the Redis server binary for the cluster-mode (backend="redis") tests
 #       haproxy       - the load balancer deploy/local-cluster.sh puts in front of the instances
-#       nodejs, npm   - runs @modelcontextprotocol/server-everything and the TypeScript-SDK client
+#       nodejs, npm   - runs @modelcontextprotocol/server-everything, the TypeScript-SDK client
+#                       and oidc-provider (the OpenID Provider of tests/py/test_sso.py)
 #       chromium      - Debian's browser, driven by Playwright in tests/py/test_dashboard.py
 #                       (Playwright's own browser download is never used: no `playwright install`)
 #       python3-venv  - only when the chosen python3 cannot create a venv

@@ -20,6 +20,8 @@
 //! - [`usage`]: per-member usage analytics, counted in memory on the data
 //!   plane and flushed to the store.
 //! - [`admin`]: the control-plane HTTP API.
+//! - [`sso`]: members' single sign-on with an OpenID Connect provider,
+//!   at `/signin/oidc` on the data listener.
 //! - [`error`]: the one mapping from failures to what clients see.
 //! - [`config`]: the TOML file, validation and runtime types.
 //! - [`app`] and [`server`]: wiring, listeners, background tasks, shutdown;
@@ -49,6 +51,7 @@ pub mod gateway;
 pub mod limit;
 pub mod mcp;
 pub mod server;
+pub mod sso;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -95,6 +95,9 @@ pub async fn run_checks(config: &Config) -> Vec<Check> {
             out.push(upstream_check(&ws.slug, srv).await);
         }
     }
+    if let Some(oidc) = &config.oidc {
+        out.push(oidc_check(oidc).await);
+    }
     out.push(admin_exposure(config.server.admin_listen));
     out.push(session_keys(config));
     out.push(clock());
@@ -291,6 +294,27 @@ async fn upstream_check(slug: &str, srv: &UpstreamServer) -> Check {
         check(name, Status::Fail, format!("{}: HTTP {status}, not an initialize result", srv.url))
     };
     c.latency_ms = Some((latency * 10.0).round() / 10.0);
+    c
+}
+
+/// `[auth.oidc]`: the provider's discovery document answers, names the
+/// configured issuer exactly, and offers what sign-in needs; then its key
+/// set is read. The same code the sign-in uses (`sso::provider`).
+async fn oidc_check(cfg: &crate::config::OidcConfig) -> Check {
+    use crate::sso::fetch::Fetcher;
+    use crate::sso::provider::Provider;
+    let name = "oidc";
+    let provider = Provider::new(cfg.issuer.clone(), Fetcher::new());
+    let start = Instant::now();
+    let mut c = match provider.discovery().await {
+        Ok(d) => match provider.key(&d.jwks_uri, None).await {
+            // No kid asked: `None` just means several keys, which is fine.
+            Ok(_) => check(name, Status::Ok, format!("{}: discovery and keys answered", cfg.issuer)),
+            Err(e) => check(name, Status::Fail, format!("{}: key set: {e}", cfg.issuer)),
+        },
+        Err(e) => check(name, Status::Fail, format!("{}: {e}", cfg.issuer)),
+    };
+    c.latency_ms = Some((start.elapsed().as_secs_f64() * 10_000.0).round() / 10.0);
     c
 }
 

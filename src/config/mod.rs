@@ -24,6 +24,7 @@ use serde::Deserialize;
 mod audit;
 mod dashboard;
 mod expand;
+mod oidc;
 mod spec;
 mod validate;
 
@@ -32,6 +33,7 @@ use expand::*;
 pub use audit::{AuditConfig, AuditSink, AuditSpec};
 pub use dashboard::{DashboardConfig, DashboardSpec, SecureCookie, parse_duration};
 pub use expand::{ENV_OVERRIDE_PREFIX, process_overrides};
+pub use oidc::{AuthSpec, MEMBER_ROLES, OidcConfig, OidcSpec, Secret};
 pub use spec::*;
 pub use validate::is_valid_slug;
 
@@ -63,6 +65,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub dashboard: DashboardConfig,
     pub usage: UsageConfig,
+    /// `[auth.oidc]`: single sign-on for members; `None` when not configured.
+    pub oidc: Option<OidcConfig>,
     pub workspaces: Vec<Arc<Workspace>>,
     pub audit: AuditConfig,
 }

@@ -18,6 +18,8 @@ pub struct ConfigSpec {
     #[serde(default)]
     pub usage: UsageSpec,
     #[serde(default)]
+    pub auth: AuthSpec,
+    #[serde(default)]
     pub workspaces: Vec<WorkspaceSpec>,
     #[serde(default)]
     pub audit: AuditSpec,

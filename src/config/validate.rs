@@ -226,6 +226,7 @@ impl ConfigSpec {
         }
 
         let usage = self.usage.validate(&invalid)?;
+        let oidc = self.auth.into_config(path, &workspaces)?;
         Ok(Config {
             source: path.to_owned(),
             server: ServerConfig {
@@ -251,6 +252,7 @@ impl ConfigSpec {
             },
             dashboard,
             usage,
+            oidc,
             workspaces,
             audit,
         })

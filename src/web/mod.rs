@@ -19,6 +19,7 @@
 //! (`auth::browser`).
 
 pub mod me;
+pub mod oidc;
 pub mod pages;
 pub mod session;
 pub mod signin;
@@ -47,7 +48,7 @@ pub fn is_people_path(path: &str) -> bool {
 
 /// The people-facing router, with its state.
 pub fn router(state: SharedState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/signin/link/{code}", get(signin::show).post(signin::consume))
         .route("/me", get(me::page))
         .route("/me/", get(|| async { axum::response::Redirect::to("/me") }))
@@ -62,7 +63,8 @@ pub fn router(state: SharedState) -> Router {
             "/me/assets/app.css",
             get(|| async { asset("text/css; charset=utf-8", crate::ui::APP_CSS) }),
         )
-        .route("/me/assets/icon.svg", get(|| async { asset("image/svg+xml", crate::ui::ICON) }))
+        .route("/me/assets/icon.svg", get(|| async { asset("image/svg+xml", crate::ui::ICON) }));
+    oidc::mount(routes, &state)
         .fallback(|| async {
             pages::html(
                 StatusCode::NOT_FOUND,

@@ -61,10 +61,23 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     // Shared browser assets and markup (dashboard and members' pages).
     ("ui", &["config"]),
+    // Members' single sign-on (OpenID Connect), mounted by `web`.
+    ("sso", &["audit", "config", "error", "state", "store", "token"]),
     // People-facing pages on the public listener (members, later OAuth).
     (
         "web",
-        &["audit", "auth", "config", "error", "state", "store", "telemetry", "token", "ui"],
+        &[
+            "audit",
+            "auth",
+            "config",
+            "error",
+            "sso",
+            "state",
+            "store",
+            "telemetry",
+            "token",
+            "ui",
+        ],
     ),
     ("server", &["error", "gateway", "state", "upstream"]),
     ("demo", &["error", "server"]),
