@@ -17,11 +17,11 @@ use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::json;
 
+use super::types::AuditEventPage;
 use super::{Admin, SharedState, workspace};
-use crate::audit::{AuditQuery, EventType};
-use crate::error::ApiError;
+use crate::audit::{AuditQuery, EventType, Stats};
+use crate::error::{ApiError, ApiErrorBody};
 
 pub(super) fn routes() -> Router<SharedState> {
     Router::new()
@@ -32,7 +32,7 @@ pub(super) fn routes() -> Router<SharedState> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AuditParams {
+pub(super) struct AuditParams {
     from: Option<String>,
     to: Option<String>,
     #[serde(rename = "type")]
@@ -45,17 +45,70 @@ struct AuditParams {
 
 type Params = Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>;
 
-async fn workspace_audit(
+// The query parameters are listed by hand: the handler parses them as
+// strings itself (to answer a contract 400, not axum's plain-text one), so
+// the struct's types are not the documented ones.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/audit",
+    operation_id = "list_workspace_audit",
+    tag = "audit",
+    summary = "A workspace's audit events",
+    description = "Newest first. Every filter is optional; times are inclusive.",
+    params(
+        ("ws" = String, Path, description = "Workspace slug"),
+        ("from" = Option<String>, Query, description = "RFC 3339; events at or after", format = DateTime),
+        ("to" = Option<String>, Query, description = "RFC 3339; events at or before", format = DateTime),
+        ("type" = Option<EventType>, Query, description = "Only this event type"),
+        ("token_id" = Option<String>, Query, description = "Only events of this token"),
+        ("member_id" = Option<String>, Query, description = "Only events of this member"),
+        ("page_size" = Option<u32>, Query, description = "1-200, default 50", minimum = 1, maximum = 200),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page of the same listing"),
+    ),
+    responses(
+        (status = 200, description = "A page of events", body = AuditEventPage),
+        (status = 400, description = "A bad filter, `page_size` or `cursor`, or an unknown query parameter", body = ApiErrorBody),
+        (status = 401, description = "No valid admin token (or dashboard session)", body = ApiErrorBody),
+        (status = 403, description = "The admin token is scoped to another workspace", body = ApiErrorBody),
+        (status = 404, description = "No such workspace", body = ApiErrorBody),
+        (status = 503, description = "The store is unreachable", body = ApiErrorBody),
+    )
+)]
+pub(super) async fn workspace_audit(
     State(state): State<SharedState>,
     admin: Admin,
     Path(ws): Path<String>,
     params: Params,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<AuditEventPage>, ApiError> {
     workspace(&state, &admin, &ws)?;
     page(&state, query(params, Some(ws))?).await
 }
 
-async fn global_audit(State(state): State<SharedState>, admin: Admin, params: Params) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    operation_id = "list_audit",
+    tag = "audit",
+    summary = "Every audit event",
+    description = "Newest first, across workspaces and including events of no workspace. Global admin tokens only.",
+    params(
+        ("from" = Option<String>, Query, description = "RFC 3339; events at or after", format = DateTime),
+        ("to" = Option<String>, Query, description = "RFC 3339; events at or before", format = DateTime),
+        ("type" = Option<EventType>, Query, description = "Only this event type"),
+        ("token_id" = Option<String>, Query, description = "Only events of this token"),
+        ("member_id" = Option<String>, Query, description = "Only events of this member"),
+        ("page_size" = Option<u32>, Query, description = "1-200, default 50", minimum = 1, maximum = 200),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page of the same listing"),
+    ),
+    responses(
+        (status = 200, description = "A page of events", body = AuditEventPage),
+        (status = 400, description = "A bad filter, `page_size` or `cursor`, or an unknown query parameter", body = ApiErrorBody),
+        (status = 401, description = "No valid admin token (or dashboard session)", body = ApiErrorBody),
+        (status = 403, description = "The admin token is scoped to a workspace", body = ApiErrorBody),
+        (status = 503, description = "The store is unreachable", body = ApiErrorBody),
+    )
+)]
+pub(super) async fn global_audit(State(state): State<SharedState>, admin: Admin, params: Params) -> Result<Json<AuditEventPage>, ApiError> {
     if let Some(ws) = &admin.workspace {
         return Err(ApiError::forbidden(format!(
             "this admin token is scoped to workspace `{ws}`; read its events at /v1/workspaces/{ws}/audit"
@@ -64,13 +117,28 @@ async fn global_audit(State(state): State<SharedState>, admin: Admin, params: Pa
     page(&state, query(params, None)?).await
 }
 
-async fn stats(State(state): State<SharedState>, _admin: Admin) -> Json<serde_json::Value> {
-    Json(json!(state.audit.stats()))
+#[utoipa::path(
+    get,
+    path = "/v1/audit/stats",
+    operation_id = "get_audit_stats",
+    tag = "audit",
+    summary = "The audit writer's counters",
+    description = "Events written, dropped (queue full: the trail has gaps) and failed writes since start, on this instance.",
+    responses(
+        (status = 200, description = "The counters", body = Stats),
+        (status = 401, description = "No valid admin token (or dashboard session)", body = ApiErrorBody),
+    )
+)]
+pub(super) async fn stats(State(state): State<SharedState>, _admin: Admin) -> Json<Stats> {
+    Json(state.audit.stats())
 }
 
-async fn page(state: &SharedState, q: AuditQuery) -> Result<Json<serde_json::Value>, ApiError> {
+async fn page(state: &SharedState, q: AuditQuery) -> Result<Json<AuditEventPage>, ApiError> {
     let page = state.audit.page(&q).await?;
-    Ok(Json(json!({ "events": page.events, "next_cursor": page.next_cursor })))
+    Ok(Json(AuditEventPage {
+        events: page.events,
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// The query string as an [`AuditQuery`], or a 400 naming what is wrong.

@@ -7,14 +7,29 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use serde_json::json;
 
+use super::types::{ServerList, ServerState};
 use super::{Admin, workspace};
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiErrorBody};
 use crate::state::AppState;
 use crate::token::format_rfc3339;
 
-pub async fn list(State(state): State<Arc<AppState>>, admin: Admin, Path(ws): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/servers",
+    operation_id = "list_servers",
+    tag = "workspaces",
+    summary = "A workspace's servers and their health",
+    description = "Health is what this instance last saw (a request or a probe); no secrets.",
+    params(("ws" = String, Path, description = "Workspace slug")),
+    responses(
+        (status = 200, description = "The servers", body = ServerList),
+        (status = 401, description = "No valid admin token (or dashboard session)", body = ApiErrorBody),
+        (status = 403, description = "The admin token is scoped to another workspace", body = ApiErrorBody),
+        (status = 404, description = "No such workspace", body = ApiErrorBody),
+    )
+)]
+pub async fn list(State(state): State<Arc<AppState>>, admin: Admin, Path(ws): Path<String>) -> Result<Json<ServerList>, ApiError> {
     let w = workspace(&state, &admin, &ws)?;
     let servers: Vec<_> = w
         .servers
@@ -22,15 +37,19 @@ pub async fn list(State(state): State<Arc<AppState>>, admin: Admin, Path(ws): Pa
         .enumerate()
         .map(|(i, s)| {
             let st = state.metrics.server_status(w.index, i);
-            json!({
-                "name": s.name,
-                "url": super::redacted_url(&s.url),
-                "timeout_ms": s.timeout.as_millis() as u64,
-                "health": st.health,
-                "since": (st.since > 0).then(|| format_rfc3339(st.since)),
-                "tools": st.tools,
-            })
+            ServerState {
+                name: s.name.to_string(),
+                url: super::redacted_url(&s.url),
+                timeout_ms: s.timeout.as_millis() as u64,
+                health: st.health,
+                since: (st.since > 0).then(|| format_rfc3339(st.since)),
+                tools: st.tools,
+            }
         })
         .collect();
-    Ok(Json(json!({ "workspace": ws, "aggregate": w.is_aggregate(), "servers": servers })))
+    Ok(Json(ServerList {
+        aggregate: w.is_aggregate(),
+        workspace: ws,
+        servers,
+    }))
 }

@@ -173,3 +173,67 @@ impl From<crate::store::grants::Grant> for GrantInfo {
 pub struct GrantList {
     pub grants: Vec<GrantInfo>,
 }
+
+/// `GET /v1/workspaces/{ws}/servers`: each upstream with its last known
+/// health (the dashboard's Servers tab).
+#[derive(Serialize, ToSchema)]
+pub struct ServerList {
+    #[schema(example = "demo")]
+    pub workspace: String,
+    /// Whether the workspace aggregates several servers (tool names prefixed).
+    pub aggregate: bool,
+    pub servers: Vec<ServerState>,
+}
+
+/// An upstream server and its health, without secrets (no headers; the URL
+/// without userinfo or query string).
+#[derive(Serialize, ToSchema)]
+pub struct ServerState {
+    pub name: String,
+    pub url: String,
+    pub timeout_ms: u64,
+    /// `up`, `down` or `unknown` (no request or probe yet).
+    #[schema(example = "up")]
+    pub health: &'static str,
+    /// Since when `health` holds (RFC 3339); `null` if nothing was seen.
+    #[schema(required = true)]
+    pub since: Option<String>,
+    /// Tools the server listed at its last `tools/list`; `null` if unknown.
+    #[schema(required = true)]
+    pub tools: Option<u64>,
+}
+
+/// `GET /v1/workspaces/{ws}/usage`: counts per time bucket and key.
+#[derive(Serialize, ToSchema)]
+pub struct UsageReport {
+    /// Oldest first; within a bucket, by key.
+    pub buckets: Vec<UsageBucket>,
+    /// Requests whose key was folded into `"other"` (too many distinct keys).
+    pub folded: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UsageBucket {
+    /// Start of the bucket, RFC 3339 UTC.
+    #[schema(example = "2026-12-06T14:00:00Z")]
+    pub start: String,
+    /// The token id, member id, server or tool (per `group_by`); `"other"`
+    /// for folded values; `null` where it does not apply (a request
+    /// without member, or refused before a server or tool was known).
+    #[schema(required = true)]
+    pub key: Option<String>,
+    pub requests: u64,
+    /// Answers with status 400 or above, except 429.
+    pub errors: u64,
+    /// 429 answers.
+    pub rate_limited: u64,
+}
+
+/// A page of audit events, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct AuditEventPage {
+    pub events: Vec<crate::audit::AuditEvent>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}

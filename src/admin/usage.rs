@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
+use super::types::{UsageBucket, UsageReport};
 use super::{Admin, SharedState, workspace};
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiErrorBody};
 use crate::store::usage::{Bucket, Counts, FOLDED, GroupBy, NONE, UsageQuery};
 use crate::token::{format_rfc3339, now_unix};
 
@@ -34,12 +34,37 @@ fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("`{field}` must be an RFC 3339 time such as 2026-01-02T03:04:05Z")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/usage",
+    operation_id = "get_usage",
+    tag = "usage",
+    summary = "A workspace's usage over time",
+    description = "Requests, errors and 429s per time bucket, grouped by token, member, server or tool. \
+        Counts reach the store every `usage.flush_interval_ms`, so the last seconds may be missing. \
+        The range is clipped to the retention of the bucket width.",
+    params(
+        ("ws" = String, Path, description = "Workspace slug"),
+        ("from" = Option<String>, Query, description = "RFC 3339 start; default `to` minus 24 hours", format = DateTime),
+        ("to" = Option<String>, Query, description = "RFC 3339 end; default now", format = DateTime),
+        ("bucket" = Option<String>, Query, description = "`minute`, `hour` (default) or `day`"),
+        ("group_by" = Option<String>, Query, description = "`token`, `member` (default), `server` or `tool`"),
+    ),
+    responses(
+        (status = 200, description = "The buckets", body = UsageReport),
+        (status = 400, description = "A bad time, `bucket` or `group_by`, `from` not before `to`, or an unknown query parameter", body = ApiErrorBody),
+        (status = 401, description = "No valid admin token (or dashboard session)", body = ApiErrorBody),
+        (status = 403, description = "The admin token is scoped to another workspace", body = ApiErrorBody),
+        (status = 404, description = "No such workspace", body = ApiErrorBody),
+        (status = 503, description = "The store is unreachable", body = ApiErrorBody),
+    )
+)]
 pub(super) async fn usage(
     State(state): State<SharedState>,
     admin: Admin,
     Path(ws): Path<String>,
     query: Result<Query<UsageParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UsageReport>, ApiError> {
     workspace(&state, &admin, &ws)?;
     let Query(p) = query.map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
     let now = now_unix();
@@ -72,7 +97,10 @@ pub(super) async fn usage(
     // one bucket key per minute up to it).
     let to = to.min(now + bucket.seconds());
     let Some(store) = state.store.usage() else {
-        return Ok(Json(json!({"buckets": [], "folded": 0})));
+        return Ok(Json(UsageReport {
+            buckets: Vec::new(),
+            folded: 0,
+        }));
     };
     let rows = if from < to {
         store
@@ -102,17 +130,15 @@ pub(super) async fn usage(
         };
         merged.entry((r.start, key)).or_default().add(r.counts);
     }
-    let buckets: Vec<Value> = merged
+    let buckets = merged
         .into_iter()
-        .map(|((start, key), c)| {
-            json!({
-                "start": format_rfc3339(start),
-                "key": key,
-                "requests": c.requests,
-                "errors": c.errors,
-                "rate_limited": c.rate_limited,
-            })
+        .map(|((start, key), c)| UsageBucket {
+            start: format_rfc3339(start),
+            key: key.map(str::to_string),
+            requests: c.requests,
+            errors: c.errors,
+            rate_limited: c.rate_limited,
         })
         .collect();
-    Ok(Json(json!({"buckets": buckets, "folded": folded})))
+    Ok(Json(UsageReport { buckets, folded }))
 }

@@ -92,13 +92,19 @@ struct WorkspaceNames {
 }
 
 /// `GET /v1/audit/stats`.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = AuditStats)]
 pub struct Stats {
+    /// Events written to the store since start.
     pub written: u64,
+    /// Events dropped because the queue was full (the trail has gaps).
     pub dropped: u64,
+    /// Batches the store failed to write.
     pub write_errors: u64,
+    /// Events waiting to be written.
     pub queued: usize,
     pub queue_capacity: usize,
+    /// Whether tool calls are recorded (`audit.tool_calls`).
     pub tool_calls: bool,
 }
 

@@ -80,11 +80,24 @@ async fn document_is_openapi_3_1_and_every_reference_resolves() {
     }
 
     let schemes = doc["components"]["securitySchemes"].as_object().expect("security schemes");
-    for (name, s) in schemes {
+    for name in ["admin_token", "workspace_token"] {
+        let s = &schemes[name];
         assert_eq!((s["type"].as_str(), s["scheme"].as_str()), (Some("http"), Some("bearer")), "{name}");
     }
-    assert!(schemes.contains_key("admin_token") && schemes.contains_key("workspace_token"));
-    assert_eq!(doc["security"], json!([{"admin_token": []}]), "admin token by default");
+    // The dashboard's session cookie is accepted wherever an admin token is.
+    let cookie = &schemes["dashboard_session"];
+    assert_eq!(
+        (cookie["type"].as_str(), cookie["in"].as_str(), cookie["name"].as_str()),
+        (Some("apiKey"), Some("cookie"), Some(portcullis::admin::session::COOKIE)),
+        "{cookie}"
+    );
+    assert!(cookie["description"].as_str().unwrap().contains("X-CSRF-Token"), "{cookie}");
+    assert_eq!(schemes.len(), 3, "{schemes:?}");
+    assert_eq!(
+        doc["security"],
+        json!([{"admin_token": []}, {"dashboard_session": []}]),
+        "an admin token (or the dashboard's session) by default"
+    );
 
     let mut operation_ids = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -113,11 +126,20 @@ async fn document_is_openapi_3_1_and_every_reference_resolves() {
                 .map(|p| p["name"].as_str().unwrap())
                 .collect();
             assert_eq!(params, in_path, "{here}: path parameters");
-            // A named scheme must exist; `{}` (no token) is allowed.
-            for req in op["security"].as_array().into_iter().flatten() {
-                for name in req.as_object().unwrap().keys() {
-                    assert!(schemes.contains_key(name), "{here}: unknown security scheme {name}");
-                }
+            // A named scheme must exist; `{}` (no token) is allowed; where
+            // an admin token is named, so is the session (the `Admin`
+            // extractor takes either).
+            let reqs: Vec<&String> = op["security"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|r| r.as_object().unwrap().keys())
+                .collect();
+            for name in &reqs {
+                assert!(schemes.contains_key(*name), "{here}: unknown security scheme {name}");
+            }
+            if reqs.iter().any(|n| *n == "admin_token") {
+                assert!(reqs.iter().any(|n| *n == "dashboard_session"), "{here}: {reqs:?}");
             }
             // Every error answer of the API is the contract's error body
             // (`/readyz` answers its own body with 503).
@@ -131,9 +153,25 @@ async fn document_is_openapi_3_1_and_every_reference_resolves() {
     }
     // Every key of a record is always sent (`null` when unset): the document
     // says so, and the answer checks below hold the API to it.
-    for name in ["TokenRecord", "SelfCheck", "TokenPage", "CreatedToken"] {
+    for name in [
+        "TokenRecord",
+        "SelfCheck",
+        "TokenPage",
+        "CreatedToken",
+        "AuditEvent",
+        "AuditEventPage",
+        "AuditStats",
+        "UsageReport",
+        "UsageBucket",
+        "ServerList",
+        "ServerState",
+    ] {
         let schema = &doc["components"]["schemas"][name];
-        let props: BTreeSet<&String> = schema["properties"].as_object().unwrap().keys().collect();
+        let props: BTreeSet<&String> = schema["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no schema {name}"))
+            .keys()
+            .collect();
         let required: BTreeSet<&String> = schema["required"]
             .as_array()
             .unwrap()
@@ -187,6 +225,12 @@ fn served_paths(state: &std::sync::Arc<portcullis::state::AppState>) -> BTreeSet
 async fn every_route_the_router_serves_is_documented_and_the_reverse() {
     let up = DemoUpstream::start().await;
     let gw = Setup::new(&up.url).start().await;
+    // The dashboard's pages are served (its default), so they are checked
+    // against NOT_API below rather than absent.
+    assert!(
+        gw.state().config.dashboard.enabled,
+        "the coverage check must see the dashboard's routes"
+    );
     let doc = document(&gw).await;
     let documented = documented(&doc);
 
@@ -224,6 +268,12 @@ async fn every_route_the_router_serves_is_documented_and_the_reverse() {
         assert!(
             !documented.iter().any(|(_, p)| p == path),
             "{path} is both documented and in NOT_API: pick one"
+        );
+    }
+    for page in ["/", "/signin", "/workspaces/{ws}/{tab}", "/assets/app.js"] {
+        assert!(
+            served.iter().any(|(_, p)| p == page),
+            "the dashboard's {page} is not served: {served:?}"
         );
     }
     served.retain(|(_, p)| !not_api.iter().any(|(n, _)| n == p));
@@ -387,6 +437,157 @@ async fn real_answers_match_the_documented_schemas() {
         &send(Method::GET, &gw.admin_url("/healthz"), &[], "").await,
     );
     conforms(&doc, "GET", "/readyz", &send(Method::GET, &gw.admin_url("/readyz"), &[], "").await);
+    let first = gw;
+
+    // Usage, audit and servers, with real traffic behind them: two
+    // members' tool calls, a 429 and an error.
+    let gw = Setup::new(&up.url).raw("[usage]\nflush_interval_ms = 50\n").start().await;
+    let (alice, _) = gw
+        .create_token("demo", json!({"member_id": "alice", "requests_per_minute": 2}))
+        .await;
+    let (bob, bob_id) = gw.create_token("demo", json!({"member_id": "bob"})).await;
+    let call = |tool: &str| rpc(json!(1), "tools/call", json!({"name": tool, "arguments": {"text": "hi"}}));
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(gw.post("demo", Some(&alice), call("echo")).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(gw.post("demo", Some(&bob), call("add")).await.status, 200);
+    assert_eq!(gw.post("demo", Some(&bob), r#"{"not":"json-rpc"}"#).await.status, 400);
+    let usage = "/v1/workspaces/{ws}/usage";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let by_member = loop {
+        let r = gw
+            .admin_call(Method::GET, "/v1/workspaces/demo/usage?bucket=minute&group_by=member", None)
+            .await;
+        conforms(&doc, "GET", usage, &r);
+        let total: u64 = r.json()["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["requests"].as_u64().unwrap())
+            .sum();
+        if total >= 5 {
+            break r.json();
+        }
+        assert!(std::time::Instant::now() < deadline, "usage not flushed: {}", r.json());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let keys: BTreeSet<&str> = by_member["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["key"].as_str())
+        .collect();
+    assert_eq!(keys, ["alice", "bob"].into(), "{by_member}");
+    for q in ["", "?group_by=tool&bucket=day", "?group_by=token", "?group_by=server&bucket=hour"] {
+        let r = gw.admin_call(Method::GET, &format!("/v1/workspaces/demo/usage{q}"), None).await;
+        assert_eq!(r.status, 200, "{q}");
+        conforms(&doc, "GET", usage, &r);
+    }
+    // A tool call without a server (not JSON-RPC) has a null key by tool.
+    let by_tool = gw
+        .admin_call(Method::GET, "/v1/workspaces/demo/usage?group_by=tool&bucket=minute", None)
+        .await
+        .json();
+    assert!(
+        by_tool["buckets"].as_array().unwrap().iter().any(|b| b["key"].is_null()),
+        "{by_tool}"
+    );
+
+    let servers = "/v1/workspaces/{ws}/servers";
+    let r = gw.admin_call(Method::GET, "/v1/workspaces/demo/servers", None).await;
+    conforms(&doc, "GET", servers, &r);
+    assert_eq!(r.json()["servers"][0]["health"], "up", "{}", r.json());
+
+    let ws_audit = "/v1/workspaces/{ws}/audit";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = gw.admin_call(Method::GET, "/v1/workspaces/demo/audit?type=tool_call", None).await;
+        conforms(&doc, "GET", ws_audit, &r);
+        if r.json()["events"].as_array().unwrap().len() >= 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "audit not written: {}", r.json());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = gw.admin_call(Method::GET, "/v1/workspaces/demo/audit?page_size=1", None).await;
+    conforms(&doc, "GET", ws_audit, &r);
+    let cursor = r.json()["next_cursor"].as_str().expect("more than one event").to_string();
+    let r = gw
+        .admin_call(Method::GET, &format!("/v1/workspaces/demo/audit?page_size=1&cursor={cursor}"), None)
+        .await;
+    assert_eq!(r.status, 200);
+    conforms(&doc, "GET", ws_audit, &r);
+    let r = gw
+        .admin_call(
+            Method::GET,
+            &format!("/v1/workspaces/demo/audit?token_id={bob_id}&member_id=bob"),
+            None,
+        )
+        .await;
+    conforms(&doc, "GET", ws_audit, &r);
+    assert!(!r.json()["events"].as_array().unwrap().is_empty());
+    conforms(&doc, "GET", "/v1/audit", &gw.admin_call(Method::GET, "/v1/audit", None).await);
+    let r = gw.admin_call(Method::GET, "/v1/audit/stats", None).await;
+    conforms(&doc, "GET", "/v1/audit/stats", &r);
+    assert!(r.json()["written"].as_u64().unwrap() >= 5, "{}", r.json());
+    // A scoped admin token: 403 on the global trail and on another workspace.
+    let (scoped, _) = portcullis::auth::lifecycle::create(
+        Some(&gw.state().verifier),
+        &gw.state().store,
+        portcullis::auth::lifecycle::NewTokenRequest {
+            name: "scoped".into(),
+            kind: Some(portcullis::token::TokenKind::Admin),
+            workspace: Some("other".into()),
+            expires_in: None,
+            member_id: None,
+            email: None,
+            allowed_servers: None,
+            requests_per_minute: None,
+            created_by: "test".into(),
+        },
+        portcullis::token::now_unix(),
+    )
+    .await
+    .expect("scoped admin token");
+    for (path, url) in [
+        ("/v1/audit", "/v1/audit"),
+        (ws_audit, "/v1/workspaces/demo/audit"),
+        (usage, "/v1/workspaces/demo/usage"),
+        (servers, "/v1/workspaces/demo/servers"),
+    ] {
+        let r = gw.admin_call_as(&scoped, Method::GET, url, None).await;
+        assert_eq!(r.status, 403, "{url}: {}", String::from_utf8_lossy(&r.body));
+        conforms(&doc, "GET", path, &r);
+    }
+    for (path, url, status) in [
+        (usage, "/v1/workspaces/nope/usage", 404),
+        (usage, "/v1/workspaces/demo/usage?bucket=week", 400),
+        (usage, "/v1/workspaces/demo/usage?from=yesterday", 400),
+        (usage, "/v1/workspaces/demo/usage?surprise=1", 400),
+        (servers, "/v1/workspaces/nope/servers", 404),
+        (ws_audit, "/v1/workspaces/nope/audit", 404),
+        (ws_audit, "/v1/workspaces/demo/audit?type=nope", 400),
+        (ws_audit, "/v1/workspaces/demo/audit?page_size=0", 400),
+        ("/v1/audit", "/v1/audit?cursor=garbage", 400),
+    ] {
+        let r = gw.admin_call(Method::GET, url, None).await;
+        assert_eq!(r.status, status, "{url}: {}", String::from_utf8_lossy(&r.body));
+        conforms(&doc, "GET", path, &r);
+    }
+    for (path, url) in [
+        (usage, "/v1/workspaces/demo/usage"),
+        (servers, "/v1/workspaces/demo/servers"),
+        (ws_audit, "/v1/workspaces/demo/audit"),
+        ("/v1/audit", "/v1/audit"),
+        ("/v1/audit/stats", "/v1/audit/stats"),
+    ] {
+        let r = gw.admin_call_as("mwa_invalid", Method::GET, url, None).await;
+        assert_eq!(r.status, 401, "{url}");
+        conforms(&doc, "GET", path, &r);
+    }
+    let gw = first;
 
     // Bad paths: each status the API answers is documented, with the error body.
     let cases: Vec<(Method, &str, String, Option<Value>, u16)> = vec![

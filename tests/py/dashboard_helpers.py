@@ -84,6 +84,9 @@ session_keys = ["{secrets.token_hex(32)}"]
 [store]
 path = {_toml_str(str(workdir / "portcullis.db"))}
 
+[usage]
+flush_interval_ms = 200
+
 [dashboard]
 idle_timeout = "30m"
 absolute_timeout = "12h"

@@ -7,11 +7,11 @@ so the token list shows a use within the test. MCP calls go through the
 official Python SDK (mcp_helpers.mcp_client), run on a thread of their own
 because Playwright's sync API owns the main thread's event loop.
 
-Usage and Audit depend on endpoints of other branches (contract §10): their
-assertions are skipped while the endpoint answers 404, and what is checked
-then is that the tab says "not available" instead of failing.
+Usage and Audit read the §10 endpoints of this gateway (usage flushed every
+200 ms here); nothing is skipped when an endpoint is missing: a 404 fails.
 
-Set PORTCULLIS_SCREENSHOTS=docs/img to save a screenshot of each page.
+Set PORTCULLIS_SCREENSHOTS=docs/img to save a screenshot of each page; the
+Usage and Audit ones show real traffic (test_real_traffic_in_usage_and_audit).
 """
 
 from __future__ import annotations
@@ -314,9 +314,10 @@ def test_csrf_from_another_origin_fails(dash: Dash, browser) -> None:
 
 
 def test_usage_and_audit_tabs_render_the_contract_shapes(dash: Dash, browser) -> None:
-    """The script against sample answers of the §10 shapes, so the chart, the
-    tables and the export are exercised before the endpoints exist here (the
-    tests below check them against the real endpoints once merged)."""
+    """The script against fixed answers of the §10 shapes: many buckets and
+    keys, errors and 429s in every series, so the chart's patterns, the key
+    selector and the exports are checked on known figures (the tests below
+    run the same tabs against the real endpoints)."""
     context = browser.new_context()
     page = context.new_page()
     errors = watch_console(page)
@@ -336,14 +337,10 @@ def test_usage_and_audit_tabs_render_the_contract_shapes(dash: Dash, browser) ->
     page.locator("#usage-key").select_option("tkn_ci")  # one token's requests over time
     page.wait_for_function("() => document.querySelector('#usage-chart svg title').textContent.includes('tkn_ci')")
     page.locator("#usage-key").select_option("")
-    page.set_viewport_size({"width": 1280, "height": 1100})
-    shot(page, "usage")
-    page.set_viewport_size({"width": 1280, "height": 720})
 
     page.goto(dash.url + "/workspaces/demo/audit")
     page.locator('[data-testid="audit-row"][data-type="tool_call"]').wait_for(timeout=5000)
     assert page.get_by_test_id("audit-row").count() == 4
-    shot(page, "audit")
     with page.expect_download() as dl:
         page.get_by_role("button", name="Download CSV").click()
     csv = Path(dl.value.path()).read_text().splitlines()
@@ -355,57 +352,146 @@ def test_usage_and_audit_tabs_render_the_contract_shapes(dash: Dash, browser) ->
     context.close()
 
 
-def _skip_if_404(dash: Dash, path: str) -> None:
-    if dash.api("GET", path).status_code == 404:
-        pytest.skip(f"{path} is not served by this build (contract §10 endpoint of another branch)")
+def test_usage_and_audit_endpoints_are_served(dash: Dash) -> None:
+    # What the tests below read; a 404 here is a routing bug, not a skip.
+    for path in ("/v1/workspaces/demo/usage", "/v1/workspaces/demo/audit", "/v1/audit/stats"):
+        r = dash.api("GET", path)
+        assert r.status_code == 200, (path, r.text)
 
 
-def test_usage_tab_says_not_available_without_the_endpoint(dash: Dash, browser) -> None:
-    page = browser.new_page()
-    sign_in(page, dash)
-    page.goto(dash.url + "/workspaces/demo/usage")
-    if dash.api("GET", "/v1/workspaces/demo/usage").status_code != 404:
-        pytest.skip("the usage endpoint exists")
-    page.locator("#usage-msg").filter(has_text="not available").wait_for(timeout=5000)
-    page.goto(dash.url + "/workspaces/demo/audit")
-    if dash.api("GET", "/v1/workspaces/demo/audit").status_code == 404:
-        page.locator("#audit-msg").filter(has_text="not available").wait_for(timeout=5000)
-    page.close()
+def _usage_requests(page) -> list[str]:
+    """The usage URLs the page's script asks for."""
+    seen: list[str] = []
+    page.on("request", lambda req: seen.append(req.url) if "/usage?" in req.url else None)
+    return seen
 
 
 def test_usage_chart_shows_requests(dash: Dash, browser) -> None:
-    _skip_if_404(dash, "/v1/workspaces/demo/usage")
     created = dash.api("POST", "/v1/workspaces/demo/tokens", json={"name": "usage", "member_id": "bob"}).json()
     for i in range(3):
         run_async(echo, dash.ws_url("demo"), created["token"], f"u{i}")
     page = browser.new_page()
+    errors = watch_console(page)
+    asked = _usage_requests(page)
     sign_in(page, dash)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 30
     while True:
         page.goto(dash.url + "/workspaces/demo/usage")
         page.get_by_test_id("usage-chart").locator("svg").wait_for(timeout=5000)
-        if page.get_by_test_id("usage-row").count() > 0 and page.get_by_test_id("usage-chart").locator("g.bar rect").count() > 0:
+        page.wait_for_load_state("networkidle")
+        if "bob" in " ".join(page.locator("#usage-members").get_by_test_id("usage-row").all_inner_texts()):
             break
-        assert time.monotonic() < deadline, "usage never showed the requests"
-        time.sleep(1)
-    assert "bob" in " ".join(page.get_by_test_id("usage-row").all_inner_texts())
+        assert time.monotonic() < deadline, "usage never showed bob's requests"
+        time.sleep(0.5)
+    assert page.get_by_test_id("usage-chart").locator("g.bar rect").count() > 0
+    # Explicit parameters: the page does not lean on the API's defaults.
+    assert asked and all("bucket=" in u and "group_by=" in u and "from=" in u and "to=" in u for u in asked), asked
+    assert {re.search(r"group_by=(\w+)", u).group(1) for u in asked} >= {"member", "tool"}, asked
+    assert not errors, errors
     page.close()
 
 
 def test_audit_rows_show_token_events(dash: Dash, browser) -> None:
-    _skip_if_404(dash, "/v1/workspaces/demo/audit")
     created = dash.api("POST", "/v1/workspaces/demo/tokens", json={"name": "audited"}).json()
     dash.api("DELETE", f"/v1/workspaces/demo/tokens/{created['info']['id']}")
     page = browser.new_page()
+    errors = watch_console(page)
     sign_in(page, dash)
     page.goto(dash.url + "/workspaces/demo/audit")
     page.locator('[data-testid="audit-row"][data-type="token_revoked"]').first.wait_for(timeout=10000)
     assert page.locator('[data-testid="audit-row"][data-type="token_created"]').count() > 0
+    # The writer's counters, drops included, as /v1/audit/stats says.
+    stats = dash.api("GET", "/v1/audit/stats").json()
+    line = page.get_by_test_id("audit-stats")
+    line.filter(has_text="dropped").wait_for(timeout=5000)
+    assert line.get_attribute("data-dropped") == str(stats["dropped"])
+    assert f"{stats['dropped']} dropped" in line.inner_text()
     with page.expect_download() as dl:
         page.get_by_role("button", name="Download CSV").click()
     text = Path(dl.value.path()).read_text()
     assert text.startswith("id,at,type,") and "token_revoked" in text
     assert "mwt_" not in text
+    assert not errors, errors
+    page.close()
+
+
+def test_audit_tab_shows_dropped_events_as_a_warning(dash: Dash, browser) -> None:
+    """Drops cannot be caused on demand against a real writer, so the stats
+    answer is replaced in this page only (the shape is the real one's)."""
+    real = dash.api("GET", "/v1/audit/stats").json()
+    page = browser.new_page()
+    sign_in(page, dash)
+    body = json.dumps({**real, "dropped": 17})
+    page.route("**/v1/audit/stats", lambda route: route.fulfill(status=200, content_type="application/json", body=body))
+    page.goto(dash.url + "/workspaces/demo/audit")
+    line = page.get_by_test_id("audit-stats")
+    line.filter(has_text="17 dropped").wait_for(timeout=5000)
+    assert "gaps" in line.inner_text()
+    assert "warning" in (line.get_attribute("class") or "")
+    page.close()
+
+
+def test_real_traffic_in_usage_and_audit(dash: Dash, browser) -> None:
+    """Two members' MCP calls, a 429 and an error through the gateway, then
+    the Usage and Audit tabs show them (and are the docs' screenshots)."""
+    alice = dash.api("POST", "/v1/workspaces/demo/tokens",
+                     json={"name": "alice-laptop", "email": "alice@example.com", "requests_per_minute": 6}).json()
+    carol = dash.api("POST", "/v1/workspaces/demo/tokens", json={"name": "carol-ci", "member_id": "carol"}).json()
+    for i in range(3):
+        run_async(echo, dash.ws_url("demo"), carol["token"], f"c{i}")
+    # Alice's limit is 6 a minute: one MCP session (about five requests:
+    # initialize, notification, stream, call, close), then plain calls over it.
+    run_async(echo, dash.ws_url("demo"), alice["token"], "hello")
+    statuses = []
+    for i in range(3):
+        r = httpx.post(dash.ws_url("demo"), timeout=10, headers={
+            "Authorization": f"Bearer {alice['token']}", "Accept": "application/json, text/event-stream"},
+            json={"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 1, "b": 2}}})
+        statuses.append(r.status_code)
+    assert 429 in statuses, statuses
+    # An error: not JSON-RPC (400).
+    r = httpx.post(dash.ws_url("demo"), content=b'{"hello": 1}', timeout=10, headers={
+        "Authorization": f"Bearer {carol['token']}", "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream"})
+    assert r.status_code == 400, r.text
+    # Both test tokens are revoked before anything is shown.
+    for t in (alice, carol):
+        assert dash.api("DELETE", f"/v1/workspaces/demo/tokens/{t['info']['id']}").status_code == 200
+
+    deadline = time.monotonic() + 30
+    while True:
+        rows = dash.api("GET", "/v1/workspaces/demo/usage?bucket=minute&group_by=member").json()["buckets"]
+        got = {b["key"]: b for b in rows}
+        if "alice@example.com" in got and "carol" in got and sum(b["rate_limited"] for b in rows) and sum(b["errors"] for b in rows):
+            break
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.3)
+
+    page = browser.new_page()
+    errors = watch_console(page)
+    sign_in(page, dash)
+    page.goto(dash.url + "/workspaces/demo/usage")
+    page.locator("#usage-range").select_option("1h")
+    page.wait_for_load_state("networkidle")
+    page.locator("#usage-group").select_option("member")
+    page.wait_for_function("() => document.querySelector('#usage-chart svg title').textContent.includes('members')")
+    page.get_by_test_id("usage-chart").locator("g.bar rect").first.wait_for(timeout=5000)
+    page.wait_for_load_state("networkidle")
+    members = " ".join(page.locator("#usage-members").get_by_test_id("usage-row").all_inner_texts())
+    assert "alice@example.com" in members and "carol" in members, members
+    tools = " ".join(page.locator("#usage-tools").get_by_test_id("usage-row").all_inner_texts())
+    assert "echo" in tools, tools
+    page.set_viewport_size({"width": 1280, "height": 1100})
+    shot(page, "usage")
+    page.set_viewport_size({"width": 1280, "height": 720})
+
+    page.goto(dash.url + "/workspaces/demo/audit")
+    page.locator('[data-testid="audit-row"][data-type="tool_call"]').first.wait_for(timeout=10000)
+    page.get_by_test_id("audit-stats").filter(has_text="dropped").wait_for(timeout=5000)
+    page.wait_for_load_state("networkidle")
+    assert "mwt_" not in page.content()
+    shot(page, "audit")
+    assert not errors, errors
     page.close()
 
 

@@ -86,14 +86,22 @@ export interface SelfCheck {
 export type Instant = Date | string;
 
 export interface UsageQuery {
+  /** Default: `to` minus 24 hours. */
   from?: Instant;
+  /** Default: now. */
   to?: Instant;
+  /** Default `hour`. */
   bucket?: "minute" | "hour" | "day";
+  /** Default `member`. */
   groupBy?: "token" | "member" | "server" | "tool";
 }
 
 export interface UsageBucket {
+  /** Start of the bucket, RFC 3339 UTC. */
   start: string;
+  /** The token id, member, server or tool (per `groupBy`); `"other"` for
+   * values folded past the gateway's bound; `null` where it does not apply
+   * (a request with no member, or refused before a server or tool was known). */
   key: string | null;
   requests: number;
   errors: number;
@@ -106,10 +114,22 @@ export interface Usage {
   folded: number;
 }
 
+/** The event types of contract §10 (`token_rolled` and `config_reloaded` are reserved). */
+export type AuditEventType =
+  | "token_created"
+  | "token_revoked"
+  | "token_rolled"
+  | "admin_token_created"
+  | "signin"
+  | "signout"
+  | "config_reloaded"
+  | "tool_call"
+  | "revoked_token_refused";
+
 export interface AuditQuery extends Page {
   from?: Instant;
   to?: Instant;
-  type?: string;
+  type?: AuditEventType;
   tokenId?: string;
   memberId?: string;
 }
@@ -117,12 +137,12 @@ export interface AuditQuery extends Page {
 export interface AuditEvent {
   id: string;
   at: string;
-  type: string;
+  type: AuditEventType;
   actor: string | null;
   workspace: string | null;
   token_id: string | null;
-  /** The token's name at the time, where the gateway records it. */
-  token_name?: string | null;
+  /** The token's name at the time of the event. */
+  token_name: string | null;
   member_id: string | null;
   server: string | null;
   tool: string | null;

@@ -301,6 +301,7 @@ fn audit() -> Markup {
                 button #audit-export-csv type="button" { "Download CSV" }
             }
             p #audit-msg role="status" aria-live="polite" {}
+            p #audit-stats data-testid="audit-stats" {}
             div.table-wrap tabindex="0" role="region" aria-label="Audit events" {
             table.compact {
                 caption.visually-hidden { "Audit events, newest first" }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::StoreError;
 
 /// The event types of contract §10.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {
     TokenCreated,
@@ -106,26 +106,38 @@ impl EventType {
 /// One audit event. The JSON form (`Serialize`) is the contract's shape
 /// (§10), used by the admin API and the sink alike; `at` is RFC 3339 UTC
 /// with milliseconds, `duration_ms` has microsecond precision.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     /// Assigned by the store when appended (`evt_…`); empty before.
     pub id: String,
     #[serde(with = "rfc3339_ms")]
+    #[schema(value_type = String, format = DateTime, example = "2026-12-06T14:03:07.123Z")]
     pub at: i64,
     #[serde(rename = "type")]
     pub kind: EventType,
     /// Who did it: an admin token id, `bootstrap` (offline CLI), a member
     /// later; `None` for data-plane events (the token is the actor).
+    #[schema(required = true)]
     pub actor: Option<String>,
+    #[schema(required = true)]
     pub workspace: Option<String>,
+    #[schema(required = true)]
     pub token_id: Option<String>,
+    #[schema(required = true)]
     pub token_name: Option<String>,
+    #[schema(required = true)]
     pub member_id: Option<String>,
+    #[schema(required = true)]
     pub server: Option<String>,
+    #[schema(required = true)]
     pub tool: Option<String>,
+    #[schema(required = true)]
     pub method: Option<String>,
+    #[schema(required = true)]
     pub status: Option<u16>,
+    #[schema(required = true)]
     pub duration_ms: Option<f64>,
+    #[schema(required = true)]
     pub request_id: Option<String>,
 }
 

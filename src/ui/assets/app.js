@@ -490,27 +490,27 @@
         (keys.length ? " (most: " + keys.slice(0, 3).join(", ") + ")" : "") + ".";
     }
     let lastBuckets = [];
+    // A bucket's key is a string, "other" (folded) or null (does not
+    // apply, e.g. a request refused before any tool was known): null gets
+    // an option value no real key can have.
+    const NONE = "\u0000none";
+    const optionOf = (key) => (key === null ? NONE : key);
     function draw() {
       const key = $("usage-key").value;
-      chart(key ? lastBuckets.filter((b) => b.key === key) : lastBuckets, $("usage-group").value, key);
+      const label = key === NONE ? "(none)" : key;
+      chart(key ? lastBuckets.filter((b) => optionOf(b.key) === key) : lastBuckets, $("usage-group").value, label);
     }
     async function load() {
       say("usage-msg", "Loading…");
       const group = $("usage-group").value;
       const r = await fetchUsage(group);
-      if (r.status === 404 && !(r.body && r.body.error && r.body.error.code === "workspace_not_found")) {
-        say("usage-msg", "Usage analytics are not available on this server (this gateway has no usage endpoint).");
-        $("usage-chart").replaceChildren(el("p", { class: "empty", text: "Not available." }));
-        table("usage-members", [], "Not available."); table("usage-tools", [], "Not available.");
-        return;
-      }
       if (r.status !== 200) { say("usage-msg", errText(r), true); return; }
       // One series at a time (a token, member, tool or server), or all.
       const keySel = $("usage-key");
       const chosen = keySel.value;
       keySel.replaceChildren(el("option", { value: "", text: "all " + group + "s" }),
-        ...totals(r.body.buckets).map((t) => el("option", { value: t.key, text: t.key })));
-      keySel.value = totals(r.body.buckets).some((t) => t.key === chosen) ? chosen : "";
+        ...totals(r.body.buckets).map((t) => el("option", { value: optionOf(t.key), text: t.key === null ? "(none)" : t.key })));
+      keySel.value = totals(r.body.buckets).some((t) => optionOf(t.key) === chosen) ? chosen : "";
       lastBuckets = r.body.buckets;
       draw();
       const [m, t] = await Promise.all([fetchUsage("member"), fetchUsage("tool")]);
@@ -551,11 +551,6 @@
     }
     async function load(more) {
       const r = await api("GET", query(more ? next : null));
-      if (r.status === 404 && !(r.body && r.body.error && r.body.error.code === "workspace_not_found")) {
-        say("audit-msg", "The audit trail is not available on this server (this gateway has no audit endpoint).");
-        $("audit-more").hidden = true;
-        return;
-      }
       if (r.status !== 200) { say("audit-msg", errText(r), true); return; }
       if (!more) { events = []; $("audit-body").replaceChildren(); }
       events = events.concat(r.body.events);
@@ -564,7 +559,21 @@
       $("audit-more").hidden = !next;
       say("audit-msg", events.length ? events.length + " events shown." : "No events match.");
     }
-    $("audit-filters").addEventListener("submit", (e) => { e.preventDefault(); load(false); });
+    // The writer's counters (instance-wide): events dropped because the
+    // queue was full are gaps in the trail, and the issue asks that they
+    // be shown, not only counted in /metrics.
+    async function stats() {
+      const r = await api("GET", "/v1/audit/stats");
+      const p = $("audit-stats");
+      if (r.status !== 200) { p.textContent = "Audit writer counters unavailable: " + errText(r); p.classList.remove("warning"); return; }
+      const s = r.body;
+      p.dataset.dropped = String(s.dropped);
+      p.textContent = "This gateway instance: " + s.written + " events written, " + s.dropped + " dropped (queue full)" +
+        ", " + s.write_errors + " failed writes; " + s.queued + " of " + s.queue_capacity + " queued. Tool calls are " +
+        (s.tool_calls ? "" : "not ") + "recorded." + (s.dropped || s.write_errors ? " The trail has gaps." : "");
+      p.classList.toggle("warning", !!(s.dropped || s.write_errors));
+    }
+    $("audit-filters").addEventListener("submit", (e) => { e.preventDefault(); load(false); stats(); });
     $("audit-more").addEventListener("click", () => load(true));
     const stamp = () => new Date().toISOString().replace(/[:.]/g, "-");
     $("audit-export-json").addEventListener("click", () =>
@@ -579,6 +588,7 @@
       download("audit-" + ws + "-" + stamp() + ".csv", "text/csv", lines.join("\n") + "\n");
     });
     load(false);
+    stats();
   }
 
   // ---- Servers tab ---------------------------------------------------------
