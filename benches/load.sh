@@ -14,6 +14,9 @@
 #   portcullis-nousage  the same with usage analytics off (`[usage] enabled =
 #               false`), its own ports and store: the cost of counting every
 #               request (the row "portcullis/portcullis-nousage")
+#   portcullis-noaudit  the same with the audit trail's tool_call events off
+#               (`[audit] tool_calls = false`; not in the default list): the
+#               cost of a row per tool call (every request here is one)
 #
 # Every client first sends `initialize` (and `notifications/initialized`),
 # then wrk posts the JSON-RPC `tools/call` with Content-Type, Accept,
@@ -79,6 +82,7 @@ need python3 python3
 build_release
 UP_PORT=$(free_port) NGINX_PORT=$(free_port) MCPP_PORT=$(free_port) PC_PORT=$(free_port) PC_ADMIN=$(free_port)
 PB_PORT=$(free_port) PB_ADMIN=$(free_port) PN_PORT=$(free_port) PN_ADMIN=$(free_port)
+PA_PORT=$(free_port) PA_ADMIN=$(free_port)
 
 # --- upstream -------------------------------------------------------------
 "$BIN" demo-upstream --listen "127.0.0.1:$UP_PORT" 2>"$WORK/upstream.log" &
@@ -158,6 +162,10 @@ gateway_config "$WORK/portcullis-nousage.toml" $PN_PORT $PN_ADMIN "$WORK/portcul
 printf '\n[usage]\nenabled = false\n' >>"$WORK/portcullis-nousage.toml"
 URL[portcullis-nousage]="http://127.0.0.1:$PN_PORT/ws/bench"
 TOOL[portcullis-nousage]=echo
+gateway_config "$WORK/portcullis-noaudit.toml" $PA_PORT $PA_ADMIN "$WORK/portcullis-noaudit.db" "$UP_URL"
+printf '\n[audit]\ntool_calls = false\n' >>"$WORK/portcullis-noaudit.toml"
+URL[portcullis-noaudit]="http://127.0.0.1:$PA_PORT/ws/bench"
+TOOL[portcullis-noaudit]=echo
 if [ -n "${BASE_BIN:-}" ]; then
     gateway_config "$WORK/portcullis-base.toml" $PB_PORT $PB_ADMIN "$WORK/portcullis-base.db" "$UP_URL"
     URL[portcullis-base]="http://127.0.0.1:$PB_PORT/ws/bench"
@@ -200,6 +208,7 @@ start_target() {
     portcullis) start_portcullis portcullis "$BIN" "$PC_PORT" "$PC_ADMIN" ;;
     portcullis-base) start_portcullis portcullis-base "$BASE_BIN" "$PB_PORT" "$PB_ADMIN" ;;
     portcullis-nousage) start_portcullis portcullis-nousage "$BIN" "$PN_PORT" "$PN_ADMIN" ;;
+    portcullis-noaudit) start_portcullis portcullis-noaudit "$BIN" "$PA_PORT" "$PA_ADMIN" ;;
     esac
     return 0
 }
@@ -354,7 +363,7 @@ for row in rows:
     if cpu != "-":
         d["cpu"].append(float(cpu))
     d["errors"] += int(errs); d["non2xx"] += int(non2xx)
-order = ["direct", "nginx", "mcp-proxy", "portcullis", "portcullis-nousage", "portcullis-base"]
+order = ["direct", "nginx", "mcp-proxy", "portcullis", "portcullis-nousage", "portcullis-noaudit", "portcullis-base"]
 summary = []
 for c in sorted({c for _, c in data}):
     print(f"\n### Concurrency {c}\n")
@@ -379,7 +388,8 @@ for c in sorted({c for _, c in data}):
     print()
     for mine, peer in (("portcullis", "nginx"), ("portcullis", "mcp-proxy"),
                        ("portcullis-base", "nginx"), ("portcullis", "portcullis-base"),
-                       ("portcullis", "portcullis-nousage")):
+                       ("portcullis", "portcullis-nousage"), ("portcullis", "portcullis-noaudit"),
+                       ("portcullis-noaudit", "portcullis-base")):
         if mine in med and peer in med:
             pc, p = med[mine], med[peer]
             cpu = ""
