@@ -124,7 +124,14 @@ export type AuditEventType =
   | "signout"
   | "config_reloaded"
   | "tool_call"
-  | "revoked_token_refused";
+  | "revoked_token_refused"
+  | "member_added"
+  | "member_removed"
+  | "invite_created"
+  | "grant_created"
+  | "consent_denied"
+  | "oauth_tokens_issued"
+  | "grant_revoked";
 
 export interface AuditQuery extends Page {
   from?: Instant;

@@ -269,26 +269,13 @@ fn usage() -> Markup {
     }
 }
 
-/// Event types of the audit trail (docs/contract.md §10).
-const AUDIT_TYPES: &[&str] = &[
-    "token_created",
-    "token_revoked",
-    "token_rolled",
-    "admin_token_created",
-    "signin",
-    "signout",
-    "config_reloaded",
-    "tool_call",
-    "revoked_token_refused",
-];
-
 fn audit() -> Markup {
     html! {
         section aria-labelledby="audit-h" {
             h2 #audit-h { "Audit trail" }
             form.toolbar #audit-filters {
                 label { "Type "
-                    select #audit-type { option value="" { "All" } @for t in AUDIT_TYPES { option value=(t) { (t) } } }
+                    select #audit-type { option value="" { "All" } @for t in crate::store::audit::EventType::ALL { option value=(t.as_str()) { (t.as_str()) } } }
                 }
                 label { "Token id " input #audit-token type="search" autocomplete="off"; }
                 label { "Member id " input #audit-member type="search" autocomplete="off"; }
