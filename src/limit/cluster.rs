@@ -12,9 +12,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 
-use crate::store::redis::RedisStore;
+use crate::store::redis::{RedisConn, RedisStore};
 
 use super::{Limiter, RateLimited};
 
@@ -35,7 +34,7 @@ return 0
 "#;
 
 pub struct ClusterLimiter {
-    conn: ConnectionManager,
+    conn: RedisConn,
     script: Script,
     fallback: Limiter,
     /// Instances seen heartbeating recently (at least 1), kept by the store.

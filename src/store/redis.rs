@@ -119,9 +119,14 @@ struct Scripts {
     last_used: Script,
 }
 
+/// The connection every Redis-backed store and the cluster limiter use: one
+/// name, so that how it reaches Redis (one primary, Sentinel, Cluster) is
+/// decided here alone.
+pub type RedisConn = ConnectionManager;
+
 pub struct RedisStore {
     client: redis::Client,
-    pub(super) conn: ConnectionManager,
+    pub(super) conn: RedisConn,
     scripts: Scripts,
     /// This process's id in the instance registry.
     instance_id: String,
@@ -210,7 +215,7 @@ impl RedisStore {
     }
 
     /// A multiplexed connection for other Redis users (the cluster limiter).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 

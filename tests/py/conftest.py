@@ -44,6 +44,10 @@ BIND_LOOPBACK = TESTS_JS / "bind-loopback.cjs"
 DEMO_UPSTREAM_KEY = "demo-key-" + secrets.token_hex(8)
 PY_UPSTREAM_KEY = "py-key-" + secrets.token_hex(8)
 PY_UPSTREAM_TAG = "portcullis-it-" + secrets.token_hex(4)
+# The multi-server gateway (a session fixture that keeps running) shares the py upstream and
+# probes it in the background; it marks its requests with this tag so that tests about the
+# single-server gateway can leave them out without weakening their own header checks.
+PY_UPSTREAM_TEAM_TAG = "portcullis-team-" + secrets.token_hex(4)
 ALLOWED_ORIGIN = "http://allowed-origin.test"
 LIMITED_RPM = 3
 
@@ -233,10 +237,15 @@ class Upstream:
 class RecordingUpstream(Upstream):
     record_path: Path = field(default=Path("/nonexistent"))
 
-    def records(self, since: int = 0) -> list[dict[str, Any]]:
-        """Requests received so far (one dict per HTTP request), from index `since`."""
+    def records(self, since: int = 0, *, exclude_tag: str | None = None) -> list[dict[str, Any]]:
+        """Requests received so far (one dict per HTTP request), from index `since`; with
+        `exclude_tag`, those whose X-Portcullis-Test header is that tag (another gateway's) are left out."""
         lines = self.record_path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines[since:] if line.strip()]
+        recs = [json.loads(line) for line in lines[since:] if line.strip()]
+        if exclude_tag is None:
+            return recs
+        return [r for r in recs
+                if not any(k.lower() == "x-portcullis-test" and v == exclude_tag for k, v in r["headers"])]
 
     def mark(self) -> int:
         return len(self.records())

@@ -54,6 +54,7 @@ import pytest
 
 from conftest import (
     PY_UPSTREAM_KEY,
+    PY_UPSTREAM_TEAM_TAG,
     TESTS_JS,
     TESTS_PY,
     Gateway,
@@ -101,7 +102,8 @@ def _multi_config(
     *, listen: int, admin: int, db: Path, keys: list[str], py_url: str, fragile_py_url: str,
     strict_py_url: str, everything_url: str, dead_port: int, poller_url: str,
 ) -> str:
-    py_headers = '{ Authorization = "Bearer ${PORTCULLIS_IT_PY_KEY}" }'
+    py_headers = '{ Authorization = "Bearer ${PORTCULLIS_IT_PY_KEY}", "X-Portcullis-Test" = ' + \
+        _toml_str(PY_UPSTREAM_TEAM_TAG) + ' }'
     return f"""
 [server]
 listen = "127.0.0.1:{listen}"

@@ -11,7 +11,7 @@ import time
 import anyio
 import pytest
 
-from conftest import ALLOWED_ORIGIN, PY_UPSTREAM_KEY, PY_UPSTREAM_TAG
+from conftest import ALLOWED_ORIGIN, PY_UPSTREAM_KEY, PY_UPSTREAM_TAG, PY_UPSTREAM_TEAM_TAG
 from mcp_helpers import INIT_PARAMS, OP_TIMEOUT, GatedProgressLog, jsonrpc, mcp_client, raw_post, text_of
 
 pytestmark = pytest.mark.anyio
@@ -52,7 +52,7 @@ async def test_list_call_and_forwarded_headers(gateway, py_upstream, mode):
             result = await client.call_tool("add", {"a": 2, "b": 3})
             assert result.structured_content == {"result": 5}
 
-    records = py_upstream.records(mark)
+    records = py_upstream.records(mark, exclude_tag=PY_UPSTREAM_TEAM_TAG)
     methods = [r["method"] for r in records]
     assert methods.count("POST") >= 3, methods
     if mode == "legacy":
@@ -60,7 +60,7 @@ async def test_list_call_and_forwarded_headers(gateway, py_upstream, mode):
         deadline = time.monotonic() + 5
         while "DELETE" not in methods and time.monotonic() < deadline:
             await anyio.sleep(0.05)
-            records = py_upstream.records(mark)
+            records = py_upstream.records(mark, exclude_tag=PY_UPSTREAM_TEAM_TAG)
             methods = [r["method"] for r in records]
         assert "DELETE" in methods, methods
     assert_forwarded_cleanly(records, py_upstream, tok["token"])
@@ -90,7 +90,8 @@ def test_request_id_added_both_ways(gateway, py_upstream):
     assert r.status_code == 200, r.text
     generated = r.headers.get("x-request-id")
     assert generated, f"no X-Request-Id on the response: {dict(r.headers)}"
-    seen = [v for rec in py_upstream.records(mark) for v in header_values(rec, "x-request-id")]
+    seen = [v for rec in py_upstream.records(mark, exclude_tag=PY_UPSTREAM_TEAM_TAG)
+            for v in header_values(rec, "x-request-id")]
     assert seen == [generated], (seen, generated)
 
     mark = py_upstream.mark()
@@ -98,7 +99,8 @@ def test_request_id_added_both_ways(gateway, py_upstream):
     r = raw_post(url, jsonrpc("initialize", INIT_PARAMS, id=8), token=tok["token"], headers={"X-Request-Id": mine})
     assert r.status_code == 200, r.text
     assert r.headers.get("x-request-id") == mine
-    seen = [v for rec in py_upstream.records(mark) for v in header_values(rec, "x-request-id")]
+    seen = [v for rec in py_upstream.records(mark, exclude_tag=PY_UPSTREAM_TEAM_TAG)
+            for v in header_values(rec, "x-request-id")]
     assert seen == [mine], seen
 
 
@@ -110,7 +112,7 @@ def test_allowed_origin_is_checked_and_not_forwarded(gateway, py_upstream):
         headers={"Origin": ALLOWED_ORIGIN},
     )
     assert r.status_code == 200, r.text
-    records = py_upstream.records(mark)
+    records = py_upstream.records(mark, exclude_tag=PY_UPSTREAM_TEAM_TAG)
     assert len(records) == 1, records
     assert header_values(records[0], "origin") == [], records[0]["headers"]
     assert_forwarded_cleanly(records, py_upstream, tok["token"])
