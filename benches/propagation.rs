@@ -10,15 +10,17 @@
 //! - the same with every pub/sub subscription killed first (the push is lost
 //!   and the log poll must catch up);
 //! - per-request latency with `limits.scope = "cluster"` versus `"instance"`
-//!   and the Redis commands each request costs.
+//!   and the Redis commands each request costs (throughput of the two, and
+//!   the cluster limiter's over-admission: `benches/cluster_limit.sh`).
 //!
 //! Every answer is checked, and the bench exits non-zero when one is wrong:
 //! a figure measured on wrong answers is no figure. Wrong is: a revoke call
 //! that does not return 200; anything but 200 before the refusal or 401 as
 //! the refusal (a 503 is the store failing, not the token refused); no
 //! refusal within `REFUSAL_DEADLINE`; any limiter or background request
-//! that is not 200; a cluster-scope run whose requests did not each reach
-//! the Redis limiter script, or an instance-scope run whose did.
+//! that is not 200; a cluster-scope run that never reached the Redis limiter
+//! script or reached it for more than one request in ten (it leases budget
+//! ahead), or an instance-scope run whose requests each did.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -322,10 +324,11 @@ async fn run() {
         let scripts = calls(&after, "cmdstat_evalsha") + calls(&after, "cmdstat_eval:")
             - calls(&before, "cmdstat_evalsha")
             - calls(&before, "cmdstat_eval:");
-        // The figure is the cluster limiter's only if each request ran its
-        // script (and the instance limiter's only if none did).
+        // The figure is the cluster limiter's only if it consulted Redis
+        // (leases: a few calls a second, not one per request; issue 15), and
+        // the instance limiter's only if no request ran a script.
         let cluster = name.ends_with("cluster");
-        if cluster && scripts < n as u64 || !cluster && scripts >= n as u64 {
+        if cluster && (scripts == 0 || scripts * 10 > n as u64) || !cluster && scripts >= n as u64 {
             failures.push(format!("{name}: {scripts} limiter script calls for {n} requests"));
         }
         results.push((name, lat, scripts, total_calls(&after) - total_calls(&before)));

@@ -15,6 +15,7 @@
 //! it knows nothing of HTTP.
 
 pub mod cluster;
+pub mod lease;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;

@@ -210,3 +210,130 @@ async fn with_instance_scope_each_instance_counts_alone() {
     assert_eq!(admitted + refused, 450);
     assert!(refused > 0, "no instance ever limited");
 }
+
+impl LocalCluster {
+    /// SIGKILLs instance `i` (0-based): it dies holding whatever lease it had.
+    fn kill_instance(&self, i: usize) {
+        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/local-cluster.sh"))
+            .args(["stop-instance", "--kill", "--index", &(i + 1).to_string(), "--dir"])
+            .arg(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Limiter script calls Redis has run so far.
+    async fn script_calls(&self) -> u64 {
+        let url = self.info["redis_url"].as_str().unwrap();
+        let mut conn = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+/// Counts shared by the clients of one test (one thread: `Cell`s).
+#[derive(Default)]
+struct Tally {
+    admitted: std::cell::Cell<usize>,
+    refused: std::cell::Cell<usize>,
+}
+
+/// Posts with `token` to `base` until `stop` is set, counting into `tally`.
+async fn hammer(base: String, token: String, stop: std::rc::Rc<std::cell::Cell<bool>>, tally: std::rc::Rc<Tally>) {
+    let mut id = 0;
+    while !stop.get() {
+        let r = post(&base, &token, id).await;
+        id += 1;
+        match r.status.as_u16() {
+            200 => tally.admitted.set(tally.admitted.get() + 1),
+            429 => tally.refused.set(tally.refused.get() + 1),
+            s => panic!("unexpected status {s}: {}", String::from_utf8_lossy(&r.body)),
+        }
+        assert!(r.headers.get("portcullis-ratelimit-scope").is_none(), "Redis is up: no fallback");
+    }
+}
+
+#[tokio::test]
+async fn three_processes_spend_one_leased_limit_and_a_killed_one_adds_nothing() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let up = DemoUpstream::start_open().await;
+    let c = LocalCluster::up(3, "cluster", &up.url);
+    let admin = c.admin_token();
+    // 6000 a minute: large enough for leases (each instance holds at most
+    // 6000 / (50 x live instances) ahead: 40 with 3, 120 if it saw only itself).
+    let r = send(
+        Method::POST,
+        &format!("{}/v1/workspaces/demo/tokens", c.instance(0, "admin")),
+        &[("authorization", &format!("Bearer {admin}"))],
+        r#"{"name":"lease","requests_per_minute":6000}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let t = r.json()["token"].as_str().unwrap().to_string();
+    let calls_before = c.script_calls().await;
+    let started = Instant::now();
+    let tally = Rc::new(Tally::default());
+    let stop: Vec<Rc<Cell<bool>>> = (0..3).map(|_| Rc::new(Cell::new(false))).collect();
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            // Four clients per instance.
+            let mut clients = Vec::new();
+            for (i, s) in stop.iter().enumerate() {
+                for _ in 0..4 {
+                    let f = hammer(c.instance(i, "data"), t.clone(), Rc::clone(s), Rc::clone(&tally));
+                    clients.push(tokio::task::spawn_local(f));
+                }
+            }
+            // Instance 3 dies with its lease once a third of the limit is
+            // in; the others go on until the shared bucket has refused 300.
+            // (Its clients finish their requests first: a request cut by the
+            // kill is the client's error, not the limiter's.)
+            let hang_guard = Instant::now() + std::time::Duration::from_secs(120);
+            while tally.admitted.get() < 2000 {
+                assert!(Instant::now() < hang_guard, "never admitted 2000");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            stop[2].set(true);
+            for h in clients.split_off(8) {
+                h.await.unwrap();
+            }
+            c.kill_instance(2);
+            while tally.refused.get() < 300 {
+                assert!(Instant::now() < hang_guard, "never limited");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            stop[0].set(true);
+            stop[1].set(true);
+            for h in clients {
+                h.await.unwrap();
+            }
+        })
+        .await;
+    let (admitted, refused) = (tally.admitted.get(), tally.refused.get());
+    let refill = (started.elapsed().as_secs_f64() * 100.0).ceil() as usize;
+    // Every admitted request was granted by the shared bucket first: from a
+    // full bucket, never more than the limit and its refill, whatever the
+    // dead instance held.
+    assert!(
+        admitted <= 6000 + refill,
+        "admitted {admitted} (limit 6000, refill {refill}, refused {refused})"
+    );
+    // And no more lost than the leases held when the bucket ran dry (at most
+    // 120 per instance, the dead one's included).
+    assert!(admitted + 3 * 120 >= 6000, "admitted only {admitted} of 6000");
+    let calls = c.script_calls().await - calls_before;
+    assert!(
+        calls * 10 < (admitted + refused) as u64,
+        "{calls} script calls for {} requests: not leased",
+        admitted + refused
+    );
+}
