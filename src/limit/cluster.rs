@@ -757,7 +757,11 @@ mod tests {
         assert_eq!(l.local_keys(), 50);
         l.sweep();
         assert_eq!(l.local_keys(), 50, "recent leases are kept");
-        // Leases idle for a minute go.
+        // Leases idle for a minute go (once their top-ups have landed: one
+        // in flight keeps its lease).
+        while l.leases.iter().any(|e| e.refilling.load(Ordering::Acquire)) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         l.sweep_at(l.shared.now_us() + IDLE_US + 1);
         assert_eq!(l.local_keys(), 0);
     }
