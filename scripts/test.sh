@@ -32,9 +32,12 @@ cargo test --quiet
 echo "==> fuzz smoke (AFL++ on the stable toolchain, a few seconds per target; docs/fuzzing.md)"
 scripts/fuzz-smoke.sh
 
-echo "==> benchmark smokes on the debug build: pre-auth bounds and token flood (benches/scale.sh), soak (benches/soak.sh)"
+echo "==> benchmark smokes on the debug build: pre-auth bounds and token flood (benches/scale.sh), soak (benches/soak.sh), cluster limiter (benches/cluster_limit.sh, benches/lease.rs)"
 PROFILE=debug SMOKE=1 benches/scale.sh
 PROFILE=debug SMOKE=1 benches/soak.sh
+PROFILE=debug SMOKE=1 benches/cluster_limit.sh >/dev/null
+# harness = false: `cargo test` runs the bench's main on the debug build.
+SMOKE=1 cargo test --quiet --bench lease
 
 echo "==> SDK tests (Python mcp client/server, TypeScript SDK, server-everything)"
 cargo build --quiet
