@@ -19,9 +19,9 @@
 //! - steady, skewed: the same with 70% / 20% / 10% of the traffic;
 //! - burst: 0.8 × the limit evenly for 10 s (the instances' leases grow to
 //!   their cap and are held), 1 s quiet, then all three flood for 3 s;
-//! - instance killed: 1.5 × the limit for 10 s, then one instance is
-//!   dropped with its unspent lease and the other two take all the traffic
-//!   for 20 s.
+//! - instance killed: the bucket emptied as above, 1.5 × the limit for
+//!   10 s, then one instance is dropped with its unspent lease and the other
+//!   two take all the traffic for 20 s.
 //!
 //! Environment: LIMIT (requests a minute), SCALE (multiplies every phase's
 //! duration, default 1), SMOKE=1 (SCALE=0.08: the test command's run, which
@@ -85,7 +85,10 @@ async fn run() -> i32 {
             name: "steady, even (1.5 x the limit)",
             phases: vec![
                 Phase { secs: 3.0, rates: flood },
-                Phase { secs: 60.0, rates: even(1.5) },
+                Phase {
+                    secs: 60.0,
+                    rates: even(1.5),
+                },
             ],
             measured_from: 1,
             kill_after: None,
@@ -105,8 +108,14 @@ async fn run() -> i32 {
         Scenario {
             name: "burst after 10 s at 0.8 x the limit",
             phases: vec![
-                Phase { secs: 10.0, rates: even(0.8) },
-                Phase { secs: 1.0, rates: [Some(0.0); INSTANCES] },
+                Phase {
+                    secs: 10.0,
+                    rates: even(0.8),
+                },
+                Phase {
+                    secs: 1.0,
+                    rates: [Some(0.0); INSTANCES],
+                },
                 Phase { secs: 3.0, rates: flood },
             ],
             measured_from: 0,
@@ -115,14 +124,15 @@ async fn run() -> i32 {
         Scenario {
             name: "instance killed (1.5 x the limit)",
             phases: vec![
+                Phase { secs: 3.0, rates: flood },
                 Phase { secs: 10.0, rates: even(1.5) },
                 Phase {
                     secs: 20.0,
                     rates: [Some(0.75 * per_s), Some(0.75 * per_s), Some(0.0)],
                 },
             ],
-            measured_from: 0,
-            kill_after: Some((2, 0)),
+            measured_from: 1,
+            kill_after: Some((2, 1)),
         },
     ];
 
@@ -205,7 +215,10 @@ async fn run() -> i32 {
             calls as f64 / arrivals.len().max(1) as f64
         );
         if fallbacks > 0 {
-            failures.push(format!("{}: {fallbacks} requests decided by the local fallback with Redis up", sc.name));
+            failures.push(format!(
+                "{}: {fallbacks} requests decided by the local fallback with Redis up",
+                sc.name
+            ));
         }
         if excess as f64 > bound {
             failures.push(format!("{}: excess {excess} above the bound {bound}", sc.name));

@@ -242,12 +242,12 @@ impl ClusterLimiter {
     /// Starts a background top-up when half the lease is spent (never for
     /// limits too small to hold units ahead).
     fn maybe_top_up(&self, key: u64, per_minute: u32, lease: &Arc<Lease>, left: i64) {
+        // Cheapest and commonest exit first: more than half left.
+        if left as u64 > lease.size.load(Ordering::Relaxed) / 2 || lease.refilling.load(Ordering::Relaxed) {
+            return;
+        }
         let cap = self.cap(per_minute);
-        if cap == 0
-            || left as u64 > lease.size.load(Ordering::Relaxed) / 2
-            || lease.refilling.load(Ordering::Relaxed)
-            || lease.refilling.swap(true, Ordering::AcqRel)
-        {
+        if cap == 0 || lease.refilling.swap(true, Ordering::AcqRel) {
             return;
         }
         let (shared, lease) = (Arc::clone(&self.shared), Arc::clone(lease));
@@ -678,7 +678,13 @@ mod tests {
                 match verdict {
                     Ok(()) => late += 1,
                     // The wait for the next unit (under a second), rounded up.
-                    Err(r) => assert_eq!(r, RateLimited { limit: 60, retry_after_secs: 1 }),
+                    Err(r) => assert_eq!(
+                        r,
+                        RateLimited {
+                            limit: 60,
+                            retry_after_secs: 1
+                        }
+                    ),
                 }
             }
         }
@@ -687,7 +693,10 @@ mod tests {
         assert!(late as u64 <= secs + 1, "{late} admitted over the limit in {secs} s");
         // Each instance asked Redis once per cached second (plus the admitted).
         let calls = redis.script_calls().await - before;
-        assert!(calls <= 3 * (secs + 2) + 2 * late as u64, "{calls} script calls for 1500 requests in {secs} s");
+        assert!(
+            calls <= 3 * (secs + 2) + 2 * late as u64,
+            "{calls} script calls for 1500 requests in {secs} s"
+        );
     }
 
     #[tokio::test]
