@@ -80,7 +80,7 @@ async fn run() -> i32 {
     let per_s = f64::from(limit) / 60.0;
     let even = |x: f64| [Some(x * per_s / 3.0); INSTANCES];
     let flood = [None; INSTANCES];
-    let scenarios = vec![
+    let scenarios = [
         Scenario {
             name: "steady, even (1.5 x the limit)",
             phases: vec![
@@ -125,7 +125,10 @@ async fn run() -> i32 {
             name: "instance killed (1.5 x the limit)",
             phases: vec![
                 Phase { secs: 3.0, rates: flood },
-                Phase { secs: 10.0, rates: even(1.5) },
+                Phase {
+                    secs: 10.0,
+                    rates: even(1.5),
+                },
                 Phase {
                     secs: 20.0,
                     rates: [Some(0.75 * per_s), Some(0.75 * per_s), Some(0.0)],

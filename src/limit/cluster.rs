@@ -710,7 +710,7 @@ mod tests {
         assert_eq!(ok, n);
         let calls = redis.script_calls().await - before;
         // A ramp of 8-fold steps, then about two top-ups a second.
-        let most = 12 + 4 * started.elapsed().as_secs() as u64;
+        let most = 12 + 4 * started.elapsed().as_secs();
         assert!(calls <= most, "{calls} script calls for {n} requests (at most {most})");
     }
 
