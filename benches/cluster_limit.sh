@@ -11,9 +11,11 @@
 # Per scope: medians over rounds of requests/s, p50, p99; Redis script calls
 # (EVALSHA + EVAL) and all Redis commands (except INFO) per request, from
 # `INFO commandstats` before and after each round on the private Redis (the
-# instances' heartbeats and revocation polls run during the round and are
-# counted too; instance scope shows their share); and the ratio
-# cluster/instance. Then the over-admission figures: `cargo bench --bench
+# store's own traffic, e.g. audit events, heartbeats and revocation polls,
+# is counted too: instance scope shows its share); the ratio cluster/instance
+# (of the medians, and the median of the per-round ratios); and, from one
+# more cluster round under `redis-cli MONITOR`, the limiter's own script
+# calls per request (those on `portcullis:rl:` keys). Then the over-admission figures: `cargo bench --bench
 # lease` (see benches/lease.rs), unless LEASE=0.
 #
 # Wrong answers fail the run (exit 1): a round where the gateway does not
@@ -182,7 +184,30 @@ for ((r = 1; r <= ROUNDS; r++)); do
     done
 done
 
-python3 - "$SAMPLES" "$CONNS" "$DURATION" "$ROUNDS" <<'EOF'
+# The limiter's own Redis calls: INFO commandstats cannot tell its script
+# from the store's (revocation polls, audit and usage writes run during the
+# rounds), so one more cluster round runs with `redis-cli MONITOR` capturing
+# every command with its keys; calls on `portcullis:rl:` keys are the
+# limiter's. (MONITOR slows Redis; this round is not in the throughput table.)
+check_answer cluster || FAIL=1
+redis-cli -p "$REDIS_PORT" monitor >"$WORK/monitor.log" &
+MON=$!
+PIDS+=($MON)
+sleep 0.5
+out=$(wrk -t"$th" -c"$CONNS" -d"$DURATION" -s "$WORK/cluster.lua" "${URL[cluster]}" 2>&1) || true
+sleep 0.5
+kill "$MON" 2>/dev/null || true
+wait "$MON" 2>/dev/null || true
+read -r _ _ _ _ errs non2xx mreqs <<<"$(grep '^RESULT' <<<"$out" || echo RESULT 0 0 0 1 1 0)"
+[ "$errs" = 0 ] && [ "$non2xx" = 0 ] || { log "monitored round: $errs errors, $non2xx non-2xx"; FAIL=1; }
+LIMITER_CALLS=$(tr 'A-Z' 'a-z' <"$WORK/monitor.log" | grep -E '"eval(sha)?"' | grep -c 'portcullis:rl:' || true)
+log "monitored cluster round: $LIMITER_CALLS limiter script calls for $mreqs requests"
+[ "${LIMITER_CALLS:-0}" -gt 0 ] || { log "monitored round: the limiter never called Redis"; FAIL=1; }
+# What the other commands per request are (top 5 over the monitored round).
+TOP=$(awk '$3 !~ /lua/ {print tolower($4)}' "$WORK/monitor.log" | sort | uniq -c | sort -rn | head -5 |
+    awk -v n="$mreqs" '{printf "%s %.4f/request; ", $2, $1 / (n > 0 ? n : 1)}')
+
+python3 - "$SAMPLES" "$CONNS" "$DURATION" "$ROUNDS" "$LIMITER_CALLS" "$mreqs" "$TOP" <<'EOF'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 d = {}
@@ -203,11 +228,19 @@ for s in ("instance", "cluster"):
     print(f"| {s} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {x['reqs']} | {x['scripts'] / x['reqs']:.6f} | {x['cmds'] / x['reqs']:.6f} |")
 if len(med) == 2:
     c, i = med["cluster"], med["instance"]
-    print(f"\ncluster/instance: throughput **{c['rps'] / i['rps']:.3f}x**, p99 {c['p99']:.3f} ms vs {i['p99']:.3f} ms")
+    ratios = []
     for r in sorted({int(row[1]) for row in rows}):
         pair = {row[0]: float(row[2]) for row in rows if int(row[1]) == r}
         if len(pair) == 2:
-            print(f"- round {r}: {pair['cluster'] / pair['instance']:.3f}x")
+            ratios.append(pair["cluster"] / pair["instance"])
+    print(f"\ncluster/instance: throughput of the medians **{c['rps'] / i['rps']:.3f}x**; "
+          f"median of the per-round ratios **{statistics.median(ratios):.3f}x** "
+          f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)}); p99 {c['p99']:.3f} ms vs {i['p99']:.3f} ms")
+calls, reqs = int(sys.argv[5] or 0), int(sys.argv[6] or 0)
+if reqs:
+    print(f"\nThe limiter's own Redis calls (one more cluster round under MONITOR): {calls} script calls for "
+          f"{reqs} requests = **{calls / reqs:.6f} per request**. Commands per request in that round (top 5, "
+          f"outside scripts): {sys.argv[7]}")
 EOF
 
 if [ "$LEASE" = 1 ]; then
