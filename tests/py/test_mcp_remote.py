@@ -395,3 +395,66 @@ def test_mcp_remote_with_only_the_url_signs_in_calls_tools_refreshes_and_reautho
         assert rec["created_by"] in grant_ids, rec
     created = gw.api("GET", "/v1/workspaces/demo/audit", params={"type": "grant_created", "member_id": member_id}).json()["events"]
     assert len(created) == 2 and all(e["method"] == "MCP CLI Proxy" for e in created), created
+
+
+@pytest.mark.skipif(NODE is None or not MCP_REMOTE.is_file(), reason="node or tests/js/node_modules/mcp-remote missing (scripts/test-deps.sh)")
+def test_mcp_remote_with_single_sign_on_comes_back_to_the_consent_page(
+    procs: ProcessManager, portcullis_bin: Path, tmp_path_factory, tmp_path: Path, demo_upstream: Upstream
+) -> None:
+    """With `[auth.oidc]` configured, the "Sign in to continue" page offers single
+    sign-on; after the provider (panva's oidc-provider, tests/js/oidc-provider.mjs)
+    the person lands back on the consent page of the same authorization request,
+    not on /me, and mcp-remote's sign-in completes."""
+    from sso_helpers import admin_api, admin_token, log_in_at_provider, start_gateway, start_op
+
+    listen_port = free_port()
+    op = start_op(procs, f"http://127.0.0.1:{listen_port}/signin/oidc/callback")
+    sgw = start_gateway(
+        procs, portcullis_bin, tmp_path_factory.mktemp("mcp-remote-sso"), demo_upstream, op, listen_port,
+        extra="\n[oauth]\nenabled = true\n",
+    )
+    token = admin_token(sgw, portcullis_bin)
+    r = admin_api(sgw, token, "POST", "/v1/workspaces/team/members", json={"email": "ann@example.com", "role": "member"})
+    assert r.status_code == 201, r.text
+    member_id = r.json()["id"]
+    browser_script, opened = _fake_browser(tmp_path)
+    ws_url = f"{sgw.public}/ws/team"
+    remote = McpRemote(ws_url, tmp_path, browser_script, tmp_path / "mcp-remote.log")
+    seen: dict[str, Any] = {}
+    try:
+        with playwright_sync.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            auth_url = _wait_for_url(opened, 1, remote)
+            cb_port = urlparse(parse_qs(urlparse(auth_url).query)["redirect_uri"][0]).port
+            resp = page.goto(auth_url)
+            seen["signin_status"] = resp.status if resp else None
+            page.get_by_test_id("signin-sso").click()
+            page.wait_for_url(op.issuer + "/**")
+            log_in_at_provider(page, "ann@example.com")
+            # Back from the provider: the consent page of the request mcp-remote made.
+            page.wait_for_url(sgw.public + "/oauth/authorize?**")
+            seen["back_to"] = page.url
+            seen["client"] = page.get_by_test_id("consent-client").inner_text()
+            page.get_by_test_id("consent-allow").click()
+            page.wait_for_url(f"http://localhost:{cb_port}/oauth/callback?**")
+            # The return cookie is spent: a later visit to /me stays on /me.
+            seen["cookies"] = [c["name"] for c in page.context.cookies(sgw.public)]
+            browser.close()
+        remote.request(
+            "initialize",
+            {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "pytest-desktop", "version": "1"}},
+        )
+        remote.send("notifications/initialized", notify=True)
+        seen["echo"] = _text(remote.request("tools/call", {"name": "echo", "arguments": {"text": "via sso"}}))
+    finally:
+        remote.close()
+    assert seen["signin_status"] == 401
+    assert seen["back_to"] == auth_url
+    assert seen["client"] == "MCP CLI Proxy"
+    assert "portcullis_next" not in seen["cookies"], seen["cookies"]
+    assert "via sso" in seen["echo"]
+    signins = admin_api(sgw, token, "GET", "/v1/workspaces/team/audit", params={"type": "signin", "member_id": member_id}).json()["events"]
+    assert [e["method"] for e in signins] == ["oidc"], signins
+    grants = admin_api(sgw, token, "GET", "/v1/workspaces/team/grants").json()["grants"]
+    assert [(g["client_name"], g["member_id"], g["status"]) for g in grants] == [("MCP CLI Proxy", member_id, "active")], grants
