@@ -129,7 +129,7 @@ class McpRemote:
     """mcp-remote as Claude Desktop runs it: a child process spoken to over stdio,
     with nothing but the URL. It picks its callback port itself (derived from the URL)."""
 
-    def __init__(self, url: str, home: Path, browser: Path, log: Path) -> None:
+    def __init__(self, url: str, home: Path, browser: Path, log: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.config_dir = home / "mcp-auth"
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -139,11 +139,12 @@ class McpRemote:
             # The `open` package's xdg-open calls $BROWSER when there is no desktop session.
             "BROWSER": str(browser),
             "NO_COLOR": "1",
+            **(env or {}),
         }
         self.log = log
         self._stderr = open(log, "ab")
         self.proc = subprocess.Popen(
-            [NODE, str(MCP_REMOTE), url],
+            [NODE, str(MCP_REMOTE), url, *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env, cwd=str(home),
             start_new_session=True, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
@@ -395,6 +396,34 @@ def test_mcp_remote_with_only_the_url_signs_in_calls_tools_refreshes_and_reautho
         assert rec["created_by"] in grant_ids, rec
     created = gw.api("GET", "/v1/workspaces/demo/audit", params={"type": "grant_created", "member_id": member_id}).json()["events"]
     assert len(created) == 2 and all(e["method"] == "MCP CLI Proxy" for e in created), created
+
+
+@pytest.mark.skipif(NODE is None or not MCP_REMOTE.is_file(), reason="node or tests/js/node_modules/mcp-remote missing (scripts/test-deps.sh)")
+def test_mcp_remote_with_a_header_token_opens_no_browser(gw: Gateway, tmp_path: Path) -> None:
+    """The README's recipe for clients without OAuth, on a gateway with OAuth on:
+    `mcp-remote URL --header Authorization:${PORTCULLIS_AUTH}` with the token in the
+    environment. The token works as before and mcp-remote starts no sign-in."""
+    r = gw.api("POST", "/v1/workspaces/demo/tokens", json={"name": "desktop-header"})
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+    browser_script, opened = _fake_browser(tmp_path)
+    remote = McpRemote(
+        f"{gw.base}/ws/demo", tmp_path, browser_script, tmp_path / "mcp-remote.log",
+        "--header", "Authorization:${PORTCULLIS_AUTH}", env={"PORTCULLIS_AUTH": f"Bearer {token}"},
+    )
+    try:
+        init = remote.request(
+            "initialize",
+            {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "pytest-desktop", "version": "1"}},
+        )
+        remote.send("notifications/initialized", notify=True)
+        echo = _text(remote.request("tools/call", {"name": "echo", "arguments": {"text": "via header"}}))
+    finally:
+        remote.close()
+    assert init["result"]["serverInfo"], init
+    assert "via header" in echo
+    assert not opened.exists(), opened.read_text()
+    assert not list(remote.config_dir.glob("mcp-remote-v*/*_tokens.json")), "no OAuth tokens"
 
 
 @pytest.mark.skipif(NODE is None or not MCP_REMOTE.is_file(), reason="node or tests/js/node_modules/mcp-remote missing (scripts/test-deps.sh)")
