@@ -396,6 +396,8 @@ def test_mcp_remote_with_only_the_url_signs_in_calls_tools_refreshes_and_reautho
         assert rec["created_by"] in grant_ids, rec
     created = gw.api("GET", "/v1/workspaces/demo/audit", params={"type": "grant_created", "member_id": member_id}).json()["events"]
     assert len(created) == 2 and all(e["method"] == "MCP CLI Proxy" for e in created), created
+    revoked = gw.api("GET", "/v1/workspaces/demo/audit", params={"type": "grant_revoked"}).json()["events"]
+    assert [e["method"] for e in revoked] == ["admin"], revoked
 
 
 @pytest.mark.skipif(NODE is None or not MCP_REMOTE.is_file(), reason="node or tests/js/node_modules/mcp-remote missing (scripts/test-deps.sh)")
