@@ -271,6 +271,7 @@ def test_mcp_remote_with_only_the_url_signs_in_calls_tools_refreshes_and_reautho
             resp = page.goto(auth_url)
             seen["signin_status"] = resp.status if resp else None
             seen["signin_client"] = page.get_by_test_id("consent-client").inner_text()
+            seen["sso_links"] = page.get_by_test_id("signin-sso").count()
             page.goto(link)
             page.get_by_test_id("signin-link-continue").click()
             page.wait_for_url(gw.base + "/oauth/authorize?**")
@@ -348,6 +349,7 @@ def test_mcp_remote_with_only_the_url_signs_in_calls_tools_refreshes_and_reautho
     # The pages the member saw.
     assert seen["signin_status"] == 401
     assert seen["signin_client"] == "MCP CLI Proxy"
+    assert seen["sso_links"] == 0, "no single sign-on link without [auth.oidc]"
     assert (seen["workspace"], seen["client"], seen["checked"]) == ("demo", "MCP CLI Proxy", True)
     assert seen["reauth_client"] == "MCP CLI Proxy"
     # Chrome logs the sign-in page's 401 and mcp-remote's callback server has no
