@@ -6,7 +6,7 @@ use http::Method;
 use serde_json::json;
 
 use super::client::{ApiClient, seg};
-use super::{AdminApiArgs, CliError, CliResult, output};
+use super::{AdminApiArgs, CliResult, output};
 
 #[derive(Subcommand)]
 pub enum MemberCommand {

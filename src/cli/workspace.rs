@@ -5,7 +5,7 @@ use http::Method;
 use serde_json::{Value, json};
 
 use super::client::{ApiClient, seg};
-use super::{AdminApiArgs, CliError, CliResult, output};
+use super::{AdminApiArgs, CliResult, output};
 
 #[derive(Subcommand)]
 pub enum WorkspaceCommand {
