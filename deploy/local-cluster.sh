@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # local-cluster.sh: a Portcullis cluster on loopback, for integration tests and
-# for trying cluster mode by hand: one Redis (AOF on), N `portcullis serve`
-# instances and a round-robin load balancer (HAProxy, or nginx) in front.
+# for trying cluster mode by hand: Redis (AOF on; one server, a Redis Cluster
+# or a Sentinel-watched primary with replicas), N `portcullis serve` instances
+# and a round-robin load balancer (HAProxy, or nginx) in front.
 #
 # Everything lives under --dir: configs, logs, pidfiles, the Redis AOF. Only
 # processes whose pidfile is in --dir (and whose command line matches) are ever
@@ -23,10 +24,22 @@ Commands:
   up --dir DIR --instances N [options]
         Start Redis, N gateway instances and a load balancer, wait until every
         instance's /readyz answers 200, then print one line of JSON:
-        {"dir":…, "redis_port":…, "lb_url":"http://127.0.0.1:PORT",
+        {"dir":…, "redis_port":…, "redis_url":…, "lb_url":"http://127.0.0.1:PORT",
+         "redis":{"mode":…, "url":…, "nodes":[{"index":1,"port":…,"pid":…,"role":…}, …],
+                  "sentinels":[…], "master_name":…, "wait_replicas":…},
          "instances":[{"index":1,"data":…,"admin":…,"pid":…,"config":…,"log":…}, …], …}
       --instances N        number of gateway instances (default 2)
-      --redis-port P       Redis port (default: a free one; never an occupied one)
+      --redis KIND         "single" (default): one redis-server;
+                           "cluster": a Redis Cluster of 6 nodes (3 masters + 3
+                           replicas), store.url = redis+cluster://…;
+                           "sentinel": 1 primary + 2 replicas and 3 Sentinels
+                           (quorum 2), store.url = redis+sentinel://…/portcullis.
+                           Every node has AOF with appendfsync always.
+      --wait-replicas N    store.wait_replicas: replicas that must have a
+                           revocation before it is acknowledged (default 1 with
+                           --redis cluster|sentinel, unset with single)
+      --redis-port P       Redis port, --redis single only (default: a free one;
+                           never an occupied one)
       --scope S            limits.scope: "instance" (default) or "cluster"
       --bin PATH           portcullis binary (default: $PORTCULLIS_BIN, else
                            target/debug/portcullis in the repository)
@@ -51,7 +64,8 @@ Commands:
                            this script against a binary without the Redis
                            backend; tokens are then NOT shared between instances).
                            Redis is started either way so that the fault-injection
-                           commands can be exercised.
+                           commands can be exercised (with --redis cluster|sentinel:
+                           the topology without gateways that use it).
   down --dir DIR
         Stop the LB, the instances (SIGTERM, wait for the graceful drain,
         SIGKILL only after grace + 10 s) and Redis. Idempotent.
@@ -62,15 +76,32 @@ Commands:
         the same config and ports, wait for /readyz; prints the JSON line.
   stop-instance --dir DIR --index K [--kill]
   start-instance --dir DIR --index K
-  stop-redis --dir DIR [--kill]
-        Stop Redis (SHUTDOWN-like SIGTERM, or SIGKILL with --kill to simulate a
-        crash; with appendfsync always nothing acknowledged is lost either way).
-  start-redis --dir DIR
-        Start Redis again on the same port with the same AOF directory and wait
-        until it answers PING.
+  stop-redis --dir DIR [--node K | --sentinel K] [--kill]
+        Stop Redis node K (numbered as in the JSON's redis.nodes), Sentinel K,
+        or without either every data node (a whole-store outage; Sentinels
+        keep running). SIGTERM, or SIGKILL with --kill to simulate a crash;
+        with appendfsync always nothing acknowledged is lost either way.
+  start-redis --dir DIR [--node K | --sentinel K]
+        Start that process again (without either: every stopped one) on the
+        same ports and directories, and wait until the topology is healthy.
+  wait-redis --dir DIR
+        Wait until the topology is healthy again (after a failover: every slot
+        served by a running master / the Sentinels agree on a running primary,
+        running replicas in sync); prints the JSON line.
+  failover-redis --dir DIR [--node K]
+        A planned failover. Cluster: replica K (default: the first running
+        replica) takes over from its master (CLUSTER FAILOVER). Sentinel:
+        SENTINEL FAILOVER; the Sentinels pick the new primary.
+
+Health (up, start-redis, wait-redis): Cluster: every running node says
+cluster_state:ok, every slot's master is running, running replicas are in
+sync. Sentinel: every running Sentinel names the same running primary and has
+its quorum, running replicas follow it.
 
 Files in DIR: cluster.env, instance-K.toml, instance-K.log, instance-K.pid,
-redis/ (AOF, redis.log, redis.pid), lb/ (LB config, log, pidfile),
+redis/ (--redis single: AOF, redis.log, redis.pid), redis-cluster/node-K/ and
+redis-sentinel/{node-K,sentinel-K}/ (config, AOF, log, pidfile; ports.env keeps
+their ports for the next `up` in DIR), lb/ (LB config, log, pidfile),
 data/instance-K.db (--store sqlite only).
 
 An admin token for a running cluster (Redis store: valid on every instance):
@@ -210,7 +241,7 @@ save_state() {
     {
         printf '# written by local-cluster.sh up; read by its other commands\n'
         local v
-        for v in BIN STORE SCOPE LB LB_CHECK LB_PORT REDIS_MODE REDIS_PORT INSTANCES GRACE_MS UPSTREAM RPM REVOCATION_GRACE_MS; do
+        for v in BIN STORE SCOPE LB LB_CHECK LB_PORT REDIS_MODE REDIS_PORT INSTANCES GRACE_MS UPSTREAM RPM REVOCATION_GRACE_MS WAIT_REPLICAS; do
             printf '%s=%q\n' "$v" "${!v}"
         done
         local k
@@ -247,12 +278,12 @@ print_json() {
         redis+=("sentinel:$k:$(sentinel_port "$k"):$(sentinel_pid "$k"):")
     done
     python3 - "$DIR" "$LB_PORT" "$LB" "$STORE" "$SCOPE" "$lpid" "$BIN" \
-        "$REDIS_MODE" "$(store_url)" "$MASTER_NAME" "$(node_dir 1)" "$(ha_dir)" "$INSTANCES" \
+        "$REDIS_MODE" "$(store_url)" "$MASTER_NAME" "$(node_dir 1)" "$(ha_dir)" "${WAIT_REPLICAS:-0}" "$INSTANCES" \
         "${args[@]}" "${redis[@]}" <<'PY'
 import json, sys
-d, lb_port, lb, store, scope, lpid, bin_, mode, url, master_name, node1_dir, ha_dir, n = sys.argv[1:14]
+d, lb_port, lb, store, scope, lpid, bin_, mode, url, master_name, node1_dir, ha_dir, wait, n = sys.argv[1:15]
 n = int(n)
-rest = sys.argv[14:14 + 3 * n]
+rest = sys.argv[15:15 + 3 * n]
 inst = []
 for i in range(0, len(rest), 3):
     k = i // 3 + 1
@@ -265,7 +296,7 @@ for i in range(0, len(rest), 3):
         "log": f"{d}/instance-{k}.log",
     })
 nodes, sentinels = [], []
-for spec in sys.argv[14 + 3 * n:]:
+for spec in sys.argv[15 + 3 * n:]:
     kind, k, port, pid, role = spec.split(":")
     entry = {"index": int(k), "port": int(port), "pid": int(pid) if pid else None}
     if kind == "node":
@@ -287,6 +318,7 @@ print(json.dumps({
         "mode": mode,
         "url": url,
         "master_name": master_name or None,
+        "wait_replicas": int(wait),
         "nodes": nodes,
         "sentinels": sentinels,
     },
@@ -704,6 +736,9 @@ write_instance_config() {
             if [[ -n "$REVOCATION_GRACE_MS" ]]; then
                 printf 'revocation_grace_ms = %s\n' "$REVOCATION_GRACE_MS"
             fi
+            if [[ -n "$WAIT_REPLICAS" ]]; then
+                printf 'wait_replicas = %s\n' "$WAIT_REPLICAS"
+            fi
         else
             printf 'backend = "sqlite"\n'
             printf 'path = %s\n' "$(toml_str "$DIR/data/instance-$k.db")"
@@ -973,6 +1008,13 @@ cmd_up() {
     [[ "$REDIS_MODE" == single || "$REDIS_MODE" == cluster || "$REDIS_MODE" == sentinel ]] ||
         die "--redis must be single, cluster or sentinel"
     [[ "$REDIS_MODE" == single || -z "$REDIS_PORT" ]] || die "--redis-port is for --redis single only (the other topologies pick free ports)"
+    [[ -z "$WAIT_REPLICAS" || "$WAIT_REPLICAS" =~ ^[0-9]+$ ]] || die "--wait-replicas must be a number"
+    [[ -z "$WAIT_REPLICAS" || "$STORE" == redis ]] || die "--wait-replicas needs the Redis store"
+    # With replicas, a revocation is acknowledged only once one of them has
+    # it: losing the primary then cannot bring a revoked token back.
+    if [[ -z "$WAIT_REPLICAS" && "$REDIS_MODE" != single && "$STORE" == redis ]]; then
+        WAIT_REPLICAS=1
+    fi
     set_topology
     command -v python3 >/dev/null || die "python3 is needed (free ports, JSON)"
     command -v curl >/dev/null || die "curl is needed (readiness checks)"
@@ -1277,7 +1319,7 @@ esac
 
 DIR="" INSTANCES=2 REDIS_PORT="" SCOPE=instance BIN="" LB=haproxy LB_CHECK=tcp
 UPSTREAM="http://127.0.0.1:8765/mcp" GRACE_MS=5000 RPM=120 REVOCATION_GRACE_MS="" TIMEOUT=60
-STORE=redis INDEX="" SIGNAL=TERM REDIS_MODE=single NODE="" SENTINEL=""
+STORE=redis INDEX="" SIGNAL=TERM REDIS_MODE=single NODE="" SENTINEL="" WAIT_REPLICAS=""
 
 while (($#)); do
     opt=$1
@@ -1314,6 +1356,7 @@ while (($#)); do
         --store) STORE=$val ;;
         --index) INDEX=$val ;;
         --redis) REDIS_MODE=$val ;;
+        --wait-replicas) WAIT_REPLICAS=$val ;;
         --node) NODE=$val ;;
         --sentinel) SENTINEL=$val ;;
         *)

@@ -111,9 +111,34 @@ async def test_gateways_on_ha_redis_share_tokens_and_revocations_and_survive_a_m
         assert not port_open(node["port"]), f"port {node['port']} still open after down"
 
 
+def _token_store_master(info: dict[str, Any]) -> int:
+    """Index (1-based) of the node holding the gateway's token store: in a Cluster the master
+    of the slot of its hash tag `{t}` (src/store/redis_keys.rs), with Sentinel the primary."""
+    nodes = info["redis"]["nodes"]
+    if info["redis"]["mode"] == "sentinel":
+        return next(n["index"] for n in nodes if n["role"] == "master")
+    port = str(nodes[0]["port"])
+    slot = int(subprocess.run(["redis-cli", "-p", port, "cluster", "keyslot", "portcullis:{t}:tokens:seq"],
+                              capture_output=True, text=True, check=True).stdout)
+    for line in subprocess.run(["redis-cli", "-p", port, "cluster", "nodes"],
+                               capture_output=True, text=True, check=True).stdout.splitlines():
+        f = line.split()
+        if "master" not in f[2]:
+            continue
+        for r in f[8:]:
+            lo, _, hi = r.partition("-")
+            if not r.startswith("[") and int(lo) <= slot <= int(hi or lo):
+                node_port = int(f[1].split("@")[0].rsplit(":", 1)[1])
+                return next(n["index"] for n in nodes if n["port"] == node_port)
+    raise AssertionError(f"no master serves slot {slot}")
+
+
 async def _exercise(mode: str, info: dict[str, Any], bin_: Path, d: Path) -> None:
     redis = info["redis"]
     assert redis["mode"] == mode
+    # An acknowledged revocation is on a replica too (store.wait_replicas), so losing the
+    # primary cannot bring the token back.
+    assert redis["wait_replicas"] == 1
     roles = sorted(n["role"] for n in redis["nodes"])
     if mode == "cluster":
         assert redis["url"].startswith("redis+cluster://127.0.0.1:")
@@ -125,7 +150,8 @@ async def _exercise(mode: str, info: dict[str, Any], bin_: Path, d: Path) -> Non
         assert len(redis["sentinels"]) == 3 and all(s["pid"] for s in redis["sentinels"])
     assert all(n["pid"] for n in redis["nodes"])
     for inst in info["instances"]:
-        assert f'url = "{redis["url"]}"' in Path(inst["config"]).read_text(encoding="utf-8")
+        text = Path(inst["config"]).read_text(encoding="utf-8")
+        assert f'url = "{redis["url"]}"' in text and "wait_replicas = 1" in text
 
     # Offline bootstrap against the shared store, as an operator would.
     out = subprocess.run(
@@ -137,7 +163,7 @@ async def _exercise(mode: str, info: dict[str, Any], bin_: Path, d: Path) -> Non
     inst = info["instances"]
     lb = info["lb_url"]
 
-    async def token_lives_and_dies(creator: int, revoker: int) -> str:
+    async def create_and_use(creator: int) -> tuple[str, str]:
         r = _admin("POST", f"{inst[creator]['admin']}/v1/workspaces/demo/tokens", admin, json={"name": "t"})
         assert r.status_code == 201, r.text
         token, token_id = r.json()["token"], r.json()["info"]["id"]
@@ -148,37 +174,57 @@ async def _exercise(mode: str, info: dict[str, Any], bin_: Path, d: Path) -> Non
                 assert not result.is_error and text_of(result) == f"via haproxy on redis {mode}"
         for i, it in enumerate(inst):
             assert _echo_status(it["data"], token) == 200, f"instance {i + 1} refused a live token"
-        r = _admin("DELETE", f"{inst[revoker]['admin']}/v1/workspaces/demo/tokens/{token_id}", admin)
-        assert r.status_code == 200, r.text
+        return token, token_id
+
+    def revoke(revoker: int, token_id: str) -> httpx.Response:
+        return _admin("DELETE", f"{inst[revoker]['admin']}/v1/workspaces/demo/tokens/{token_id}", admin)
+
+    def refused_everywhere(token: str, revoker: int) -> None:
         for i, it in enumerate(inst):
             assert _echo_status(it["data"], token) == 401, f"instance {i + 1} accepted a token revoked on {revoker + 1}"
         for _ in inst:
             assert _echo_status(lb, token) == 401, "the load balancer let a revoked token through"
-        return token
 
-    revoked = await token_lives_and_dies(0, 1)
+    revoked, revoked_id = await create_and_use(0)
+    r = revoke(1, revoked_id)
+    assert r.status_code == 200, r.text
+    refused_everywhere(revoked, 1)
 
-    # Lose a master the hard way (SIGKILL). Cluster: node 1 holds slots 0-5460 at first;
-    # Sentinel: node 1 is the primary. A replica takes over; the gateways follow it.
-    _run("stop-redis", "--dir", str(d), "--node", "1", "--kill")
+    # Lose the node holding the token store the hard way (SIGKILL). A replica takes over
+    # (the Cluster itself, or the Sentinels); the gateways follow it on their own.
+    victim = _token_store_master(info)
+    _run("stop-redis", "--dir", str(d), "--node", str(victim), "--kill")
     for i, it in enumerate(inst):
         # Fail closed (503) while an instance cannot confirm revocations, never 200.
         assert _echo_status(it["data"], revoked) in (401, 503), f"instance {i + 1} let a revoked token in"
     after = _run("wait-redis", "--dir", str(d))
     nodes = after["redis"]["nodes"]
-    assert nodes[0]["pid"] is None
+    assert nodes[victim - 1]["pid"] is None
     assert sum(n["role"] == "master" for n in nodes) == (3 if mode == "cluster" else 1), nodes
+    assert _token_store_master(after) != victim
     for it in inst:
         wait_until(
             lambda it=it: httpx.get(f"{it['admin']}/readyz", timeout=5).status_code == 200,
             f"{it['admin']}/readyz after the failover",
             timeout=30,
         )
-    # The revocation made before the failover holds after it, on every instance.
-    for i, it in enumerate(inst):
-        assert _echo_status(it["data"], revoked) == 401, f"instance {i + 1}: a revoked token came back"
-    await token_lives_and_dies(2, 0)
+    # The revocation acknowledged before the failover holds after it, on every instance.
+    refused_everywhere(revoked, 1)
 
-    # The old master comes back as a replica of its successor.
-    back = _run("start-redis", "--dir", str(d), "--node", "1")
-    assert back["redis"]["nodes"][0]["role"] == "replica", back["redis"]["nodes"]
+    token, token_id = await create_and_use(2)
+    r = revoke(0, token_id)
+    if mode == "cluster":
+        # The promoted master has no replica left: with wait_replicas = 1 a revocation cannot
+        # be made durable, so it is refused (503, safe to retry) rather than acknowledged.
+        assert r.status_code == 503, r.text
+    else:
+        # The new primary still has a replica.
+        assert r.status_code == 200, r.text
+
+    # The old master comes back as a replica of its successor; the revocation goes through.
+    back = _run("start-redis", "--dir", str(d), "--node", str(victim))
+    assert back["redis"]["nodes"][victim - 1]["role"] == "replica", back["redis"]["nodes"]
+    if mode == "cluster":
+        r = revoke(0, token_id)
+        assert r.status_code == 200, r.text
+    refused_everywhere(token, 0)
