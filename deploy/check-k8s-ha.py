@@ -3,7 +3,7 @@
 next to them, on the manifests `kubectl kustomize` rendered into DIR (DIR/redis-sentinel.yaml,
 DIR/redis-cluster.yaml): the password comes from the chart's Secret and is defined before the
 REDIS_URL that expands it, the URL names the chart's pods (and master set), and the gateways
-carry the label the chart's network policy admits. Usage: check-k8s-ha.py DIR (run by validate.sh).
+carry the label the chart's network policy admits, and revocations wait for a replica. Usage: check-k8s-ha.py DIR (run by validate.sh).
 """
 
 import sys
@@ -58,6 +58,9 @@ def check(rendered, overlay, release, scheme):
         want = [f"{release}-{i}.{release}-headless:6379" for i in range(values["cluster"]["nodes"])]
     if hosts != want:
         bad.append(f"{overlay}: REDIS_URL hosts {hosts}; the chart's pods are {want}")
+    wait = {e["name"]: e.get("value") for e in env}.get("PORTCULLIS__STORE__WAIT_REPLICAS")
+    if wait != "1":
+        bad.append(f"{overlay}: PORTCULLIS__STORE__WAIT_REPLICAS is {wait!r}, want \"1\" (revocations on a replica too)")
     policy = values.get("networkPolicy", {})
     if policy.get("enabled") and policy.get("allowExternal") is False:
         if pod["metadata"]["labels"].get(f"{release}-client") != "true":

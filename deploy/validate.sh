@@ -156,7 +156,7 @@ if [[ -x "$BIN" ]]; then
     # The same file with the HA URLs the compose file and the overlays set.
     for url in "redis+cluster://redis-1,redis-2,redis-3,redis-4,redis-5,redis-6" \
         "redis+sentinel://:pw@redis-node-0.redis-headless:26379,redis-node-1.redis-headless:26379/mymaster"; do
-        if REDIS_URL=$url DEMO_UPSTREAM_KEY=x "$BIN" check-config \
+        if REDIS_URL=$url PORTCULLIS__STORE__WAIT_REPLICAS=1 DEMO_UPSTREAM_KEY=x "$BIN" check-config \
             --config deploy/config/cluster.toml >/dev/null 2>"${TMPDIR:-/tmp}/cluster-check.err"; then
             echo "deploy/config/cluster.toml with REDIS_URL=${url%%://*}://...: OK"
         elif grep -q 'not a redis:// URL' "${TMPDIR:-/tmp}/cluster-check.err"; then
