@@ -423,8 +423,12 @@ rcli() {
     redis-cli -h 127.0.0.1 -p "$port" "$@" 2>/dev/null
 }
 
-# master, slave or sentinel (empty when unreachable).
-redis_role() { rcli "$1" role | head -n 1; }
+# master, slave or sentinel (empty when unreachable or still loading).
+redis_role() {
+    local r
+    r=$(rcli "$1" role | head -n 1)
+    case "$r" in master | slave | sentinel) printf '%s' "$r" ;; esac
+}
 
 # Loads (or picks and saves) the HA topology's ports.
 load_or_pick_ha_ports() {
