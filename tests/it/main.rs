@@ -21,6 +21,7 @@ mod members;
 mod members_redis;
 mod oauth;
 mod openapi;
+mod redis_ha;
 mod store;
 mod stream_revocation;
 mod usage;
