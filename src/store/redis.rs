@@ -408,10 +408,7 @@ impl TokenStore for RedisStore {
         let more = rows.len() > page_size;
         rows.truncate(page_size);
         let next_cursor = if more { rows.last().map(|r| r.id.clone()) } else { None };
-        Ok(Page {
-            tokens: rows,
-            next_cursor,
-        })
+        Ok(Page { tokens: rows, next_cursor })
     }
 
     async fn revoke(&self, id: &str, at: i64) -> Result<Option<Revoked>, StoreError> {

@@ -165,7 +165,12 @@ mod tests {
             t.revocations(),
             t.revocations_seq(),
         ]);
-        let grants = same(&[t.grant("g"), t.grant_tokens("g"), t.grants_of_member("m"), t.grants_of_workspace("w")]);
+        let grants = same(&[
+            t.grant("g"),
+            t.grant_tokens("g"),
+            t.grants_of_member("m"),
+            t.grants_of_workspace("w"),
+        ]);
         let members = same(&[t.member("acme", "m"), t.member_email("acme", "a{x}@b"), t.members("acme")]);
         let audit = same(&[t.audit_all(), t.audit_workspace("w")]);
         let usage = same(&[t.usage_bucket('m', "w1", 0), t.usage_bucket('h', "w2", 3600)]);
