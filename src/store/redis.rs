@@ -28,7 +28,7 @@
 //! `everysec` may lose the last second), and survives the loss of the
 //! primary (failover) only if `store.wait_replicas` replicas had it before
 //! the revoke returned (`WAIT`, run with the revoke script on the same
-//! connection). See docs/multi-server.md.
+//! connection). See docs/redis.md.
 
 use std::collections::HashMap;
 use std::pin::Pin;

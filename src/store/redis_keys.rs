@@ -23,7 +23,7 @@
 //!   buckets) keep their plain names and spread over the cluster.
 //!
 //! Data does not move between layouts by itself: a single-primary store
-//! cannot be pointed at a Cluster with its tokens (docs/multi-server.md).
+//! cannot be pointed at a Cluster with its tokens (docs/redis.md).
 
 use crate::token::TokenKind;
 

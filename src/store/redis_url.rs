@@ -1,4 +1,4 @@
-//! The three Redis deployments `store.url` names (docs/multi-server.md):
+//! The three Redis deployments `store.url` names (docs/redis.md):
 //!
 //! - `redis://[user:password@]host:port[/db]` (also `rediss://`, `unix://`):
 //!   one primary, as the `redis` crate parses it;

@@ -1,4 +1,4 @@
-//! High-availability Redis deployments (docs/multi-server.md): a real Redis
+//! High-availability Redis deployments (docs/redis.md): a real Redis
 //! Cluster (3 primaries, 3 replicas) and a real Sentinel group (1 primary,
 //! 2 replicas, 3 Sentinels), every process a private `redis-server` on free
 //! loopback ports, with gateway instances in this process (as in
