@@ -400,7 +400,11 @@ impl SentinelShared {
 
 async fn is_primary(conn: &mut MultiplexedConnection) -> RedisResult<bool> {
     let role: Vec<Value> = redis::cmd("ROLE").query_async(conn).await?;
-    let first: String = role.first().map(|v| redis::from_redis_value(v.clone())).transpose()?.unwrap_or_default();
+    let first: String = role
+        .first()
+        .map(|v| redis::from_redis_value(v.clone()))
+        .transpose()?
+        .unwrap_or_default();
     Ok(first == "master")
 }
 
