@@ -477,6 +477,9 @@ write_node_conf() {
         # Durability (deploy/README.md): every acknowledged write is fsynced
         # to the AOF before the answer; no RDB; no eviction of token records.
         printf 'appendonly yes\nappendfsync always\nsave ""\nmaxmemory-policy noeviction\n'
+        # A replica (re)joining gets its full copy at once rather than after
+        # the default 5 s wait for other replicas to share the transfer.
+        printf 'repl-diskless-sync-delay 0\n'
         if [[ "$REDIS_MODE" == cluster ]]; then
             printf 'cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-port %s\n' "$(bus_port "$k")"
             # Failover after 2 s without a master instead of the default 15 s.
@@ -519,8 +522,10 @@ wait_ping() {
     until [[ -s "$pidf" ]] || ((SECONDS >= deadline)); do sleep 0.05; done
 }
 
+# start_node K [nowait]: with nowait, launch only (start_redis_all starts every
+# node at once, then waits for each).
 start_node() {
-    local k=$1 d port pid
+    local k=$1 nowait=${2:-} d port pid
     d=$(node_dir "$k")
     port=$(node_port "$k")
     pid=$(node_pid "$k")
@@ -560,7 +565,7 @@ start_node() {
             die "redis node $k failed to start"
         }
     fi
-    wait_ping "redis node $k" "$port" "$d/redis.log" "$d/redis.pid"
+    [[ -n "$nowait" ]] || wait_ping "redis node $k" "$port" "$d/redis.log" "$d/redis.pid"
 }
 
 start_sentinel() {
@@ -698,7 +703,10 @@ wait_redis_healthy() {
 start_redis_all() {
     local k
     for ((k = 1; k <= REDIS_NODES; k++)); do
-        start_node "$k"
+        start_node "$k" nowait
+    done
+    for ((k = 1; k <= REDIS_NODES; k++)); do
+        wait_ping "redis node $k" "$(node_port "$k")" "$(node_dir "$k")/redis.log" "$(node_dir "$k")/redis.pid"
     done
     [[ "$REDIS_MODE" == cluster ]] && create_cluster_if_new
     for ((k = 1; k <= SENTINELS; k++)); do
