@@ -912,3 +912,52 @@ async fn every_store_works_on_a_cluster() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].counts.requests, 5);
 }
+
+/// `portcullis doctor --json` on the config at `path`: check name → (status, detail).
+async fn doctor(path: &Path) -> std::collections::HashMap<String, (String, String)> {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    c.args(["doctor", "--json", "--config"]).arg(path);
+    let o = tokio::time::timeout(Duration::from_secs(60), c.output()).await.unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stdout)));
+    v["checks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap().to_owned();
+            (s("name"), (s("status"), s("detail")))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn doctor_understands_cluster_and_sentinel_urls() {
+    let cluster = RedisCluster::start().await;
+    let group = SentinelGroup::start().await;
+    let up = DemoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+
+    std::fs::write(&path, config(&cluster.url(), &up.url, 1)).unwrap();
+    let c = doctor(&path).await;
+    let status = |name: &str| c.get(name).unwrap_or_else(|| panic!("no {name}: {c:?}")).clone();
+    assert_eq!(status("store").0, "ok", "{c:?}");
+    assert!(status("store").1.contains("(cluster)"), "{c:?}");
+    for name in ["redis.role", "redis.replicas", "redis.cluster", "store.wait_replicas", "redis.aof"] {
+        assert_eq!(status(name).0, "ok", "{name}: {c:?}");
+    }
+
+    // Two replicas cannot satisfy wait_replicas = 3.
+    std::fs::write(&path, config(&group.url(), &up.url, 3)).unwrap();
+    let c = doctor(&path).await;
+    let status = |name: &str| c.get(name).unwrap_or_else(|| panic!("no {name}: {c:?}")).clone();
+    assert!(status("store").0 == "ok" && status("store").1.contains("(sentinel)"), "{c:?}");
+    assert_eq!(status("redis.role").0, "ok");
+    assert!(status("redis.replicas").1.contains('2'), "{c:?}");
+    assert_eq!(status("store.wait_replicas").0, "fail", "{c:?}");
+
+    // A Sentinel group name nobody monitors.
+    std::fs::write(&path, config(&group.url().replace("/mymaster", "/nosuch"), &up.url, 0)).unwrap();
+    let c = doctor(&path).await;
+    assert_eq!(c["store"].0, "fail", "{c:?}");
+}
