@@ -415,9 +415,6 @@ impl Gateways {
 
     async fn revoke(&self, i: usize, id: &str) -> u16 {
         let r = self.admin(i, Method::DELETE, &format!("/v1/workspaces/demo/tokens/{id}"), "").await;
-        if r.status != 200 {
-            println!("revoke on instance {i}: {} {}", r.status, String::from_utf8_lossy(&r.body));
-        }
         r.status.as_u16()
     }
 
@@ -662,7 +659,9 @@ async fn sentinel_frozen_primary_is_demoted_and_never_read_again() {
     }
     let old_role: Option<Vec<redis::Value>> = group.node(old).query(&mut redis::cmd("ROLE")).await;
     let role = old_role.map(|r| redis::from_redis_value::<String>(r[0].clone()).unwrap());
-    println!("old primary's role after waking up: {role:?}");
+    // Typically still "master" here: Sentinel has not yet demoted it, and
+    // the gateway still does not use it (the loop above).
+    println!("old primary's role 8 s after waking up: {role:?}");
 }
 
 /// Every Redis-backed store on a Cluster: each script and MULTI touches one
