@@ -295,7 +295,7 @@ fn sign_in_page(client: &Client, ws: &str, here: &str, other_workspace: bool, ss
                     }
                     @if sso {
                         p {
-                            a href=(crate::sso::SIGNIN_PATH) data-testid="signin-sso" { "Sign in with single sign-on" }
+                            a href=(crate::web::oidc::SIGNIN_PATH) data-testid="signin-sso" { "Sign in with single sign-on" }
                             " (you will come back here to allow or deny)."
                         }
                         p { "Or open a sign-in link your workspace's owner sent you, in this browser, within ten minutes." }

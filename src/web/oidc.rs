@@ -14,7 +14,11 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::any;
 
 use super::{SharedState, session};
-use crate::sso::{CALLBACK_PATH, Outcome, SIGNIN_PATH, Sso};
+use crate::sso::{CALLBACK_PATH, Outcome, Sso};
+
+/// Where single sign-on starts, for pages above `sso` that link to it (the
+/// consent page's "Sign in to continue").
+pub use crate::sso::SIGNIN_PATH;
 
 /// Adds the sign-in routes when single sign-on is configured.
 pub fn mount(router: Router<SharedState>, state: &SharedState) -> Router<SharedState> {
