@@ -960,3 +960,46 @@ async fn doctor_understands_cluster_and_sentinel_urls() {
     let c = doctor(&path).await;
     assert_eq!(c["store"].0, "fail", "{c:?}");
 }
+
+#[tokio::test]
+#[ignore = "slow: freezes a primary; run by scripts/test-redis-ha.sh"]
+async fn cluster_frozen_primary_is_replaced_and_revocations_still_reach_everyone() {
+    // SIGSTOP leaves every connection to the node open but silent: the
+    // instances' subscriptions hang rather than end, so revocations made
+    // after the failover reach them only through the log poll, which must be
+    // enough.
+    let mut cluster = RedisCluster::start().await;
+    let up = DemoUpstream::start().await;
+    let g = Gateways::start(2, config(&cluster.url(), &up.url, 0)).await;
+    let (valid, _) = g.create_token(0).await;
+    let (revoked, rid) = g.create_token(0).await;
+    let (after, after_id) = g.create_token(0).await;
+    assert_eq!(g.revoke(0, &rid).await, 200);
+    assert_eq!(g.post(1, &after).await, 200);
+    let victim = cluster.primary_of("portcullis:{t}:tokens:seq").await;
+    let frozen_at = Instant::now();
+    cluster.nodes[victim].signal("-STOP");
+    let seen = probe_through_failover(&g, &valid, &revoked, Duration::from_secs(40)).await;
+    report("cluster failover (token slot's primary frozen)", &seen, frozen_at);
+    assert!(seen.wrong.is_empty(), "{:?}", seen.wrong);
+    assert!(seen.outage.is_some(), "freezing the primary was noticed (503s)");
+    assert_eq!(g.revoke(1, &after_id).await, 200);
+    for i in 0..2 {
+        let s = g.post(i, &after).await;
+        assert_eq!(s, 401, "instance {i}, right after the revoke returned");
+    }
+    cluster.nodes[victim].signal("-CONT");
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        for i in 0..2 {
+            let s = g.post(i, &after).await;
+            assert!(
+                s == 401 || s == 503,
+                "instance {i} accepted a revoked token after the old primary woke up: {s}"
+            );
+            assert_ne!(g.post(i, &revoked).await, 200);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lifecycle_across_instances(&g).await;
+}
