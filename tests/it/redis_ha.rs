@@ -533,7 +533,7 @@ async fn probe_through_failover(g: &Gateways, valid: &str, revoked: &str, limit:
 fn report(what: &str, seen: &Observed, killed_at: Instant) {
     match seen.outage {
         Some((a, b)) => println!(
-            "{what}: 503s from {} ms to {} ms after the kill (outage {} ms)",
+            "{what}: 503 answers from {} ms to {} ms after the failure (between them {} ms)",
             a.duration_since(killed_at).as_millis(),
             b.duration_since(killed_at).as_millis(),
             b.duration_since(a).as_millis()
@@ -968,7 +968,7 @@ async fn cluster_frozen_primary_is_replaced_and_revocations_still_reach_everyone
     // instances' subscriptions hang rather than end, so revocations made
     // after the failover reach them only through the log poll, which must be
     // enough.
-    let mut cluster = RedisCluster::start().await;
+    let cluster = RedisCluster::start().await;
     let up = DemoUpstream::start().await;
     let g = Gateways::start(2, config(&cluster.url(), &up.url, 0)).await;
     let (valid, _) = g.create_token(0).await;
