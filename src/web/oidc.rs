@@ -34,9 +34,16 @@ async fn serve(sso: &Sso, state: &SharedState, method: &Method, uri: &Uri, heade
             match session::sign_in_member(state, &member.workspace, &member.member_id, headers).await {
                 Ok(cookie) => {
                     crate::sso::signin::record_signin_audit(state, &member, "oidc").await;
-                    let mut r = Redirect::to("/me").into_response();
+                    // Back to the authorization request that sent the person
+                    // to sign in (docs/oauth.md), as after a sign-in link;
+                    // otherwise on to their own page.
+                    let next = super::signin::return_path(headers);
+                    let mut r = Redirect::to(next.as_deref().unwrap_or("/me")).into_response();
                     r.headers_mut().append(header::SET_COOKIE, clear_cookie);
                     r.headers_mut().append(header::SET_COOKIE, cookie);
+                    if next.is_some() {
+                        r.headers_mut().append(header::SET_COOKIE, super::signin::CLEAR_NEXT);
+                    }
                     r
                 }
                 Err(e) => {
