@@ -1019,3 +1019,62 @@ async fn cluster_frozen_primary_is_replaced_and_revocations_still_reach_everyone
     }
     lifecycle_across_instances(&g).await;
 }
+
+/// `limits.scope = "cluster"` on a Redis Cluster: one token's bucket is one
+/// hash-tagged key (one slot), shared by every instance; small limits are
+/// exact, larger ones leased (issue 15).
+#[tokio::test]
+async fn cluster_scope_limits_share_one_bucket_per_token_on_a_redis_cluster() {
+    let cluster = RedisCluster::start().await;
+    let up = DemoUpstream::start().await;
+    let text = config(&cluster.url(), &up.url, 1).replace(
+        "requests_per_minute = 100000\n",
+        "requests_per_minute = 100000\nscope = \"cluster\"\n",
+    );
+    let g = Gateways::start(2, text).await;
+    let started = std::time::Instant::now();
+    let mut admitted = std::collections::HashMap::new();
+    for limit in [6u32, 600] {
+        let body = format!(r#"{{"name":"t{limit}","requests_per_minute":{limit}}}"#);
+        let r = g.admin(0, Method::POST, "/v1/workspaces/demo/tokens", &body).await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        let t = r.json()["token"].as_str().unwrap().to_owned();
+        let (mut ok, mut refused) = (0u32, 0u32);
+        let mut n = 0;
+        while refused < 20 {
+            match g.post(n % 2, &t).await {
+                200 => ok += 1,
+                429 => refused += 1,
+                s => panic!("limit {limit}: unexpected status {s}"),
+            }
+            n += 1;
+            assert!(n < 20_000, "limit {limit}: never refused");
+        }
+        admitted.insert(limit, ok);
+    }
+    // Every admitted request came out of the shared bucket: the limit and
+    // its refill since the start, wherever the requests landed; and no
+    // more lost than what the two instances may hold ahead (600 / 100 each,
+    // or 600 / 50 while an instance has not yet seen the other heartbeat).
+    let secs = started.elapsed().as_secs_f64();
+    for (limit, ok) in admitted {
+        let refill = (secs * f64::from(limit) / 60.0).ceil() as u32;
+        assert!(ok <= limit + refill, "limit {limit}: admitted {ok} (refill {refill})");
+        assert!(ok + 2 * (limit / 50) >= limit, "limit {limit}: admitted only {ok}");
+    }
+    // One key per token and limit, hash-tagged by token, on the primaries.
+    let mut keys = Vec::new();
+    for n in &cluster.nodes {
+        if let Some(k) = n.query::<Vec<String>>(redis::cmd("KEYS").arg("portcullis:rl:*")).await
+            && n.query::<String>(redis::cmd("INFO").arg("replication"))
+                .await
+                .is_some_and(|t| t.contains("role:master"))
+        {
+            keys.extend(k);
+        }
+    }
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for k in &keys {
+        assert!(k.starts_with("portcullis:rl:{") && k.contains("}:"), "{k}");
+    }
+}
