@@ -599,9 +599,15 @@ mod tests {
                 total + ahead >= per_minute as usize && total <= most,
                 "{weights:?}: admitted {total} of 9000 (limit {per_minute}, refill to {most})"
             );
-            // Leases and cached refusals: far fewer Redis calls than requests.
+            // Leases and cached refusals: far fewer Redis calls than requests
+            // (while the bucket is empty each instance asks once per unit
+            // refilled, 100 a second, however many requests it refuses).
             let calls = redis.script_calls().await - before;
-            assert!(calls * 10 < 9000, "{weights:?}: {calls} script calls for 9000 requests");
+            let most = 900 + 300 * started.elapsed().as_secs().saturating_add(1);
+            assert!(
+                calls <= most,
+                "{weights:?}: {calls} script calls for 9000 requests (at most {most})"
+            );
         }
     }
 
@@ -710,7 +716,7 @@ mod tests {
         assert_eq!(ok, n);
         let calls = redis.script_calls().await - before;
         // A ramp of 8-fold steps, then about two top-ups a second.
-        let most = 12 + 4 * started.elapsed().as_secs();
+        let most = 20 + 4 * started.elapsed().as_secs().saturating_add(1);
         assert!(calls <= most, "{calls} script calls for {n} requests (at most {most})");
     }
 
