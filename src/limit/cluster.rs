@@ -166,7 +166,7 @@ impl Shared {
 
 /// The token's bucket: hash-tagged by token so one token is one slot.
 pub fn redis_key(key: u64, per_minute: u32) -> String {
-    format!("portcullis:rl:{{{key:016x}}}:{per_minute}")
+    crate::store::redis_keys::rate_limit(key, per_minute)
 }
 
 fn refused(per_minute: u32, wait_us: u64) -> RateLimited {

@@ -19,8 +19,10 @@
 //!   - `{u}`: usage buckets (one flush is one MULTI over many buckets).
 //!
 //!   Keys always used alone (sessions, sign-in links, member sessions, OAuth
-//!   secrets, the instance registry, the session-binding secret, rate-limit
-//!   buckets) keep their plain names and spread over the cluster.
+//!   secrets, the instance registry, the session-binding secret) keep their
+//!   plain names and spread over the cluster. Rate-limit buckets
+//!   ([`rate_limit`]) carry their token as tag in both layouts, so a token's
+//!   buckets share a slot and tokens spread over the cluster.
 //!
 //! Data does not move between layouts by itself: a single-primary store
 //! cannot be pointed at a Cluster with its tokens (docs/redis.md).
@@ -108,6 +110,13 @@ impl Layout {
     pub fn usage_bucket(self, kind: char, workspace: &str, start: i64) -> String {
         format!("{}usage:{kind}:{workspace}:{start}", self.group("u"))
     }
+}
+
+/// A token's cluster-scope rate-limit bucket (`limit::cluster`), by the
+/// limiter's token key and the limit in force: the same name in both
+/// layouts, tagged by token.
+pub fn rate_limit(key: u64, per_minute: u32) -> String {
+    format!("portcullis:rl:{{{key:016x}}}:{per_minute}")
 }
 
 /// The part of `key` Redis Cluster hashes: the first non-empty `{…}`, or
