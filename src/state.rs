@@ -65,10 +65,15 @@ pub async fn open_store_at(store: &StoreConfig, source: &std::path::Path) -> Res
             Ok(s) => Ok(Arc::new(s)),
             Err(e) => Err(StoreError::Unavailable(sqlite_open_message(path, source, &e.to_string()))),
         },
-        StoreConfig::Redis { url, timeout, .. } => match RedisStore::connect(url, *timeout).await {
-            Ok(s) => Ok(Arc::new(s)),
+        StoreConfig::Redis {
+            url,
+            timeout,
+            wait_replicas,
+            ..
+        } => match RedisStore::connect(url, *timeout).await {
+            Ok(s) => Ok(Arc::new(s.with_wait_replicas(*wait_replicas))),
             Err(e) => Err(StoreError::Unavailable(format!(
-                "cannot use the Redis store at {} (`store.url` in {}): {e}. Check that Redis runs and is reachable from here, and that store.url points at the primary",
+                "cannot use the Redis store at {} (`store.url` in {}): {e}. Check that Redis runs and is reachable from here, and that store.url points at the primary (or, for redis+sentinel:// and redis+cluster:// URLs, at Sentinels or Cluster nodes that know one)",
                 redis_endpoint(url),
                 source.display()
             ))),

@@ -149,43 +149,64 @@ async fn store_checks(config: &Config) -> Vec<Check> {
                 Err(e) => check("store", Status::Fail, format!("SQLite {} (`store.path`): {e}", path.display())),
             }]
         }
-        StoreConfig::Redis { url, timeout, .. } => redis_checks(url, *timeout).await,
+        StoreConfig::Redis {
+            url,
+            timeout,
+            wait_replicas,
+            ..
+        } => redis_checks(url, *timeout, *wait_replicas).await,
     }
 }
 
-async fn redis_checks(url: &str, timeout: Duration) -> Vec<Check> {
+async fn redis_checks(url: &str, timeout: Duration, wait_replicas: u32) -> Vec<Check> {
+    use crate::store::redis_conn::RedisConn;
+    use crate::store::redis_keys::Layout;
+    use crate::store::redis_url::RedisTarget;
+
     let endpoint = crate::state::redis_endpoint(url);
-    let conn = async {
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-        tokio::time::timeout(timeout.max(Duration::from_secs(2)), client.get_multiplexed_async_connection())
-            .await
-            .map_err(|_| "no answer".to_string())?
-            .map_err(|e| e.to_string())
-    }
-    .await;
-    let mut conn = match conn {
-        Ok(c) => c,
-        Err(e) => {
-            return vec![check(
-                "store",
-                Status::Fail,
-                format!("Redis {endpoint} (`store.url`): {e}; start Redis or fix store.url"),
-            )];
-        }
+    let target = match crate::store::redis_url::parse(url) {
+        Ok(t) => t,
+        Err(e) => return vec![check("store", Status::Fail, format!("`store.url`: {e}"))],
     };
+    let wait = timeout.max(Duration::from_secs(2));
+    let conn = match tokio::time::timeout(wait * 2, RedisConn::connect(&target, wait)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            let what = match target {
+                RedisTarget::Single(_) => "start Redis or fix store.url",
+                RedisTarget::Cluster(_) => "check that the listed Cluster nodes run and the cluster is up (`redis-cli --cluster check`)",
+                RedisTarget::Sentinel(_) => "check that the Sentinels run and monitor a master of the name in store.url (`SENTINEL get-master-addr-by-name`)",
+            };
+            return vec![check("store", Status::Fail, format!("Redis {endpoint} (`store.url`): {e}; {what}"))];
+        }
+        Err(_) => return vec![check("store", Status::Fail, format!("Redis {endpoint} (`store.url`): no answer"))],
+    };
+    let mode = conn.mode();
+    let layout = if mode == "cluster" { Layout::Tagged } else { Layout::Plain };
+    // The token store's slot: the node whose health matters most.
+    let tokens = layout.tokens_seq();
     let mut out = Vec::new();
-    // Writable: a short-lived key of our own.
-    let key = format!("portcullis:doctor:{}", crate::token::generate_id());
-    let set: Result<(), _> = redis::cmd("SET").arg(&key).arg(1).arg("PX").arg(5000).query_async(&mut conn).await;
+    // Writable: a short-lived key of our own, in the token store's slot.
+    let key = format!("{}doctor:{}", layout.tokens(), crate::token::generate_id());
+    let mut c = conn.clone();
+    let set: Result<(), _> = redis::cmd("SET").arg(&key).arg(1).arg("PX").arg(5000).query_async(&mut c).await;
     out.push(match set {
         Ok(()) => {
-            let _: Result<(), _> = redis::cmd("DEL").arg(&key).query_async(&mut conn).await;
-            check("store", Status::Ok, format!("Redis {endpoint}: reachable and writable"))
+            let _: Result<(), _> = redis::cmd("DEL").arg(&key).query_async(&mut c).await;
+            check("store", Status::Ok, format!("Redis {endpoint} ({mode}): reachable and writable"))
         }
-        Err(e) => check("store", Status::Fail, format!("Redis {endpoint}: cannot write: {e}")),
+        Err(e) => check("store", Status::Fail, format!("Redis {endpoint} ({mode}): cannot write: {e}")),
     });
-    let info: Result<String, _> = redis::cmd("INFO").arg("replication").query_async(&mut conn).await;
-    out.push(match info {
+    let info = conn
+        .on_primary_of(&tokens, redis::cmd("INFO").arg("replication"))
+        .await
+        .and_then(|v| Ok(redis::from_redis_value::<String>(v)?));
+    let replicas = info.as_ref().ok().and_then(|text| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("connected_slaves:"))
+            .and_then(|n| n.parse::<u32>().ok())
+    });
+    out.push(match &info {
         Ok(text) if text.lines().any(|l| l.trim() == "role:master") => {
             check("redis.role", Status::Ok, "a primary (revocations are written where they are read)")
         }
@@ -196,7 +217,51 @@ async fn redis_checks(url: &str, timeout: Duration) -> Vec<Check> {
         ),
         Err(e) => check("redis.role", Status::Warn, format!("cannot read INFO replication: {e}")),
     });
-    let aof: Result<Vec<String>, _> = redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(&mut conn).await;
+    if mode != "single" {
+        out.push(match replicas {
+            Some(0) => check(
+                "redis.replicas",
+                Status::Warn,
+                format!("the primary has no replica: a {mode} failover has nowhere to go"),
+            ),
+            Some(n) => check("redis.replicas", Status::Ok, format!("the primary has {n} connected replica(s)")),
+            None => check("redis.replicas", Status::Warn, "cannot count the primary's replicas"),
+        });
+    }
+    if wait_replicas > 0 {
+        out.push(match replicas {
+            Some(n) if n >= wait_replicas => check(
+                "store.wait_replicas",
+                Status::Ok,
+                format!("revokes wait for {wait_replicas} replica(s); {n} connected"),
+            ),
+            _ => check(
+                "store.wait_replicas",
+                Status::Fail,
+                format!(
+                    "revokes wait for {wait_replicas} replica(s) but the primary has {}: every revoke would fail (503)",
+                    replicas.map_or("an unknown number".into(), |n| n.to_string())
+                ),
+            ),
+        });
+    }
+    if mode == "cluster" {
+        let state = conn
+            .on_primary_of(&tokens, redis::cmd("CLUSTER").arg("INFO"))
+            .await
+            .and_then(|v| Ok(redis::from_redis_value::<String>(v)?));
+        out.push(match state {
+            Ok(text) if text.lines().any(|l| l.trim() == "cluster_state:ok") => {
+                check("redis.cluster", Status::Ok, "cluster_state:ok (every slot served)")
+            }
+            Ok(_) => check("redis.cluster", Status::Fail, "the cluster is not ok: some slots are unserved"),
+            Err(e) => check("redis.cluster", Status::Warn, format!("cannot read CLUSTER INFO: {e}")),
+        });
+    }
+    let aof = conn
+        .on_primary_of(&tokens, redis::cmd("CONFIG").arg("GET").arg("appendonly"))
+        .await
+        .and_then(|v| Ok(redis::from_redis_value::<Vec<String>>(v)?));
     out.push(match aof {
         Ok(v) if v.get(1).is_some_and(|s| s == "yes") => {
             check("redis.aof", Status::Ok, "appendonly yes: revocations survive a Redis restart")

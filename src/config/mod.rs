@@ -118,6 +118,8 @@ pub enum StoreConfig {
         url: String,
         timeout: Duration,
         revocation_grace: Duration,
+        /// `store.wait_replicas`.
+        wait_replicas: u32,
     },
 }
 

@@ -99,7 +99,9 @@ pub struct StoreSpec {
     pub backend: String,
     /// SQLite database file; created with its directory if missing.
     pub path: String,
-    /// Redis URL (cluster mode), e.g. `redis://127.0.0.1:6379/0`.
+    /// Redis URL (cluster mode): `redis://127.0.0.1:6379/0` (one primary),
+    /// `redis+sentinel://s1:26379,s2:26379/mymaster` (Sentinel) or
+    /// `redis+cluster://n1:7000,n2:7001` (Redis Cluster); docs/multi-server.md.
     pub url: Option<String>,
     /// Every Redis command fails after this long (and the request fails closed).
     pub timeout_ms: u64,
@@ -108,6 +110,11 @@ pub struct StoreSpec {
     /// unreachable or the invalidation subscription down). 0 = fail closed at
     /// once. This is the longest a revoked token may be accepted in an outage.
     pub revocation_grace_ms: u64,
+    /// Replicas that must have a revocation before a revoke returns
+    /// (`WAIT n timeout_ms` after the revoke script); fewer in time fails the
+    /// revoke (503, safe to retry). 0 = do not wait. With Sentinel or Cluster,
+    /// 1 makes an acknowledged revocation survive the loss of the primary.
+    pub wait_replicas: u32,
 }
 
 impl Default for StoreSpec {
@@ -118,6 +125,7 @@ impl Default for StoreSpec {
             url: None,
             timeout_ms: 1000,
             revocation_grace_ms: 0,
+            wait_replicas: 0,
         }
     }
 }

@@ -357,8 +357,8 @@ impl StoreSpec {
                         "the redis backend needs `url`, e.g. \"redis://127.0.0.1:6379/0\"".into(),
                     )
                 })?;
-                if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
-                    return Err(invalid("store.url", format!("`{}` is not a redis:// URL", redact_url(&url))));
+                if let Err(e) = crate::store::redis_url::parse(&url) {
+                    return Err(invalid("store.url", format!("`{}`: {e}", redact_url(&url))));
                 }
                 if self.timeout_ms == 0 {
                     return Err(invalid("store.timeout_ms", "must be greater than 0".into()));
@@ -367,6 +367,7 @@ impl StoreSpec {
                     url,
                     timeout: Duration::from_millis(self.timeout_ms),
                     revocation_grace: Duration::from_millis(self.revocation_grace_ms),
+                    wait_replicas: self.wait_replicas,
                 })
             }
             other => Err(invalid(

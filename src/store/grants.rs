@@ -352,10 +352,6 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn grant_key(id: &str) -> String {
-    format!("portcullis:grant:{id}")
-}
-
 fn redis_err(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
 }
@@ -378,7 +374,7 @@ impl RedisStore {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             let f: Vec<Option<String>> = redis::cmd("HMGET")
-                .arg(grant_key(&id))
+                .arg(self.keys.grant(&id))
                 .arg("body")
                 .arg("last_used_at")
                 .arg("revoked_at")
@@ -401,9 +397,9 @@ impl GrantStore for RedisStore {
         let body = serde_json::to_string(g).map_err(json_err)?;
         redis::pipe()
             .atomic()
-            .hset(grant_key(&g.id), "body", body)
-            .zadd(format!("portcullis:grants:member:{}", g.member_id), &g.id, g.created_at)
-            .zadd(format!("portcullis:grants:ws:{}", g.workspace), &g.id, g.created_at)
+            .hset(self.keys.grant(&g.id), "body", body)
+            .zadd(self.keys.grants_of_member(&g.member_id), &g.id, g.created_at)
+            .zadd(self.keys.grants_of_workspace(&g.workspace), &g.id, g.created_at)
             .query_async::<()>(&mut conn)
             .await
             .map_err(redis_err)
@@ -416,8 +412,8 @@ impl GrantStore for RedisStore {
     async fn list_grants(&self, member_id: Option<&str>, workspace: Option<&str>) -> Result<Vec<Grant>, StoreError> {
         let mut conn = self.conn.clone();
         let key = match (member_id, workspace) {
-            (Some(m), _) => format!("portcullis:grants:member:{m}"),
-            (None, Some(w)) => format!("portcullis:grants:ws:{w}"),
+            (Some(m), _) => self.keys.grants_of_member(m),
+            (None, Some(w)) => self.keys.grants_of_workspace(w),
             (None, None) => return Ok(Vec::new()),
         };
         let ids: Vec<String> = conn.zrevrange(key, 0, MAX_LISTED as isize - 1).await.map_err(redis_err)?;
@@ -430,7 +426,7 @@ impl GrantStore for RedisStore {
 
     async fn revoke_grant(&self, id: &str, at: i64) -> Result<Option<Grant>, StoreError> {
         let mut conn = self.conn.clone();
-        let key = grant_key(id);
+        let key = self.keys.grant(id);
         let exists: bool = conn.hexists(&key, "body").await.map_err(redis_err)?;
         if !exists {
             return Ok(None);
@@ -441,13 +437,13 @@ impl GrantStore for RedisStore {
 
     async fn touch_grant(&self, id: &str, at: i64) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let _: () = conn.hset(grant_key(id), "last_used_at", at).await.map_err(redis_err)?;
+        let _: () = conn.hset(self.keys.grant(id), "last_used_at", at).await.map_err(redis_err)?;
         Ok(())
     }
 
     async fn add_grant_token(&self, id: &str, token_id: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let key = format!("{}:tokens", grant_key(id));
+        let key = self.keys.grant_tokens(id);
         redis::pipe()
             .atomic()
             .lpush(&key, token_id)
@@ -459,7 +455,7 @@ impl GrantStore for RedisStore {
 
     async fn grant_tokens(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn.clone();
-        conn.lrange(format!("{}:tokens", grant_key(id)), 0, -1).await.map_err(redis_err)
+        conn.lrange(self.keys.grant_tokens(id), 0, -1).await.map_err(redis_err)
     }
 
     async fn put_secret(&self, hash: &TokenHash, s: &Secret) -> Result<(), StoreError> {

@@ -1,7 +1,9 @@
-//! [`MemberStore`] on Redis (cluster mode). Keys:
-//! - `portcullis:member:{ws}:{id}`: a hash of the member's fields;
-//! - `portcullis:member_email:{ws}:{email}`: the member's id (uniqueness);
-//! - `portcullis:members:{ws}`: the workspace's member ids, scored by
+//! [`MemberStore`] on Redis (cluster mode). Keys (`store::redis_keys`; on a
+//! Redis Cluster the workspace is a hash tag, `portcullis:member:{acme}:…`,
+//! so that a workspace's three keys share a slot):
+//! - `portcullis:member:<ws>:<id>`: a hash of the member's fields;
+//! - `portcullis:member_email:<ws>:<email>`: the member's id (uniqueness);
+//! - `portcullis:members:<ws>`: the workspace's member ids, scored by
 //!   creation time (listing, and the per-workspace bound);
 //! - `portcullis:signin:{sha256 hex}`: a sign-in link, with a TTL;
 //! - `portcullis:msession:{sha256 hex}`: a member session, with a TTL.
@@ -27,15 +29,6 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn member_key(ws: &str, id: &str) -> String {
-    format!("portcullis:member:{ws}:{id}")
-}
-fn email_key(ws: &str, email: &str) -> String {
-    format!("portcullis:member_email:{ws}:{email}")
-}
-fn list_key(ws: &str) -> String {
-    format!("portcullis:members:{ws}")
-}
 fn link_key(h: &SecretHash) -> String {
     format!("portcullis:signin:{}", hex(h))
 }
@@ -123,9 +116,9 @@ impl MemberStore for RedisStore {
     async fn insert_member(&self, m: &MemberRecord) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let r: i64 = redis::Script::new(INSERT)
-            .key(member_key(&m.workspace, &m.id))
-            .key(email_key(&m.workspace, &m.email))
-            .key(list_key(&m.workspace))
+            .key(self.keys.member(&m.workspace, &m.id))
+            .key(self.keys.member_email(&m.workspace, &m.email))
+            .key(self.keys.members(&m.workspace))
             .arg(&m.id)
             .arg(&m.workspace)
             .arg(&m.email)
@@ -145,13 +138,13 @@ impl MemberStore for RedisStore {
 
     async fn get_member(&self, workspace: &str, id: &str) -> Result<Option<MemberRecord>, StoreError> {
         let mut conn = self.conn.clone();
-        let f: HashMap<String, String> = conn.hgetall(member_key(workspace, id)).await.map_err(redis_err)?;
+        let f: HashMap<String, String> = conn.hgetall(self.keys.member(workspace, id)).await.map_err(redis_err)?;
         Ok(member_of(&f))
     }
 
     async fn member_by_email(&self, workspace: &str, email: &str) -> Result<Option<MemberRecord>, StoreError> {
         let mut conn = self.conn.clone();
-        let id: Option<String> = conn.get(email_key(workspace, email)).await.map_err(redis_err)?;
+        let id: Option<String> = conn.get(self.keys.member_email(workspace, email)).await.map_err(redis_err)?;
         match id {
             Some(id) => self.get_member(workspace, &id).await,
             None => Ok(None),
@@ -161,7 +154,7 @@ impl MemberStore for RedisStore {
     async fn list_members(&self, workspace: &str) -> Result<Vec<MemberRecord>, StoreError> {
         let mut conn = self.conn.clone();
         let ids: Vec<String> = conn
-            .zrange(list_key(workspace), 0, MAX_MEMBERS_PER_WORKSPACE as isize - 1)
+            .zrange(self.keys.members(workspace), 0, MAX_MEMBERS_PER_WORKSPACE as isize - 1)
             .await
             .map_err(redis_err)?;
         let mut out = Vec::with_capacity(ids.len());
@@ -179,9 +172,9 @@ impl MemberStore for RedisStore {
         };
         let mut conn = self.conn.clone();
         let r: i64 = redis::Script::new(DELETE)
-            .key(member_key(workspace, id))
-            .key(email_key(workspace, &m.email))
-            .key(list_key(workspace))
+            .key(self.keys.member(workspace, id))
+            .key(self.keys.member_email(workspace, &m.email))
+            .key(self.keys.members(workspace))
             .arg(id)
             .invoke_async(&mut conn)
             .await

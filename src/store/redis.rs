@@ -1,6 +1,8 @@
-//! Shared Redis store for cluster mode.
+//! Shared Redis store for cluster mode, on one primary, a Sentinel group or
+//! a Redis Cluster (`store::redis_url`, `store::redis_conn`).
 //!
-//! Layout (all keys under `portcullis:`):
+//! Layout (names in `store::redis_keys`; on a Redis Cluster every key of the
+//! token store carries the hash tag `{t}`, e.g. `portcullis:{t}:token:…`):
 //! - `token:{id}`: hash of the record's fields, plus `hash` (hex) and `seq`;
 //! - `hash:{hex}`: the id of the token with that SHA-256;
 //! - `tokens:seq`: counter giving every token a creation sequence number;
@@ -8,19 +10,25 @@
 //!   by creation sequence, for newest-first pagination without `KEYS`/`SCAN`;
 //! - `revocations`: a capped stream, one entry `{seq}-1 h=<hex>` per
 //!   revocation; `revocations:seq` holds the latest `seq`;
-//! - channel `invalidate`: `"r:{seq}:{hex}"` published with each revocation,
-//!   and `"a:{seq}:{instance}"` from each instance once it has applied it;
-//! - `instances`: sorted set of live instance ids by last heartbeat.
+//! - channel `portcullis:invalidate`: `"r:{seq}:{hex}"` published with each
+//!   revocation, and `"a:{seq}:{instance}"` from each instance once it has
+//!   applied it;
+//! - `portcullis:instances`: sorted set of live instance ids by last heartbeat.
 //!
 //! Every multi-key update is one Lua script, so it is atomic, and the
-//! revocation, its log entry and its publication happen together. Scripts
-//! build some key names at run time, which a sharded Redis Cluster forbids:
-//! use a single primary (optionally with replicas and Sentinel) — and read
-//! the primary only, since a lagging replica could resurrect a revoked token.
+//! revocation, its log entry and its publication happen together. Every
+//! script names all the keys it touches in `KEYS` (none builds a key name
+//! at run time), and those keys share one hash slot, which is what a Redis
+//! Cluster requires: the token store is a single slot, so its revocation
+//! log stays one totally ordered log. Reads go to the primary only (never
+//! a replica: a lagging replica could resurrect a revoked token).
 //!
 //! Durability: an acknowledged revocation survives a Redis restart only with
 //! AOF on (`appendonly yes`; `appendfsync always` for no loss at all,
-//! `everysec` may lose the last second). See `deploy/README.md`.
+//! `everysec` may lose the last second), and survives the loss of the
+//! primary (failover) only if `store.wait_replicas` replicas had it before
+//! the revoke returned (`WAIT`, run with the revoke script on the same
+//! connection). See docs/multi-server.md.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -30,9 +38,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::{Stream, StreamExt};
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
 
+pub use super::redis_conn::RedisConn;
+use super::redis_keys::Layout;
+use super::redis_url::RedisTarget;
 use super::{ListFilter, Page, Pushed, Revocation, Revoked, StoreError, TokenStore};
 use crate::token::{TokenHash, TokenKind, TokenRecord};
 
@@ -48,22 +58,6 @@ redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 2))
 redis.call('SET', KEYS[2], ARGV[1])
 for i = 4, #KEYS do redis.call('ZADD', KEYS[i], seq, ARGV[1]) end
 return seq
-"#;
-
-const FIND_BY_HASH: &str = r#"
-local id = redis.call('GET', KEYS[1])
-if not id then return {} end
-return redis.call('HGETALL', ARGV[1] .. id)
-"#;
-
-const LIST: &str = r#"
-local ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], '-inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
-local out = {}
-for i = 1, #ids, 2 do
-  out[#out + 1] = ids[i + 1]
-  out[#out + 1] = redis.call('HGETALL', ARGV[3] .. ids[i])
-end
-return out
 "#;
 
 const REVOKE: &str = r#"
@@ -112,21 +106,20 @@ return 1
 
 struct Scripts {
     insert: Script,
-    find_by_hash: Script,
-    list: Script,
-    revoke: Script,
     revocations_since: Script,
     last_used: Script,
 }
 
-/// The connection every Redis-backed store and the cluster limiter use: one
-/// name, so that how it reaches Redis (one primary, Sentinel, Cluster) is
-/// decided here alone.
-pub type RedisConn = ConnectionManager;
-
 pub struct RedisStore {
-    client: redis::Client,
+    /// A single primary's client, for its pub/sub connection (the other
+    /// modes subscribe through [`RedisConn::subscribe`]).
+    client: Option<redis::Client>,
     pub(super) conn: RedisConn,
+    /// Key names: plain on one primary, hash-tagged on a Cluster.
+    pub(super) keys: Layout,
+    timeout: Duration,
+    /// Replicas that must have a revocation before revoke returns (`WAIT`).
+    wait_replicas: u32,
     scripts: Scripts,
     /// This process's id in the instance registry.
     instance_id: String,
@@ -166,6 +159,13 @@ fn key(k: &str) -> String {
     format!("{PREFIX}{k}")
 }
 
+/// What a `WAIT` that fell short means for the caller.
+fn not_replicated(acked: i64, wanted: u32) -> StoreError {
+    StoreError::Unavailable(format!(
+        "the revocation reached {acked} of the {wanted} replicas store.wait_replicas asks for in time; it is applied on the primary, and retrying is safe"
+    ))
+}
+
 fn hex(h: &TokenHash) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -191,27 +191,38 @@ impl RedisStore {
     /// Redis turns into a prompt failure (and a fail-closed answer) rather
     /// than a hung request.
     pub async fn connect(url: &str, timeout: Duration) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = client.get_connection_manager_with_config(config).await.map_err(unavailable)?;
+        let target = super::redis_url::parse(url).map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
+        let client = match &target {
+            RedisTarget::Single(url) => {
+                Some(redis::Client::open(url.as_str()).map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?)
+            }
+            _ => None,
+        };
+        let conn = RedisConn::connect(&target, timeout).await.map_err(unavailable)?;
+        let keys = match target {
+            RedisTarget::Cluster(_) => Layout::Tagged,
+            _ => Layout::Plain,
+        };
         Ok(RedisStore {
             client,
             conn,
+            keys,
+            timeout,
+            wait_replicas: 0,
             scripts: Scripts {
                 insert: Script::new(INSERT),
-                find_by_hash: Script::new(FIND_BY_HASH),
-                list: Script::new(LIST),
-                revoke: Script::new(REVOKE),
                 revocations_since: Script::new(REVOCATIONS_SINCE),
                 last_used: Script::new(LAST_USED),
             },
             instance_id: process_instance_id().to_string(),
             live_instances: Arc::new(AtomicU32::new(1)),
         })
+    }
+
+    /// Makes every revoke wait until `n` replicas have it (`store.wait_replicas`).
+    pub fn with_wait_replicas(mut self, n: u32) -> Self {
+        self.wait_replicas = n;
+        self
     }
 
     /// A multiplexed connection for other Redis users (the cluster limiter).
@@ -226,9 +237,19 @@ impl RedisStore {
 
     /// Subscribes to pushed revocations on a dedicated connection.
     pub async fn subscribe(&self) -> Result<RevocationStream, StoreError> {
-        let mut pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
-        pubsub.subscribe(channel()).await.map_err(unavailable)?;
-        let stream = pubsub.into_on_message().filter_map(|msg| async move {
+        let messages = match &self.client {
+            Some(client) => {
+                let mut pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
+                pubsub.subscribe(channel()).await.map_err(unavailable)?;
+                Box::pin(pubsub.into_on_message())
+            }
+            None => self
+                .conn
+                .subscribe(&channel(), &self.keys.revocations(), self.timeout)
+                .await
+                .map_err(unavailable)?,
+        };
+        let stream = messages.filter_map(|msg| async move {
             let payload: String = msg.get_payload().ok()?;
             let mut parts = payload.splitn(3, ':');
             match (parts.next()?, parts.next()?.parse().ok()?, parts.next()?) {
@@ -268,10 +289,6 @@ fn fields(v: Value) -> HashMap<String, String> {
     items.chunks_exact(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect()
 }
 
-fn list_key(kind: TokenKind, workspace: Option<&str>) -> String {
-    key(&format!("list:{}:{}", kind.as_str(), workspace.unwrap_or("*")))
-}
-
 #[async_trait]
 impl TokenStore for RedisStore {
     fn grants(&self) -> Option<&dyn super::grants::GrantStore> {
@@ -289,12 +306,11 @@ impl TokenStore for RedisStore {
     async fn insert(&self, r: &TokenRecord, hash: &TokenHash) -> Result<(), StoreError> {
         let h = hex(hash);
         let mut inv = self.scripts.insert.prepare_invoke();
-        inv.key(key(&format!("token:{}", r.id)))
-            .key(key(&format!("hash:{h}")))
-            .key(key("tokens:seq"));
-        inv.key(list_key(r.kind, None));
+        let k = self.keys;
+        inv.key(k.token(&r.id)).key(k.hash(&h)).key(k.tokens_seq());
+        inv.key(k.list(r.kind, None));
         if let Some(ws) = &r.workspace {
-            inv.key(list_key(r.kind, Some(ws)));
+            inv.key(k.list(r.kind, Some(ws)));
         }
         inv.arg(&r.id);
         let mut field = |k: &str, v: Option<String>| {
@@ -328,19 +344,23 @@ impl TokenStore for RedisStore {
     }
 
     async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
-        let v: Value = self
-            .scripts
-            .find_by_hash
-            .key(key(&format!("hash:{}", hex(hash))))
-            .arg(key("token:"))
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
-        Ok(record_from_fields(&fields(v)))
+        // Two reads rather than a script that would build the record's key
+        // from the id it reads (which a Cluster forbids). Records are never
+        // deleted, so an id found in the index always has its record; the
+        // check of its hash guards against a damaged index all the same.
+        let h = hex(hash);
+        let mut conn = self.conn.clone();
+        let id: Option<String> = conn.get(self.keys.hash(&h)).await.map_err(unavailable)?;
+        let Some(id) = id else { return Ok(None) };
+        let f: HashMap<String, String> = conn.hgetall(self.keys.token(&id)).await.map_err(unavailable)?;
+        if f.get("hash") != Some(&h) {
+            return Ok(None);
+        }
+        Ok(record_from_fields(&f))
     }
 
     async fn get(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let f: HashMap<String, String> = self.conn.clone().hgetall(key(&format!("token:{id}"))).await.map_err(unavailable)?;
+        let f: HashMap<String, String> = self.conn.clone().hgetall(self.keys.token(id)).await.map_err(unavailable)?;
         Ok(record_from_fields(&f))
     }
 
@@ -354,7 +374,7 @@ impl TokenStore for RedisStore {
                 if !crate::token::is_valid_id(c) {
                     return Err(StoreError::InvalidCursor);
                 }
-                let f: HashMap<String, String> = self.conn.clone().hgetall(key(&format!("token:{c}"))).await.map_err(unavailable)?;
+                let f: HashMap<String, String> = self.conn.clone().hgetall(self.keys.token(c)).await.map_err(unavailable)?;
                 let rec = record_from_fields(&f).ok_or(StoreError::InvalidCursor)?;
                 if rec.kind != filter.kind || (filter.workspace.is_some() && rec.workspace.as_deref() != filter.workspace) {
                     return Err(StoreError::InvalidCursor);
@@ -363,46 +383,62 @@ impl TokenStore for RedisStore {
                 format!("({seq}")
             }
         };
-        let v: Value = self
-            .scripts
-            .list
-            .key(list_key(filter.kind, filter.workspace))
+        // The ids, then their records in one pipelined round trip (same
+        // slot on a Cluster); a record revoked in between shows revoked.
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("ZREVRANGEBYSCORE")
+            .arg(self.keys.list(filter.kind, filter.workspace))
             .arg(max)
+            .arg("-inf")
+            .arg("LIMIT")
+            .arg(0)
             .arg(page_size + 1)
-            .arg(key("token:"))
-            .invoke_async(&mut self.conn.clone())
+            .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let items: Vec<Value> = parse(v)?;
         let mut rows = Vec::new();
-        for pair in items.chunks_exact(2) {
-            let score: String = parse(pair[0].clone())?;
-            if let Some(rec) = record_from_fields(&fields(pair[1].clone())) {
-                rows.push((rec, score));
+        if !ids.is_empty() {
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.hgetall(self.keys.token(id));
             }
+            let records: Vec<Value> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+            rows.extend(records.into_iter().filter_map(|v| record_from_fields(&fields(v))));
         }
         let more = rows.len() > page_size;
         rows.truncate(page_size);
-        let next_cursor = if more { rows.last().map(|(r, _)| r.id.clone()) } else { None };
+        let next_cursor = if more { rows.last().map(|r| r.id.clone()) } else { None };
         Ok(Page {
-            tokens: rows.into_iter().map(|(r, _)| r).collect(),
+            tokens: rows,
             next_cursor,
         })
     }
 
     async fn revoke(&self, id: &str, at: i64) -> Result<Option<Revoked>, StoreError> {
-        let v: Value = self
-            .scripts
-            .revoke
-            .key(key(&format!("token:{id}")))
-            .key(key("revocations:seq"))
-            .key(key("revocations"))
+        // EVAL (not EVALSHA) in a pipeline with the WAIT, so that the WAIT
+        // runs on the very connection that wrote the revocation (it counts
+        // the replicas that acknowledged that connection's writes).
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(REVOKE)
+            .arg(3)
+            .arg(self.keys.token(id))
+            .arg(self.keys.revocations_seq())
+            .arg(self.keys.revocations())
             .arg(at)
             .arg(channel())
-            .arg(LOG_MAXLEN)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+            .arg(LOG_MAXLEN);
+        if self.wait_replicas > 0 {
+            pipe.cmd("WAIT").arg(self.wait_replicas).arg(self.timeout.as_millis() as u64);
+        }
+        let mut replies: Vec<Value> = pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        if self.wait_replicas > 0 {
+            let acked: i64 = parse(replies.pop().unwrap_or(Value::Nil))?;
+            if acked < i64::from(self.wait_replicas) {
+                return Err(not_replicated(acked, self.wait_replicas));
+            }
+        }
+        let v = replies.pop().unwrap_or(Value::Nil);
         let items: Vec<Value> = parse(v)?;
         let Ok([newly, record, receivers, seq]) = <[Value; 4]>::try_from(items) else {
             return Ok(None);
@@ -441,7 +477,7 @@ impl TokenStore for RedisStore {
         for chunk in batch.chunks(500) {
             let mut inv = self.scripts.last_used.prepare_invoke();
             for (id, _) in chunk {
-                inv.key(key(&format!("token:{id}")));
+                inv.key(self.keys.token(id));
             }
             for (_, ts) in chunk {
                 inv.arg(*ts);
@@ -452,7 +488,7 @@ impl TokenStore for RedisStore {
     }
 
     async fn revocation_seq(&self) -> Result<u64, StoreError> {
-        let v: Option<u64> = self.conn.clone().get(key("revocations:seq")).await.map_err(unavailable)?;
+        let v: Option<u64> = self.conn.clone().get(self.keys.revocations_seq()).await.map_err(unavailable)?;
         Ok(v.unwrap_or(0))
     }
 
@@ -460,8 +496,8 @@ impl TokenStore for RedisStore {
         let v: Vec<Value> = self
             .scripts
             .revocations_since
-            .key(key("revocations"))
-            .key(key("revocations:seq"))
+            .key(self.keys.revocations())
+            .key(self.keys.revocations_seq())
             .arg(after)
             .arg(limit)
             .invoke_async(&mut self.conn.clone())
@@ -503,17 +539,13 @@ impl TokenStore for RedisStore {
     /// token created afterwards on another instance is not in this
     /// instance's filter, and is still read (see `auth::miss_budget`).
     async fn all_hashes(&self) -> Result<Option<Vec<TokenHash>>, StoreError> {
-        let mut conn = self.conn.clone();
-        let opts = redis::ScanOptions::default().with_pattern(key("hash:*")).with_count(1000);
-        let mut keys: redis::AsyncIter<String> = conn.scan_options(opts).await.map_err(unavailable)?;
-        let prefix = key("hash:");
-        let mut out = Vec::new();
-        while let Some(k) = keys.next_item().await {
-            if let Some(h) = k.map_err(unavailable)?.strip_prefix(&prefix).and_then(unhex) {
-                out.push(h);
-            }
-        }
-        Ok(Some(out))
+        let prefix = self.keys.hash_prefix();
+        let keys = self
+            .conn
+            .scan(&format!("{prefix}*"), &self.keys.tokens_seq())
+            .await
+            .map_err(unavailable)?;
+        Ok(Some(keys.iter().filter_map(|k| k.strip_prefix(&prefix).and_then(unhex)).collect()))
     }
 
     fn audit(&self) -> Option<&dyn super::audit::AuditStore> {

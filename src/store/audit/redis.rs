@@ -1,10 +1,14 @@
 //! The audit trail in Redis: streams.
 //!
 //! - `portcullis:audit:all`: every event, for the global listing;
-//! - `portcullis:audit:ws:{slug}`: a workspace's events, a copy under the
+//! - `portcullis:audit:ws:<slug>`: a workspace's events, a copy under the
 //!   same stream id.
 //!
-//! One script appends a whole batch: `XADD *` on the global stream gives
+//! On a Redis Cluster both carry the hash tag `{a}` (`portcullis:{a}:audit:…`,
+//! `store::redis_keys`), since one script writes both.
+//!
+//! One script appends a whole batch, every stream it writes passed in
+//! `KEYS`: `XADD *` on the global stream gives
 //! the id (Redis's clock, unique across every instance sharing this
 //! Redis), and the workspace copy is added under that same id, which is
 //! always valid since the global stream's ids only grow. Both streams are
@@ -27,8 +31,6 @@ use super::{AuditEvent, AuditPage, AuditQuery, AuditStore, Retention};
 use crate::store::StoreError;
 use crate::store::redis::RedisStore;
 
-const ALL: &str = "portcullis:audit:all";
-const WS_PREFIX: &str = "portcullis:audit:ws:";
 /// Most events one page request reads before it answers.
 pub const SCAN_LIMIT: usize = 5_000;
 /// `at` is the instance's clock, stream ids Redis's: time bounds are
@@ -38,23 +40,20 @@ const CLOCK_SLACK_MS: i64 = 5 * 60 * 1000;
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+-- KEYS[1]: the global stream; KEYS[1 + j]: event j's workspace stream
+-- when ARGV[2j] is '1'. ARGV[1]: the cap; ARGV[2j + 1]: event j's JSON.
 local maxlen = tonumber(ARGV[1])
-local ids = {}
-for i = 3, #ARGV, 2 do
-  local ws, e = ARGV[i], ARGV[i + 1]
-  local id
+local function add(key, id, e)
   if maxlen > 0 then
-    id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'e', e)
-  else
-    id = redis.call('XADD', KEYS[1], '*', 'e', e)
+    return redis.call('XADD', key, 'MAXLEN', '~', maxlen, id, 'e', e)
   end
-  if ws ~= '' then
-    if maxlen > 0 then
-      redis.call('XADD', ARGV[2] .. ws, 'MAXLEN', '~', maxlen, id, 'e', e)
-    else
-      redis.call('XADD', ARGV[2] .. ws, id, 'e', e)
-    end
-  end
+  return redis.call('XADD', key, id, 'e', e)
+end
+local ids = {}
+for j = 1, (#ARGV - 1) / 2 do
+  local e = ARGV[2 * j + 1]
+  local id = add(KEYS[1], '*', e)
+  if ARGV[2 * j] == '1' then add(KEYS[1 + j], id, e) end
   ids[#ids + 1] = id
 end
 return ids
@@ -74,13 +73,20 @@ impl AuditStore for RedisStore {
         if events.is_empty() {
             return Ok(events);
         }
-        let mut inv = APPEND.key(ALL);
+        let all = self.keys.audit_all();
+        let mut inv = APPEND.key(&all);
         // Pruning applies `max_events` too; the cap here keeps a stream
         // bounded between prunes.
-        inv.arg(max_events).arg(WS_PREFIX);
+        inv.arg(max_events);
         for e in &events {
             let json = serde_json::to_string(e).map_err(|e| StoreError::Unavailable(format!("audit event: {e}")))?;
-            inv.arg(e.workspace.as_deref().unwrap_or("")).arg(json);
+            // An event of no workspace names the global stream again (the
+            // script does not write it twice): KEYS stay one per event.
+            match e.workspace.as_deref() {
+                Some(ws) => inv.key(self.keys.audit_workspace(ws)).arg("1"),
+                None => inv.key(&all).arg("0"),
+            };
+            inv.arg(json);
         }
         let mut conn = self.connection();
         let ids: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
@@ -92,8 +98,8 @@ impl AuditStore for RedisStore {
 
     async fn page(&self, q: &AuditQuery) -> Result<AuditPage, StoreError> {
         let key = match &q.workspace {
-            Some(ws) => format!("{WS_PREFIX}{ws}"),
-            None => ALL.to_owned(),
+            Some(ws) => self.keys.audit_workspace(ws),
+            None => self.keys.audit_all(),
         };
         let mut end = match (q.position()?, q.to) {
             (Some(pos), _) => {
@@ -154,7 +160,7 @@ impl AuditStore for RedisStore {
 
     async fn prune(&self, retention: Retention, workspaces: &[String]) -> Result<u64, StoreError> {
         let mut conn = self.connection();
-        let keys = std::iter::once(ALL.to_owned()).chain(workspaces.iter().map(|w| format!("{WS_PREFIX}{w}")));
+        let keys = std::iter::once(self.keys.audit_all()).chain(workspaces.iter().map(|w| self.keys.audit_workspace(w)));
         let mut deleted = 0u64;
         for key in keys {
             if let Some(before) = retention.before {

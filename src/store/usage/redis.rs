@@ -1,5 +1,7 @@
 //! Usage buckets in Redis: one hash per workspace and bucket,
-//! `portcullis:usage:{m|h}:{workspace}:{start}`, with three fields per key,
+//! `portcullis:usage:<m|h>:<workspace>:<start>` (on a Redis Cluster
+//! `portcullis:{u}:usage:…`: one flush is one MULTI over many buckets, which
+//! must share a slot; `store::redis_keys`), with three fields per key,
 //! `r`, `e` and `l` (requests, errors, rate limited) followed by the key as
 //! a JSON array `[token, member, server, tool]` (unambiguous whatever a
 //! member id holds). Every instance `HINCRBY`s the same fields, so
@@ -17,10 +19,6 @@ use crate::store::redis::RedisStore;
 const MAX_KEYS_PER_QUERY: i64 = 100_000;
 /// Commands per pipeline round trip.
 const CHUNK: usize = 500;
-
-fn bucket_key(kind: char, workspace: &str, start: i64) -> String {
-    format!("portcullis:usage:{kind}:{workspace}:{start}")
-}
 
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
@@ -43,7 +41,7 @@ impl UsageStore for RedisStore {
             let field = field_key(&i.key);
             for (kind, width, keep) in [('m', 60, retention.minute), ('h', 3600, retention.hour)] {
                 let start = i.minute.div_euclid(width) * width;
-                let key = bucket_key(kind, &i.key.workspace, start);
+                let key = self.keys.usage_bucket(kind, &i.key.workspace, start);
                 for (prefix, n) in [('r', i.counts.requests), ('e', i.counts.errors), ('l', i.counts.rate_limited)] {
                     if n > 0 {
                         pipe.hincr(&key, format!("{prefix}{field}"), n).ignore();
@@ -68,7 +66,7 @@ impl UsageStore for RedisStore {
         for chunk in starts.chunks(CHUNK) {
             let mut pipe = redis::pipe();
             for &s in chunk {
-                pipe.hgetall(bucket_key(kind, q.workspace, s));
+                pipe.hgetall(self.keys.usage_bucket(kind, q.workspace, s));
             }
             let hashes: Vec<HashMap<String, u64>> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
             for (&s, fields) in chunk.iter().zip(hashes) {
