@@ -67,6 +67,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// request runs the limiter to the end.
 const RPM: u32 = 10_000_000;
 const WORKSPACE: &str = "bench";
+/// The `last_used_at` flush loop runs, but not within a run: its cost is
+/// measured in a phase of its own (every instance flushes once), instead of
+/// landing at random in the other phases' windows.
+const LAST_USED_FLUSH_MS: u64 = 3_600_000;
+/// The default `server.last_used_flush_ms`, to turn one flush into a rate.
+const DEFAULT_FLUSH_S: f64 = 30.0;
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
@@ -249,6 +255,21 @@ impl Delta {
 
 // -------------------------------------------------------------- seeding ---
 
+const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A fast, seedable generator for what need not be secret (seeded tokens
+/// nobody presents, which token the load picks next).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
 /// A token the bench can present: its raw value and id.
 #[derive(Clone)]
 struct Known {
@@ -262,6 +283,7 @@ struct Known {
 async fn seed(c: &mut MultiplexedConnection, from: usize, upto: usize, keep: usize) -> Vec<Known> {
     const BATCH: usize = 5_000;
     let mut kept = Vec::new();
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d ^ from as u64);
     let now = now_unix().to_string();
     let mut at = from;
     let (all_list, ws_list) = (
@@ -275,9 +297,22 @@ async fn seed(c: &mut MultiplexedConnection, from: usize, upto: usize, keep: usi
         let end = (at + BATCH).min(upto);
         let mut p = redis::pipe();
         for seq in at + 1..=end {
-            let new = token::generate(TokenKind::Workspace);
-            let id = token::generate_id();
-            let hex: String = new.hash.iter().map(|b| format!("{b:02x}")).collect();
+            // Tokens the bench presents are real ones (`token::generate`);
+            // the others only need the store's shape, and random hashes and
+            // ids from a fast generator make seeding millions quick.
+            let (raw, hash, hint, id) = if kept.len() < keep {
+                let new = token::generate(TokenKind::Workspace);
+                (Some(new.raw), new.hash, new.hint, token::generate_id())
+            } else {
+                let mut hash = [0u8; 32];
+                for chunk in hash.chunks_mut(8) {
+                    chunk.copy_from_slice(&rng.next().to_le_bytes());
+                }
+                let id: String = (0..16).map(|_| BASE62[(rng.next() % 62) as usize] as char).collect();
+                let hint = format!("{}{}…", TokenKind::Workspace.prefix(), &id[..4]);
+                (None, hash, hint, format!("{}{id}", token::ID_PREFIX))
+            };
+            let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
             p.cmd("HSET")
                 .arg(format!("portcullis:token:{id}"))
                 .arg("seq")
@@ -291,7 +326,7 @@ async fn seed(c: &mut MultiplexedConnection, from: usize, upto: usize, keep: usi
                 .arg("kind")
                 .arg("workspace")
                 .arg("hint")
-                .arg(&new.hint)
+                .arg(&hint)
                 .arg("created_at")
                 .arg(&now)
                 .arg("created_by")
@@ -302,8 +337,8 @@ async fn seed(c: &mut MultiplexedConnection, from: usize, upto: usize, keep: usi
             p.cmd("SET").arg(format!("portcullis:hash:{hex}")).arg(&id).ignore();
             p.cmd("ZADD").arg(&all_list).arg(seq).arg(&id).ignore();
             p.cmd("ZADD").arg(&ws_list).arg(seq).arg(&id).ignore();
-            if kept.len() < keep {
-                kept.push(Known { raw: new.raw, id });
+            if let Some(raw) = raw {
+                kept.push(Known { raw, id });
             }
         }
         p.cmd("SET").arg("portcullis:tokens:seq").arg(end).ignore();
@@ -335,7 +370,7 @@ async fn seed(c: &mut MultiplexedConnection, from: usize, upto: usize, keep: usi
 
 fn config_text(url: &str) -> String {
     format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nlast_used_flush_ms = {LAST_USED_FLUSH_MS}\n\
          [store]\nbackend = \"redis\"\nurl = \"{url}\"\n\
          [limits]\nrequests_per_minute = {RPM}\nscope = \"cluster\"\n\
          [[workspaces]]\nslug = \"{WORKSPACE}\"\n[[workspaces.servers]]\nname = \"up\"\nurl = \"http://127.0.0.1:9/mcp\"\n"
@@ -436,20 +471,17 @@ async fn drive(fleet: &[Instance], active: &Arc<Vec<Known>>, rate: u32, dur: Dur
         let use_cluster = cluster;
         let local_limiter = if cluster { None } else { Some(Arc::new(Limiter::new())) };
         tasks.push(tokio::spawn(async move {
-            let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (n as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            let mut rng = XorShift(0x9e37_79b9_7f4a_7c15u64 ^ (n as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9));
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // Instances start out of phase, as independent clients would.
-            tokio::time::sleep(Duration::from_micros(rng % 50_000)).await;
+            tokio::time::sleep(Duration::from_micros(rng.next() % 50_000)).await;
             let ip = std::net::IpAddr::from([10, 0, (n / 250) as u8, (n % 250) as u8]);
             let end = Instant::now() + dur;
             let mut lat = Vec::new();
             while Instant::now() < end {
                 tick.tick().await;
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let t = &active[(rng % active.len() as u64) as usize];
+                let t = &active[(rng.next() % active.len() as u64) as usize];
                 let t0 = Instant::now();
                 let ok = match state.verifier.verify_from(&t.raw, now_unix(), Some(ip)).await {
                     Ok(entry) => {
@@ -597,6 +629,7 @@ fn main() {
 }
 
 struct Row {
+    flush: String,
     startup: String,
     idle: String,
     loads: Vec<String>,
@@ -739,6 +772,29 @@ async fn run(o: Opts) -> Vec<String> {
             details.push(format!("n={n} {} load commands: {}", if cluster { "cluster" } else { "instance" }, d.breakdown()));
         }
 
+        // --- the last_used_at flush every instance runs (default every 30 s):
+        // each writes the tokens it served since its last flush.
+        let a = snap(&mut rc).await;
+        let mut flushed = 0;
+        for inst in &fleet {
+            match inst.state.verifier.flush_last_used().await {
+                Ok(k) => flushed += k,
+                Err(e) => failures.push(format!("n={n}: last_used flush failed: {e}")),
+            }
+        }
+        let b = snap(&mut rc).await;
+        let d = Delta::new(&a, &b);
+        let flush = format!(
+            "| {n} | {:.0} | {:.1} | {:.0} | {:.2} | {:.0} | {:.2} |",
+            flushed as f64 / n as f64,
+            d.scripts() as f64 / n as f64,
+            d.total() as f64 / n as f64,
+            d.cpu_s * 1000.0 / n as f64,
+            d.total() as f64 / DEFAULT_FLUSH_S,
+            d.cpu_s / DEFAULT_FLUSH_S * 100.0,
+        );
+        details.push(format!("n={n} last_used flush commands: {}", d.breakdown()));
+
         // --- revocations by instance 0
         let mine: Vec<Known> = victims.by_ref().take(o.revokes).collect();
         for inst in &fleet {
@@ -797,6 +853,7 @@ async fn run(o: Opts) -> Vec<String> {
         details.push(format!("n={n} revocation commands: {}", d.breakdown()));
         eprintln!("n={n} done");
         rows.push(Row {
+            flush,
             startup,
             idle: idle_row,
             loads,
@@ -825,6 +882,12 @@ async fn run(o: Opts) -> Vec<String> {
             println!("{l}");
         }
     }
+    println!("\n### `last_used_at` flush: every instance once, after the load\n");
+    println!("| instances | tokens flushed/instance | scripts/instance | Redis commands/instance | Redis CPU ms/instance | fleet commands/s at the default 30 s | fleet Redis CPU % at 30 s |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!("{}", r.flush);
+    }
     println!("\n### Revocation by instance 0 (the call waits for every instance's acknowledgement)\n");
     println!("| instances | channel subscribers | revoke p50 ms | revoke p99 ms | revoke max ms | PUBLISH/revocation | pub/sub deliveries/revocation | bytes sent by Redis/revocation | Redis commands/revocation | Redis CPU ms/revocation |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -842,6 +905,8 @@ async fn run(o: Opts) -> Vec<String> {
         inst.shutdown.cancel();
     }
     drop(fleet);
+    // Let the loops see the cancellation before anything else happens.
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     // --- instances as processes of their own, at the fleet's store size
     if o.procs > 0 {
