@@ -9,7 +9,7 @@
 //! Redis store connection, `AppState` (token index and verifier, limiter,
 //! audit trail), and the loops `serve` runs (the revocation sync task:
 //! subscription, log poll and acknowledgements; the instance heartbeat; the
-//! `last_used_at` flush; the audit writer). Requests go through the verifier
+//! audit writer; the `last_used_at` flush runs as a phase of its own). Requests go through the verifier
 //! and the limiter, as the data plane calls them. At each count it prints:
 //!
 //! - Redis commands (all, as `INFO commandstats` counts them: the commands a
@@ -67,10 +67,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// request runs the limiter to the end.
 const RPM: u32 = 10_000_000;
 const WORKSPACE: &str = "bench";
-/// The `last_used_at` flush loop runs, but not within a run: its cost is
-/// measured in a phase of its own (every instance flushes once), instead of
-/// landing at random in the other phases' windows.
-const LAST_USED_FLUSH_MS: u64 = 3_600_000;
 /// The default `server.last_used_flush_ms`, to turn one flush into a rate.
 const DEFAULT_FLUSH_S: f64 = 30.0;
 
@@ -370,7 +366,7 @@ async fn seed(c: &mut MultiplexedConnection, from: usize, upto: usize, keep: usi
 
 fn config_text(url: &str) -> String {
     format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nlast_used_flush_ms = {LAST_USED_FLUSH_MS}\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
          [store]\nbackend = \"redis\"\nurl = \"{url}\"\n\
          [limits]\nrequests_per_minute = {RPM}\nscope = \"cluster\"\n\
          [[workspaces]]\nslug = \"{WORKSPACE}\"\n[[workspaces.servers]]\nname = \"up\"\nurl = \"http://127.0.0.1:9/mcp\"\n"
@@ -410,17 +406,9 @@ async fn start_instance(url: &str) -> Instance {
             }
         }
     });
-    let (s, stop) = (Arc::clone(&state), shutdown.clone());
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(s.config.server.last_used_flush);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => { let _ = s.verifier.flush_last_used().await; }
-                _ = stop.cancelled() => return,
-            }
-        }
-    });
+    // No `last_used_at` flush loop: its cost is measured in a phase of its
+    // own (every instance flushes once), instead of landing at random in the
+    // other phases' windows.
     tokio::spawn(Arc::clone(&state.audit).run_writer(shutdown.clone()));
     // Ready: subscribed and caught up with the revocation log.
     let deadline = Instant::now() + Duration::from_secs(30);
