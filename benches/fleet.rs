@@ -157,7 +157,10 @@ impl RedisServer {
     async fn connect(&self) -> MultiplexedConnection {
         let client = redis::Client::open(self.url()).unwrap();
         for _ in 0..500 {
-            if let Ok(c) = client.get_multiplexed_async_connection().await {
+            // No response timeout: a seed pipeline of thousands of
+            // commands, or INFO under load, may take longer than the default.
+            let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+            if let Ok(c) = client.get_multiplexed_async_connection_with_config(&config).await {
                 return c;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

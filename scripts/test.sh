@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine (idempotent),
 # then runs all of it: formatting, lints, Rust unit and integration tests, a
-# short run of every fuzz target, smoke runs of the pre-auth, flood and soak
-# benchmarks, and
+# short run of every fuzz target, smoke runs of the pre-auth, flood, soak and
+# fleet benchmarks, and
 # the Python/Node tests with the official MCP SDKs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +35,8 @@ scripts/fuzz-smoke.sh
 echo "==> benchmark smokes on the debug build: pre-auth bounds and token flood (benches/scale.sh), soak (benches/soak.sh)"
 PROFILE=debug SMOKE=1 benches/scale.sh
 PROFILE=debug SMOKE=1 benches/soak.sh
+echo "==> fleet model smoke (benches/fleet.rs: 1 and 3 instances, tiny store; docs/scaling.md)"
+FLEET_SMOKE=1 cargo bench --quiet --profile dev --bench fleet
 
 echo "==> SDK tests (Python mcp client/server, TypeScript SDK, server-everything)"
 cargo build --quiet
