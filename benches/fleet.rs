@@ -286,7 +286,7 @@ async fn seed(c: &mut MultiplexedConnection, from: usize, upto: usize, keep: usi
     let now = now_unix().to_string();
     let mut at = from;
     let (all_list, ws_list) = (
-        format!("portcullis:list:workspace:*"),
+        "portcullis:list:workspace:*".to_string(),
         format!("portcullis:list:workspace:{WORKSPACE}"),
     );
     let t0 = Instant::now();
