@@ -29,6 +29,9 @@ cargo clippy --all-targets --quiet -- -D warnings
 echo "==> cargo test"
 cargo test --quiet
 
+echo "==> Redis failover tests (Cluster and Sentinel, docs/redis.md)"
+scripts/test-redis-ha.sh
+
 echo "==> fuzz smoke (AFL++ on the stable toolchain, a few seconds per target; docs/fuzzing.md)"
 scripts/fuzz-smoke.sh
 

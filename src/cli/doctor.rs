@@ -175,7 +175,9 @@ async fn redis_checks(url: &str, timeout: Duration, wait_replicas: u32) -> Vec<C
             let what = match target {
                 RedisTarget::Single(_) => "start Redis or fix store.url",
                 RedisTarget::Cluster(_) => "check that the listed Cluster nodes run and the cluster is up (`redis-cli --cluster check`)",
-                RedisTarget::Sentinel(_) => "check that the Sentinels run and monitor a master of the name in store.url (`SENTINEL get-master-addr-by-name`)",
+                RedisTarget::Sentinel(_) => {
+                    "check that the Sentinels run and monitor a master of the name in store.url (`SENTINEL get-master-addr-by-name`)"
+                }
             };
             return vec![check("store", Status::Fail, format!("Redis {endpoint} (`store.url`): {e}; {what}"))];
         }

@@ -101,7 +101,7 @@ pub struct StoreSpec {
     pub path: String,
     /// Redis URL (cluster mode): `redis://127.0.0.1:6379/0` (one primary),
     /// `redis+sentinel://s1:26379,s2:26379/mymaster` (Sentinel) or
-    /// `redis+cluster://n1:7000,n2:7001` (Redis Cluster); docs/multi-server.md.
+    /// `redis+cluster://n1:7000,n2:7001` (Redis Cluster); docs/redis.md.
     pub url: Option<String>,
     /// Every Redis command fails after this long (and the request fails closed).
     pub timeout_ms: u64,

@@ -357,8 +357,17 @@ impl StoreSpec {
                         "the redis backend needs `url`, e.g. \"redis://127.0.0.1:6379/0\"".into(),
                     )
                 })?;
-                if let Err(e) = crate::store::redis_url::parse(&url) {
-                    return Err(invalid("store.url", format!("`{}`: {e}", redact_url(&url))));
+                // The scheme only: the rest is checked where the store
+                // opens (`store::redis_url`; config may not import store).
+                const SCHEMES: [&str; 5] = ["redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://"];
+                if !SCHEMES.iter().any(|s| url.starts_with(s)) {
+                    return Err(invalid(
+                        "store.url",
+                        format!(
+                            "`{}` is not a redis://, rediss://, unix://, redis+sentinel:// or redis+cluster:// URL",
+                            redact_url(&url)
+                        ),
+                    ));
                 }
                 if self.timeout_ms == 0 {
                     return Err(invalid("store.timeout_ms", "must be greater than 0".into()));

@@ -34,7 +34,7 @@
 //! `everysec` may lose the last second), and survives the loss of the
 //! primary (failover) only if `store.wait_replicas` replicas had it before
 //! the revoke returned (`WAIT`, run with the revoke script on the same
-//! connection). See docs/multi-server.md.
+//! connection). See docs/redis.md.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -440,10 +440,7 @@ impl TokenStore for RedisStore {
         let more = rows.len() > page_size;
         rows.truncate(page_size);
         let next_cursor = if more { rows.last().map(|r| r.id.clone()) } else { None };
-        Ok(Page {
-            tokens: rows,
-            next_cursor,
-        })
+        Ok(Page { tokens: rows, next_cursor })
     }
 
     async fn revoke(&self, id: &str, at: i64) -> Result<Option<Revoked>, StoreError> {

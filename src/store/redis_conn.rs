@@ -7,7 +7,11 @@
 //! - Cluster: the crate's `cluster_async::ClusterConnection`, which follows
 //!   `MOVED` redirections and the promotion of a replica, and reads from
 //!   primaries only (replica reads are never enabled: a lagging replica
-//!   could resurrect a revoked token).
+//!   could resurrect a revoked token). It learns a new topology only from
+//!   `MOVED` answers and dropped connections, so a primary that hangs
+//!   (frozen, partitioned: connections open, no answers) would keep its
+//!   slots forever; [`ClusterLink`] therefore builds a fresh connection,
+//!   which reads the topology again, after a command times out.
 //! - Sentinel: [`SentinelConn`], a small reconnecting wrapper, because the
 //!   crate's `ConnectionManager` reconnects to the address it first had and
 //!   never asks Sentinel again. It asks the Sentinels for the primary, checks
@@ -41,20 +45,31 @@ pub enum RedisConn {
     Sentinel(SentinelConn),
 }
 
-/// A Cluster connection and what subscribing needs besides it.
+/// A Cluster connection, replaced by a fresh one after a timeout.
 #[derive(Clone)]
 pub struct ClusterLink {
-    pub(super) conn: ClusterConnection,
+    shared: Arc<ClusterShared>,
+}
+
+struct ClusterShared {
+    client: redis::cluster::ClusterClient,
+    conn: Mutex<ClusterConnection>,
+    /// Set while a replacement is being built (one at a time).
+    rebuilding: std::sync::atomic::AtomicBool,
+    timeout: Duration,
     /// `user:password@` of the seed URLs (or empty), for the subscriber's
     /// own connection to one node.
-    auth: Arc<str>,
+    auth: String,
+    /// Bumped at each replacement: subscriptions end with the connection
+    /// they were made next to, and are made again on the current primary.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             RedisConn::Single(c) => c.req_packed_command(cmd),
-            RedisConn::Cluster(c) => c.conn.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
             RedisConn::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
@@ -62,7 +77,7 @@ impl ConnectionLike for RedisConn {
     fn req_packed_commands<'a>(&'a mut self, pipeline: &'a redis::Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
         match self {
             RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            RedisConn::Cluster(c) => c.conn.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
             RedisConn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -70,7 +85,7 @@ impl ConnectionLike for RedisConn {
     fn get_db(&self) -> i64 {
         match self {
             RedisConn::Single(c) => c.get_db(),
-            RedisConn::Cluster(c) => c.conn.get_db(),
+            RedisConn::Cluster(_) => 0,
             RedisConn::Sentinel(c) => c.shared.target.db,
         }
     }
@@ -110,10 +125,17 @@ impl RedisConn {
                     .min_retry_wait(50)
                     .max_retry_wait(250)
                     .build()?;
-                let conn = tokio::time::timeout(timeout * 2, client.get_async_connection())
-                    .await
-                    .map_err(|_| io_error("timed out connecting to the cluster"))??;
-                Ok(RedisConn::Cluster(ClusterLink { conn, auth: auth.into() }))
+                let conn = within(timeout * 2, client.get_async_connection()).await?;
+                Ok(RedisConn::Cluster(ClusterLink {
+                    shared: Arc::new(ClusterShared {
+                        client,
+                        conn: Mutex::new(conn),
+                        rebuilding: false.into(),
+                        timeout,
+                        auth,
+                        changes: tokio::sync::watch::channel(0).0,
+                    }),
+                }))
             }
             RedisTarget::Sentinel(t) => Ok(RedisConn::Sentinel(SentinelConn::connect(t, timeout).await?)),
         }
@@ -129,25 +151,24 @@ impl RedisConn {
         match self {
             RedisConn::Single(_) => Err(io_error("a single-primary store subscribes through its own client")),
             RedisConn::Cluster(link) => {
+                let mut changes = link.shared.changes.subscribe();
+                let generation = *changes.borrow_and_update();
                 let (host, port) = link.primary_of(slot_key).await?;
-                let client = redis::Client::open(format!("redis://{}{}:{port}", link.auth, bracket(&host)))?;
+                let client = redis::Client::open(format!("redis://{}{}:{port}", link.shared.auth, bracket(&host)))?;
                 let mut pubsub = within(timeout, client.get_async_pubsub()).await?;
                 within(timeout, pubsub.subscribe(channel)).await?;
-                Ok(Box::pin(pubsub.into_on_message()))
+                Ok(Box::pin(
+                    pubsub.into_on_message().take_until(Box::pin(changed(changes, generation))),
+                ))
             }
             RedisConn::Sentinel(s) => {
                 let (generation, client) = s.shared.primary_client().await?;
                 let mut pubsub = within(timeout, client.get_async_pubsub()).await?;
                 within(timeout, pubsub.subscribe(channel)).await?;
-                let mut changes = s.shared.changes.subscribe();
-                let replaced = async move {
-                    while *changes.borrow_and_update() == generation {
-                        if changes.changed().await.is_err() {
-                            return;
-                        }
-                    }
-                };
-                Ok(Box::pin(pubsub.into_on_message().take_until(Box::pin(replaced))))
+                let changes = s.shared.changes.subscribe();
+                Ok(Box::pin(
+                    pubsub.into_on_message().take_until(Box::pin(changed(changes, generation))),
+                ))
             }
         }
     }
@@ -169,7 +190,7 @@ impl RedisConn {
             let v = match (&mut conn, route) {
                 (RedisConn::Cluster(link), Some(slot)) => {
                     let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)));
-                    link.conn.route_command(cmd, to).await?
+                    link.route(cmd, to).await?
                 }
                 _ => cmd.query_async(&mut conn).await?,
             };
@@ -190,7 +211,7 @@ impl RedisConn {
             RedisConn::Cluster(link) => {
                 let slot = link.slot_of(key).await?;
                 let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)));
-                link.conn.clone().route_command(cmd.clone(), to).await
+                link.route(cmd.clone(), to).await
             }
             _ => cmd.query_async(&mut self.clone()).await,
         }
@@ -206,12 +227,69 @@ impl RedisConn {
     }
 }
 
+/// Resolves once the watched generation is no longer `generation`.
+async fn changed(mut changes: tokio::sync::watch::Receiver<u64>, generation: u64) {
+    while *changes.borrow_and_update() == generation {
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 impl ClusterLink {
+    fn current(&self) -> ClusterConnection {
+        self.shared.conn.lock().expect("not poisoned").clone()
+    }
+
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let r = self.current().req_packed_command(cmd).await;
+            self.check(&r);
+            r
+        })
+    }
+
+    fn req_packed_commands<'a>(&'a mut self, pipeline: &'a redis::Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let r = self.current().req_packed_commands(pipeline, offset, count).await;
+            self.check(&r);
+            r
+        })
+    }
+
+    async fn route(&self, cmd: Cmd, to: RoutingInfo) -> RedisResult<Value> {
+        let r = self.current().route_command(cmd, to).await;
+        self.check(&r);
+        r
+    }
+
+    /// After a timeout, builds a fresh connection in the background (the
+    /// crate re-reads the topology only on `MOVED` or a dropped connection,
+    /// neither of which a hung primary produces) and swaps it in.
+    fn check<T>(&self, r: &RedisResult<T>) {
+        let Err(e) = r else { return };
+        if !(e.is_timeout() || e.is_io_error()) || self.shared.rebuilding.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            match within(shared.timeout * 2, shared.client.get_async_connection()).await {
+                Ok(conn) => {
+                    *shared.conn.lock().expect("not poisoned") = conn;
+                    shared.changes.send_modify(|g| *g += 1);
+                    tracing::info!("reconnected to the Redis Cluster after a timeout (topology read again)");
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot reconnect to the Redis Cluster; will retry on the next failure"),
+            }
+            // At most one rebuild per half second, however many commands fail.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            shared.rebuilding.store(false, Ordering::Release);
+        });
+    }
+
     async fn slot_of(&self, key: &str) -> RedisResult<u16> {
         let v = self
-            .conn
-            .clone()
-            .route_command(
+            .route(
                 redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).clone(),
                 RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
             )
@@ -223,9 +301,7 @@ impl ClusterLink {
     async fn primary_of(&self, key: &str) -> RedisResult<(String, u16)> {
         let slot = self.slot_of(key).await?;
         let v = self
-            .conn
-            .clone()
-            .route_command(
+            .route(
                 redis::cmd("CLUSTER").arg("SLOTS").clone(),
                 RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
             )
@@ -400,7 +476,11 @@ impl SentinelShared {
 
 async fn is_primary(conn: &mut MultiplexedConnection) -> RedisResult<bool> {
     let role: Vec<Value> = redis::cmd("ROLE").query_async(conn).await?;
-    let first: String = role.first().map(|v| redis::from_redis_value(v.clone())).transpose()?.unwrap_or_default();
+    let first: String = role
+        .first()
+        .map(|v| redis::from_redis_value(v.clone()))
+        .transpose()?
+        .unwrap_or_default();
     Ok(first == "master")
 }
 

@@ -23,7 +23,7 @@
 //!   buckets) keep their plain names and spread over the cluster.
 //!
 //! Data does not move between layouts by itself: a single-primary store
-//! cannot be pointed at a Cluster with its tokens (docs/multi-server.md).
+//! cannot be pointed at a Cluster with its tokens (docs/redis.md).
 
 use crate::token::TokenKind;
 
@@ -171,7 +171,12 @@ mod tests {
             t.revocations_seq(),
             t.revocation_acks(),
         ]);
-        let grants = same(&[t.grant("g"), t.grant_tokens("g"), t.grants_of_member("m"), t.grants_of_workspace("w")]);
+        let grants = same(&[
+            t.grant("g"),
+            t.grant_tokens("g"),
+            t.grants_of_member("m"),
+            t.grants_of_workspace("w"),
+        ]);
         let members = same(&[t.member("acme", "m"), t.member_email("acme", "a{x}@b"), t.members("acme")]);
         let audit = same(&[t.audit_all(), t.audit_workspace("w")]);
         let usage = same(&[t.usage_bucket('m', "w1", 0), t.usage_bucket('h', "w2", 3600)]);

@@ -1,4 +1,4 @@
-//! The three Redis deployments `store.url` names (docs/multi-server.md):
+//! The three Redis deployments `store.url` names (docs/redis.md):
 //!
 //! - `redis://[user:password@]host:port[/db]` (also `rediss://`, `unix://`):
 //!   one primary, as the `redis` crate parses it;
@@ -173,7 +173,10 @@ mod tests {
     #[test]
     fn single_urls_pass_through() {
         assert_eq!(parse("redis://h:1/2").unwrap(), RedisTarget::Single("redis://h:1/2".into()));
-        assert_eq!(parse("unix:///tmp/r.sock").unwrap(), RedisTarget::Single("unix:///tmp/r.sock".into()));
+        assert_eq!(
+            parse("unix:///tmp/r.sock").unwrap(),
+            RedisTarget::Single("unix:///tmp/r.sock".into())
+        );
         assert!(parse("http://h").is_err());
     }
 
