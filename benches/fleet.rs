@@ -141,7 +141,16 @@ impl RedisServer {
         // seed is not what is measured, and a gigabyte-sized AOF written
         // with fsync always would only slow it down.
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(dir.path())
             .stdout(std::process::Stdio::null())
@@ -640,9 +649,21 @@ async fn run(o: Opts) -> Vec<String> {
     let mut victims = kept[o.active..].iter().cloned();
     let mem_seeded = snap(&mut rc).await.used_memory;
     // The durability the deployment guide asks for, now that the seed is in.
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("appendfsync").arg(&o.aof).query_async(&mut rc).await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendfsync")
+        .arg(&o.aof)
+        .query_async(&mut rc)
+        .await
+        .unwrap();
     if o.aof != "no" {
-        let _: () = redis::cmd("CONFIG").arg("SET").arg("appendonly").arg("yes").query_async(&mut rc).await.unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("appendonly")
+            .arg("yes")
+            .query_async(&mut rc)
+            .await
+            .unwrap();
         // Turning AOF on rewrites the dataset once; wait for it.
         loop {
             let info: String = redis::cmd("INFO").arg("persistence").query_async(&mut rc).await.unwrap();
@@ -742,7 +763,11 @@ async fn run(o: Opts) -> Vec<String> {
             let d = Delta::new(&a, &b);
             let (ok, wrong) = (tally.ok.load(Ordering::Relaxed), tally.wrong.load(Ordering::Relaxed));
             if wrong > 0 {
-                failures.push(format!("n={n} {} scope: {wrong} of {} requests refused", if cluster { "cluster" } else { "instance" }, ok + wrong));
+                failures.push(format!(
+                    "n={n} {} scope: {wrong} of {} requests refused",
+                    if cluster { "cluster" } else { "instance" },
+                    ok + wrong
+                ));
             }
             let reqs = (ok + wrong).max(1) as f64;
             // Per request: what the load added over the background rate.
@@ -760,7 +785,11 @@ async fn run(o: Opts) -> Vec<String> {
                 ms(percentile(&lat, 0.5)),
                 ms(percentile(&lat, 0.99)),
             ));
-            details.push(format!("n={n} {} load commands: {}", if cluster { "cluster" } else { "instance" }, d.breakdown()));
+            details.push(format!(
+                "n={n} {} load commands: {}",
+                if cluster { "cluster" } else { "instance" },
+                d.breakdown()
+            ));
         }
 
         // --- the last_used_at flush every instance runs (default every 30 s):
@@ -823,7 +852,9 @@ async fn run(o: Opts) -> Vec<String> {
         }
         let b = snap(&mut rc).await;
         if served_after > 0 {
-            failures.push(format!("n={n}: {served_after} checks found a revoked token not refused after the revoke call returned"));
+            failures.push(format!(
+                "n={n}: {served_after} checks found a revoked token not refused after the revoke call returned"
+            ));
         }
         let d = Delta::new(&a, &b);
         let k = mine.len().max(1) as f64;
@@ -854,7 +885,10 @@ async fn run(o: Opts) -> Vec<String> {
     }
 
     println!("### Cold start of the instances added at each count (store of {seeded} tokens)\n");
-    println!("| instances | added | ready p50 ms | ready max ms | Redis commands/instance | of which SCAN | MiB sent by Redis/instance | Redis commands to warm {} tokens/instance | RSS added MiB/instance |", o.active);
+    println!(
+        "| instances | added | ready p50 ms | ready max ms | Redis commands/instance | of which SCAN | MiB sent by Redis/instance | Redis commands to warm {} tokens/instance | RSS added MiB/instance |",
+        o.active
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!("{}", r.startup);
@@ -866,7 +900,9 @@ async fn run(o: Opts) -> Vec<String> {
         println!("{}", r.idle);
     }
     println!("\n### Under load: {} requests/s per instance (verify + limiter)\n", o.rate);
-    println!("| instances | limit scope | requests/s | Redis commands/s | scripts/s | commands/request | scripts/request | Redis CPU µs/request | Redis CPU % | request p50 ms | request p99 ms |");
+    println!(
+        "| instances | limit scope | requests/s | Redis commands/s | scripts/s | commands/request | scripts/request | Redis CPU µs/request | Redis CPU % | request p50 ms | request p99 ms |"
+    );
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         for l in &r.loads {
@@ -874,13 +910,17 @@ async fn run(o: Opts) -> Vec<String> {
         }
     }
     println!("\n### `last_used_at` flush: every instance once, after the load\n");
-    println!("| instances | tokens flushed/instance | scripts/instance | Redis commands/instance | Redis CPU ms/instance | fleet commands/s at the default 30 s | fleet Redis CPU % at 30 s |");
+    println!(
+        "| instances | tokens flushed/instance | scripts/instance | Redis commands/instance | Redis CPU ms/instance | fleet commands/s at the default 30 s | fleet Redis CPU % at 30 s |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!("{}", r.flush);
     }
     println!("\n### Revocation by instance 0 (the call waits for every instance's acknowledgement)\n");
-    println!("| instances | channel subscribers | revoke p50 ms | revoke p99 ms | revoke max ms | PUBLISH/revocation | pub/sub deliveries/revocation | bytes sent by Redis/revocation | Redis commands/revocation | Redis CPU ms/revocation |");
+    println!(
+        "| instances | channel subscribers | revoke p50 ms | revoke p99 ms | revoke max ms | PUBLISH/revocation | pub/sub deliveries/revocation | bytes sent by Redis/revocation | Redis commands/revocation | Redis CPU ms/revocation |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!("{}", r.revoke);
@@ -901,7 +941,10 @@ async fn run(o: Opts) -> Vec<String> {
 
     // --- instances as processes of their own, at the fleet's store size
     if o.procs > 0 {
-        println!("### Instances as processes ({} at once, store of {seeded} tokens, {} tokens warmed each)\n", o.procs, o.active);
+        println!(
+            "### Instances as processes ({} at once, store of {seeded} tokens, {} tokens warmed each)\n",
+            o.procs, o.active
+        );
         println!("| process | ready ms | RSS ready MiB | peak RSS at start MiB | first request µs | RSS after warming MiB |");
         println!("|---:|---:|---:|---:|---:|---:|");
         let runs = futures_util::future::join_all((0..o.procs).map(|_| run_child(&url, &active))).await;
@@ -929,11 +972,19 @@ async fn run(o: Opts) -> Vec<String> {
     // --- cold start at larger stores
     if !o.cold.is_empty() {
         println!("### Cold start of one instance (a process of its own) by store size\n");
-        println!("| tokens in store | Redis used_memory MiB | bytes/token | ready ms | Redis commands | of which SCAN | MiB sent by Redis | Redis CPU s | RSS ready MiB | peak RSS at start MiB | first request µs | commands for the first request |");
+        println!(
+            "| tokens in store | Redis used_memory MiB | bytes/token | ready ms | Redis commands | of which SCAN | MiB sent by Redis | Redis CPU s | RSS ready MiB | peak RSS at start MiB | first request µs | commands for the first request |"
+        );
         println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         // Starting an instance only reads: AOF off again, so that adding
         // millions of tokens does not write gigabytes of it.
-        let _: () = redis::cmd("CONFIG").arg("SET").arg("appendonly").arg("no").query_async(&mut rc).await.unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("appendonly")
+            .arg("no")
+            .query_async(&mut rc)
+            .await
+            .unwrap();
         let mut have = seeded;
         for &size in &o.cold {
             if size > have {

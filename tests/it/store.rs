@@ -294,7 +294,11 @@ async fn redis_announces_a_revocation_once_every_receiver_has_acknowledged_it() 
     store.acknowledge(1).await.unwrap();
     assert_eq!(left(&mut c).await, None, "the counter is gone with the last acknowledgement");
     for s in [&mut one, &mut two] {
-        assert_eq!(s.next().await, Some(Pushed::Applied { seq: 1 }), "announced after the last, and only then");
+        assert_eq!(
+            s.next().await,
+            Some(Pushed::Applied { seq: 1 }),
+            "announced after the last, and only then"
+        );
     }
     // A late acknowledgement does not bring the counter back.
     store.acknowledge(1).await.unwrap();
@@ -306,15 +310,30 @@ async fn redis_announces_a_revocation_once_every_receiver_has_acknowledged_it() 
     b.store.insert(&r2, &h2).await.unwrap();
     assert_eq!(b.store.revoke(&r2.id, 700).await.unwrap().unwrap().seq, 2);
     assert_eq!(
-        redis::cmd("HGET").arg("portcullis:revocations:acks").arg(2).query_async::<Option<i64>>(&mut c).await.unwrap(),
+        redis::cmd("HGET")
+            .arg("portcullis:revocations:acks")
+            .arg(2)
+            .query_async::<Option<i64>>(&mut c)
+            .await
+            .unwrap(),
         Some(2)
     );
-    let _: () = redis::cmd("SET").arg("portcullis:revocations:seq").arg(1025).query_async(&mut c).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("portcullis:revocations:seq")
+        .arg(1025)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let (r3, h3) = record("demo", "c");
     b.store.insert(&r3, &h3).await.unwrap();
     assert_eq!(b.store.revoke(&r3.id, 800).await.unwrap().unwrap().seq, 1026);
     assert_eq!(
-        redis::cmd("HGET").arg("portcullis:revocations:acks").arg(2).query_async::<Option<i64>>(&mut c).await.unwrap(),
+        redis::cmd("HGET")
+            .arg("portcullis:revocations:acks")
+            .arg(2)
+            .query_async::<Option<i64>>(&mut c)
+            .await
+            .unwrap(),
         None
     );
 }
