@@ -41,6 +41,8 @@
 //!   FLEET_ACTIVE=1000 (tokens the load uses)  FLEET_RATE=20 (req/s/instance)
 //!   FLEET_IDLE_SECS=3  FLEET_LOAD_SECS=5  FLEET_REVOKES=20  FLEET_PROCS=3
 //!   FLEET_AOF=always (appendfsync once seeded: always, everysec, no)
+//!   FLEET_REDIS=single (one primary) or cluster (a Redis Cluster of 3
+//!   primaries, `redis+cluster://`; Redis figures are summed over the nodes)
 //!   FLEET_SMOKE=1 (tiny sizes, for scripts/test.sh)  FLEET_LOG=warn
 
 use std::collections::BTreeMap;
@@ -55,6 +57,7 @@ use portcullis::auth::lifecycle;
 use portcullis::config::Config;
 use portcullis::limit::{Limiter, Limits};
 use portcullis::state::{AppState, open_store};
+use portcullis::store::redis_keys::Layout;
 use portcullis::telemetry::AuthFailureReason;
 use portcullis::token::{self, TokenKind, now_unix};
 use redis::aio::MultiplexedConnection;
@@ -96,6 +99,7 @@ struct Opts {
     revokes: usize,
     procs: usize,
     aof: String,
+    cluster: bool,
 }
 
 impl Opts {
@@ -114,6 +118,11 @@ impl Opts {
             revokes: env("FLEET_REVOKES", d("3", "20").parse().unwrap()),
             procs: env("FLEET_PROCS", d("1", "3").parse().unwrap()),
             aof: env("FLEET_AOF", "always".to_string()),
+            cluster: match env("FLEET_REDIS", "single".to_string()).as_str() {
+                "single" => false,
+                "cluster" => true,
+                other => panic!("FLEET_REDIS={other}: single or cluster"),
+            },
         }
     }
 }
@@ -121,27 +130,38 @@ impl Opts {
 // ---------------------------------------------------------------- Redis ---
 
 struct RedisServer {
-    child: std::process::Child,
-    port: u16,
+    children: Vec<std::process::Child>,
+    ports: Vec<u16>,
+    cluster: bool,
     _dir: tempfile::TempDir,
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
+/// Primaries of the Redis Cluster variant (`FLEET_REDIS=cluster`), no replicas.
+const CLUSTER_NODES: usize = 3;
+
 impl RedisServer {
-    fn start() -> RedisServer {
+    /// One primary, or a Redis Cluster of [`CLUSTER_NODES`] primaries.
+    async fn start(cluster: bool) -> RedisServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        // AOF off while seeding (`FLEET_AOF` turns it on afterwards): the
-        // seed is not what is measured, and a gigabyte-sized AOF written
-        // with fsync always would only slow it down.
-        let child = std::process::Command::new("redis-server")
-            .args([
+        let (mut children, mut ports) = (Vec::new(), Vec::new());
+        for i in 0..if cluster { CLUSTER_NODES } else { 1 } {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let d = dir.path().join(format!("n{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let mut cmd = std::process::Command::new("redis-server");
+            // AOF off while seeding (`FLEET_AOF` turns it on afterwards): the
+            // seed is not what is measured, and a gigabyte-sized AOF written
+            // with fsync always would only slow it down.
+            cmd.args([
                 "--port",
                 &port.to_string(),
                 "--bind",
@@ -150,21 +170,68 @@ impl RedisServer {
                 "",
                 "--appendonly",
                 "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian package redis-server)");
-        RedisServer { child, port, _dir: dir }
+            ]);
+            if cluster {
+                cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+            }
+            let child = cmd
+                .arg("--dir")
+                .arg(&d)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server (Debian package redis-server)");
+            children.push(child);
+            ports.push(port);
+        }
+        let server = RedisServer {
+            children,
+            ports,
+            cluster,
+            _dir: dir,
+        };
+        for i in 0..server.ports.len() {
+            server.connect(i).await;
+        }
+        if cluster {
+            let addrs: Vec<String> = server.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+            let out = std::process::Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(&addrs)
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .output()
+                .expect("redis-cli");
+            assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
+            for i in 0..server.ports.len() {
+                let mut c = server.connect(i).await;
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await.unwrap();
+                    if info.contains("cluster_state:ok") {
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "the Redis Cluster did not come up");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        server
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        if self.cluster {
+            format!("redis+cluster://127.0.0.1:{},127.0.0.1:{}", self.ports[0], self.ports[1])
+        } else {
+            format!("redis://127.0.0.1:{}/0", self.ports[0])
+        }
     }
 
-    async fn connect(&self) -> MultiplexedConnection {
-        let client = redis::Client::open(self.url()).unwrap();
+    fn layout(&self) -> Layout {
+        if self.cluster { Layout::Tagged } else { Layout::Plain }
+    }
+
+    /// A plain connection to node `i` (the bench reads every node's `INFO`).
+    async fn connect(&self, i: usize) -> MultiplexedConnection {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/0", self.ports[i])).unwrap();
         for _ in 0..500 {
             // No response timeout: a seed pipeline of thousands of
             // commands, or INFO under load, may take longer than the default.
@@ -175,6 +242,42 @@ impl RedisServer {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("redis-server did not start");
+    }
+
+    /// The node serving the token store (its one hash slot on a Cluster).
+    async fn store_node(&self, nodes: &mut [MultiplexedConnection]) -> usize {
+        if !self.cluster {
+            return 0;
+        }
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(self.layout().tokens_seq())
+            .query_async(&mut nodes[0])
+            .await
+            .unwrap();
+        let slots: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut nodes[0]).await.unwrap();
+        for r in slots {
+            // [first slot, last slot, [primary ip, port, id], replicas…]
+            let Ok(v) = redis::from_redis_value::<Vec<redis::Value>>(r) else {
+                continue;
+            };
+            let (Ok(lo), Ok(hi)) = (
+                redis::from_redis_value::<i64>(v[0].clone()),
+                redis::from_redis_value::<i64>(v[1].clone()),
+            ) else {
+                continue;
+            };
+            let Ok(primary) = redis::from_redis_value::<Vec<redis::Value>>(v[2].clone()) else {
+                continue;
+            };
+            let port: i64 = redis::from_redis_value(primary[1].clone()).unwrap_or(0);
+            if (lo..=hi).contains(&slot)
+                && let Some(i) = self.ports.iter().position(|&p| i64::from(p) == port)
+            {
+                return i;
+            }
+        }
+        panic!("no node serves the token store's slot");
     }
 }
 
@@ -189,13 +292,19 @@ struct Snap {
     used_memory: u64,
 }
 
-async fn snap(c: &mut MultiplexedConnection) -> Snap {
-    let info: String = redis::cmd("INFO").arg("all").query_async(c).await.expect("INFO");
+/// `INFO` of every node, summed.
+async fn snap(nodes: &mut [MultiplexedConnection]) -> Snap {
+    let mut all = String::new();
+    for c in nodes.iter_mut() {
+        let info: String = redis::cmd("INFO").arg("all").query_async(c).await.expect("INFO");
+        all.push_str(&info);
+    }
+    let info = all;
     let field = |name: &str| -> f64 {
         info.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+            .filter_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .sum()
     };
     let mut calls = BTreeMap::new();
     for l in info.lines() {
@@ -209,7 +318,7 @@ async fn snap(c: &mut MultiplexedConnection) -> Snap {
                 .find_map(|kv| kv.strip_prefix("calls="))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            calls.insert(name.to_string(), n);
+            *calls.entry(name.to_string()).or_insert(0) += n;
         }
     }
     Snap {
@@ -288,15 +397,15 @@ struct Known {
 /// Adds tokens to the store until it holds `upto`, with exactly the keys
 /// and fields `RedisStore::insert` writes (its INSERT script), pipelined.
 /// Returns the raw values of the first `keep` tokens added.
-async fn seed(c: &mut MultiplexedConnection, from: usize, upto: usize, keep: usize) -> Vec<Known> {
+async fn seed(c: &mut MultiplexedConnection, keys: Layout, from: usize, upto: usize, keep: usize) -> Vec<Known> {
     const BATCH: usize = 5_000;
     let mut kept = Vec::new();
     let mut rng = XorShift(0x2545_f491_4f6c_dd1d ^ from as u64);
     let now = now_unix().to_string();
     let mut at = from;
     let (all_list, ws_list) = (
-        "portcullis:list:workspace:*".to_string(),
-        format!("portcullis:list:workspace:{WORKSPACE}"),
+        keys.list(TokenKind::Workspace, None),
+        keys.list(TokenKind::Workspace, Some(WORKSPACE)),
     );
     let t0 = Instant::now();
     // Two pipelines in flight: one is built while the other is on the wire.
@@ -322,7 +431,7 @@ async fn seed(c: &mut MultiplexedConnection, from: usize, upto: usize, keep: usi
             };
             let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
             p.cmd("HSET")
-                .arg(format!("portcullis:token:{id}"))
+                .arg(keys.token(&id))
                 .arg("seq")
                 .arg(seq)
                 .arg("id")
@@ -342,14 +451,14 @@ async fn seed(c: &mut MultiplexedConnection, from: usize, upto: usize, keep: usi
                 .arg("hash")
                 .arg(&hex)
                 .ignore();
-            p.cmd("SET").arg(format!("portcullis:hash:{hex}")).arg(&id).ignore();
+            p.cmd("SET").arg(keys.hash(&hex)).arg(&id).ignore();
             p.cmd("ZADD").arg(&all_list).arg(seq).arg(&id).ignore();
             p.cmd("ZADD").arg(&ws_list).arg(seq).arg(&id).ignore();
             if let Some(raw) = raw {
                 kept.push(Known { raw, id });
             }
         }
-        p.cmd("SET").arg("portcullis:tokens:seq").arg(end).ignore();
+        p.cmd("SET").arg(keys.tokens_seq()).arg(end).ignore();
         if let Some(h) = pending.take() {
             h.await.unwrap();
         }
@@ -639,38 +748,47 @@ struct Row {
 
 async fn run(o: Opts) -> Vec<String> {
     let mut failures = Vec::new();
-    let redis = RedisServer::start();
-    let mut rc = redis.connect().await;
+    let redis = RedisServer::start(o.cluster).await;
+    let mut nodes = Vec::new();
+    for i in 0..redis.ports.len() {
+        nodes.push(redis.connect(i).await);
+    }
+    // The token store's node: the seed, and its channel's subscribers.
+    let store_node = redis.store_node(&mut nodes).await;
+    let mut rc = nodes[store_node].clone();
+    let keys = redis.layout();
     let url = redis.url();
     let victims_needed = o.revokes * o.counts.len();
-    let kept = seed(&mut rc, 0, o.tokens.max(o.active + victims_needed), o.active + victims_needed).await;
+    let kept = seed(&mut rc, keys, 0, o.tokens.max(o.active + victims_needed), o.active + victims_needed).await;
     let seeded = o.tokens.max(o.active + victims_needed);
     let active: Arc<Vec<Known>> = Arc::new(kept[..o.active].to_vec());
     let mut victims = kept[o.active..].iter().cloned();
-    let mem_seeded = snap(&mut rc).await.used_memory;
+    let mem_seeded = snap(&mut nodes).await.used_memory;
     // The durability the deployment guide asks for, now that the seed is in.
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("appendfsync")
-        .arg(&o.aof)
-        .query_async(&mut rc)
-        .await
-        .unwrap();
-    if o.aof != "no" {
+    for c in nodes.iter_mut() {
         let _: () = redis::cmd("CONFIG")
             .arg("SET")
-            .arg("appendonly")
-            .arg("yes")
-            .query_async(&mut rc)
+            .arg("appendfsync")
+            .arg(&o.aof)
+            .query_async(c)
             .await
             .unwrap();
-        // Turning AOF on rewrites the dataset once; wait for it.
-        loop {
-            let info: String = redis::cmd("INFO").arg("persistence").query_async(&mut rc).await.unwrap();
-            if info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0") {
-                break;
+        if o.aof != "no" {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("appendonly")
+                .arg("yes")
+                .query_async(c)
+                .await
+                .unwrap();
+            // Turning AOF on rewrites the dataset once; wait for it.
+            loop {
+                let info: String = redis::cmd("INFO").arg("persistence").query_async(c).await.unwrap();
+                if info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     // A stored token must read back through the real store: the seed's
@@ -683,7 +801,10 @@ async fn run(o: Opts) -> Vec<String> {
         }
         probe.shutdown.cancel();
     }
-    println!("## Fleet model: instances against one Redis\n");
+    println!(
+        "## Fleet model: instances against {}\n",
+        if o.cluster { "a Redis Cluster of 3 primaries" } else { "one Redis" }
+    );
     println!(
         "Store: {seeded} tokens ({:.0} MiB in Redis, {:.0} bytes/token); {} active tokens used by the load; \
          {} requests/s per instance for {:.0} s; {} revocations per count; appendfsync {}.\n",
@@ -702,14 +823,14 @@ async fn run(o: Opts) -> Vec<String> {
         // --- grow the fleet to n: cold start of the new instances
         let adding = n.saturating_sub(fleet.len());
         let (rss0, _) = rss_kb("self");
-        let s0 = snap(&mut rc).await;
+        let s0 = snap(&mut nodes).await;
         let mut ready = Vec::new();
         for _ in 0..adding {
             let t = Instant::now();
             fleet.push(start_instance(&url).await);
             ready.push(t.elapsed());
         }
-        let s1 = snap(&mut rc).await;
+        let s1 = snap(&mut nodes).await;
         // Each new instance reads the active tokens into its index once
         // (the first use of a token on an instance is a store read).
         let warm_from = fleet.len() - adding;
@@ -720,7 +841,7 @@ async fn run(o: Opts) -> Vec<String> {
                 }
             }
         }
-        let s2 = snap(&mut rc).await;
+        let s2 = snap(&mut nodes).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (rss1, _) = rss_kb("self");
         let cold = Delta::new(&s0, &s1);
@@ -740,9 +861,9 @@ async fn run(o: Opts) -> Vec<String> {
         let mut details = vec![format!("n={n} startup commands: {}", cold.breakdown())];
 
         // --- background: no requests
-        let a = snap(&mut rc).await;
+        let a = snap(&mut nodes).await;
         tokio::time::sleep(o.idle).await;
-        let b = snap(&mut rc).await;
+        let b = snap(&mut nodes).await;
         let idle = Delta::new(&a, &b);
         let idle_row = format!(
             "| {n} | {:.0} | {:.1} | {:.1} | {:.2} |",
@@ -757,9 +878,9 @@ async fn run(o: Opts) -> Vec<String> {
         let mut loads = Vec::new();
         for cluster in [false, true] {
             let tally = Arc::new(Tally::default());
-            let a = snap(&mut rc).await;
+            let a = snap(&mut nodes).await;
             let lat = drive(&fleet, &active, o.rate, o.load, cluster, &tally).await;
-            let b = snap(&mut rc).await;
+            let b = snap(&mut nodes).await;
             let d = Delta::new(&a, &b);
             let (ok, wrong) = (tally.ok.load(Ordering::Relaxed), tally.wrong.load(Ordering::Relaxed));
             if wrong > 0 {
@@ -794,7 +915,7 @@ async fn run(o: Opts) -> Vec<String> {
 
         // --- the last_used_at flush every instance runs (default every 30 s):
         // each writes the tokens it served since its last flush.
-        let a = snap(&mut rc).await;
+        let a = snap(&mut nodes).await;
         let mut flushed = 0;
         for inst in &fleet {
             match inst.state.verifier.flush_last_used().await {
@@ -802,7 +923,7 @@ async fn run(o: Opts) -> Vec<String> {
                 Err(e) => failures.push(format!("n={n}: last_used flush failed: {e}")),
             }
         }
-        let b = snap(&mut rc).await;
+        let b = snap(&mut nodes).await;
         let d = Delta::new(&a, &b);
         let flush = format!(
             "| {n} | {:.0} | {:.1} | {:.0} | {:.2} | {:.0} | {:.2} |",
@@ -833,7 +954,7 @@ async fn run(o: Opts) -> Vec<String> {
         let subscribers: u64 = redis::from_redis_value(numsub[1].clone()).unwrap_or(0);
         let mut lat = Vec::new();
         let mut served_after = 0;
-        let a = snap(&mut rc).await;
+        let a = snap(&mut nodes).await;
         for v in &mine {
             let t = Instant::now();
             let r = lifecycle::revoke(Some(&fleet[0].state.verifier), &fleet[0].state.store, &v.id, now_unix()).await;
@@ -850,7 +971,7 @@ async fn run(o: Opts) -> Vec<String> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let b = snap(&mut rc).await;
+        let b = snap(&mut nodes).await;
         if served_after > 0 {
             failures.push(format!(
                 "n={n}: {served_after} checks found a revoked token not refused after the revoke call returned"
@@ -978,26 +1099,28 @@ async fn run(o: Opts) -> Vec<String> {
         println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         // Starting an instance only reads: AOF off again, so that adding
         // millions of tokens does not write gigabytes of it.
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("appendonly")
-            .arg("no")
-            .query_async(&mut rc)
-            .await
-            .unwrap();
+        for c in nodes.iter_mut() {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("appendonly")
+                .arg("no")
+                .query_async(c)
+                .await
+                .unwrap();
+        }
         let mut have = seeded;
         for &size in &o.cold {
             if size > have {
-                seed(&mut rc, have, size, 0).await;
+                seed(&mut rc, keys, have, size, 0).await;
                 have = size;
             }
-            let mem = snap(&mut rc).await.used_memory;
+            let mem = snap(&mut nodes).await.used_memory;
             // Started alone, then one stored token: ops counted in two steps.
-            let a = snap(&mut rc).await;
+            let a = snap(&mut nodes).await;
             let r = run_child(&url, &[]).await;
-            let b = snap(&mut rc).await;
+            let b = snap(&mut nodes).await;
             let r2 = run_child(&url, &active[..1]).await;
-            let c = snap(&mut rc).await;
+            let c = snap(&mut nodes).await;
             match (r, r2) {
                 (Ok(r), Ok(r2)) => {
                     let d = Delta::new(&a, &b);
