@@ -59,16 +59,7 @@ db=$WORK/soak.db
 "$SEED" "$db" 1 tight "$db.tight" 2>/dev/null
 gateway_config "$WORK/gw.toml" "$PC_PORT" "$PC_ADMIN" "$db" "$UP_URL"
 sed -i -e 's/^slug = "bench"/slug = "soak"/' -e 's/^requests_per_minute = 120/requests_per_minute = 4000000000/' "$WORK/gw.toml"
-cat >>"$WORK/gw.toml" <<EOF
-
-[[workspaces]]
-slug = "tight"
-requests_per_minute = 1
-
-[[workspaces.servers]]
-name = "demo"
-url = "$UP_URL"
-EOF
+add_tight_workspace "$WORK/gw.toml" "$UP_URL"
 PORTCULLIS_LOG=warn "$BIN" serve --config "$WORK/gw.toml" 2>"$WORK/gateway.log" &
 GW=$!
 PIDS+=("$GW")

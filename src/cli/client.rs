@@ -122,3 +122,12 @@ fn root_cause(e: &dyn std::error::Error) -> String {
     }
     cur.to_string()
 }
+
+/// One segment of an admin API path (a workspace slug, a token or member
+/// id), refused when it would change the path.
+pub(super) fn seg(s: &str) -> Result<&str, CliError> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(CliError::usage(format!("`{s}` is not a valid workspace slug or id")));
+    }
+    Ok(s)
+}

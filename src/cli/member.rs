@@ -5,8 +5,8 @@ use clap::Subcommand;
 use http::Method;
 use serde_json::json;
 
-use super::client::ApiClient;
-use super::{AdminApiArgs, CliError, CliResult, output};
+use super::client::{ApiClient, seg};
+use super::{AdminApiArgs, CliResult, output};
 
 #[derive(Subcommand)]
 pub enum MemberCommand {
@@ -59,13 +59,6 @@ pub enum MemberCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-fn seg(s: &str) -> Result<&str, CliError> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return Err(CliError::usage(format!("`{s}` is not a valid workspace slug or member id")));
-    }
-    Ok(s)
 }
 
 pub async fn run(api: &AdminApiArgs, cmd: MemberCommand) -> CliResult {

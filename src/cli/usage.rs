@@ -32,7 +32,7 @@ pub async fn run(client: &ApiClient, args: UsageArgs) -> CliResult {
     if args.since == 0 {
         return Err(CliError::usage("--since must be longer than 0 s, e.g. 24h"));
     }
-    let ws = super::workspace::seg(&args.workspace)?;
+    let ws = super::client::seg(&args.workspace)?;
     let now = crate::token::now_unix();
     let from = crate::token::format_rfc3339(now.saturating_sub(args.since as i64));
     // Minute buckets follow `--since` exactly; hour buckets start on the hour.

@@ -4,8 +4,8 @@ use clap::{ArgGroup, Subcommand};
 use http::Method;
 use serde_json::{Value, json};
 
-use super::client::ApiClient;
-use super::{AdminApiArgs, CliError, CliResult, output};
+use super::client::{ApiClient, seg};
+use super::{AdminApiArgs, CliResult, output};
 
 #[derive(Subcommand)]
 pub enum WorkspaceCommand {
@@ -130,14 +130,6 @@ pub async fn run(api: &AdminApiArgs, cmd: WorkspaceCommand) -> CliResult {
         WorkspaceCommand::Usage(args) => super::usage::run(&client, args).await?,
     }
     Ok(())
-}
-
-pub(super) fn seg(s: &str) -> Result<&str, CliError> {
-    // Path segments are slugs and ids; refuse anything that would change the path.
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return Err(CliError::usage(format!("`{s}` is not a valid workspace slug or token id")));
-    }
-    Ok(s)
 }
 
 async fn token(client: &ApiClient, cmd: TokenCommand) -> CliResult {

@@ -79,7 +79,7 @@ pub async fn get(s: &Server, req: &Req<'_>) -> Response<Body> {
             let here = format!("/oauth/authorize?{}", req.query);
             let mut resp = page(
                 StatusCode::UNAUTHORIZED,
-                sign_in_page(&client, &ws.slug, &here, other.is_some()),
+                sign_in_page(&client, &ws.slug, &here, other.is_some(), s.state.config.oidc.is_some()),
                 &redirect_uri,
             );
             if let Some(c) = member::next_cookie(&s.state, req.headers, &here) {
@@ -270,8 +270,10 @@ fn page(status: StatusCode, markup: Markup, redirect_uri: &str) -> Response<Body
 }
 
 /// Not signed in (or signed in to another workspace): how to sign in, and
-/// a link back here for when it is done.
-fn sign_in_page(client: &Client, ws: &str, here: &str, other_workspace: bool) -> Markup {
+/// a link back here for when it is done. With single sign-on configured,
+/// its link comes first: the `portcullis_next` cookie set with this page
+/// brings the person back here from the provider too (`web::oidc`).
+fn sign_in_page(client: &Client, ws: &str, here: &str, other_workspace: bool, sso: bool) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -291,10 +293,18 @@ fn sign_in_page(client: &Client, ws: &str, here: &str, other_workspace: bool) ->
                     @if other_workspace {
                         p { "You are signed in to another workspace. Sign in as a member of this one." }
                     }
-                    p {
-                        "Open the sign-in link your workspace's owner sent you (in this browser, within ten minutes): "
-                        "you will come back here to allow or deny. No link? Ask an owner for one ("
-                        code { "portcullis member invite" } ")."
+                    @if sso {
+                        p {
+                            a href=(crate::web::oidc::SIGNIN_PATH) data-testid="signin-sso" { "Sign in with single sign-on" }
+                            " (you will come back here to allow or deny)."
+                        }
+                        p { "Or open a sign-in link your workspace's owner sent you, in this browser, within ten minutes." }
+                    } @else {
+                        p {
+                            "Open the sign-in link your workspace's owner sent you (in this browser, within ten minutes): "
+                            "you will come back here to allow or deny. No link? Ask an owner for one ("
+                            code { "portcullis member invite" } ")."
+                        }
                     }
                     p { a href=(here) data-testid="consent-retry" { "I have signed in: continue" } }
                 }

@@ -353,7 +353,14 @@ struct SentinelShared {
     generation: AtomicU64,
     /// The generation of the connection in use (0: none), for subscribers.
     changes: tokio::sync::watch::Sender<u64>,
+    /// When resolving last failed: callers queued behind a failed attempt
+    /// fail at once instead of each waiting out another one (under load,
+    /// a failover would otherwise build a queue of waits).
+    failed_at: Mutex<Option<std::time::Instant>>,
 }
+
+/// How long after a failed resolution callers fail without trying again.
+const RESOLVE_BACKOFF: Duration = Duration::from_millis(100);
 
 /// An error after which the connection may be to a node that is no longer
 /// (or not yet) the primary.
@@ -385,6 +392,7 @@ impl SentinelConn {
             current: Mutex::new(None),
             generation: AtomicU64::new(0),
             changes: tokio::sync::watch::channel(0).0,
+            failed_at: Mutex::new(None),
         });
         // Fails now if no primary can be found, like the other modes.
         shared.connection().await?;
@@ -426,6 +434,20 @@ impl SentinelShared {
         if let Some(c) = self.cached() {
             return Ok(c);
         }
+        if self
+            .failed_at
+            .lock()
+            .expect("not poisoned")
+            .is_some_and(|t| t.elapsed() < RESOLVE_BACKOFF)
+        {
+            return Err(io_error("no Redis primary (failover under way?)"));
+        }
+        let r = self.resolve(&mut resolver).await;
+        *self.failed_at.lock().expect("not poisoned") = r.is_err().then(std::time::Instant::now);
+        r
+    }
+
+    async fn resolve(&self, resolver: &mut SentinelClient) -> RedisResult<(u64, MultiplexedConnection)> {
         let client = within(self.timeout, resolver.async_get_client()).await?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))

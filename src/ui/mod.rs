@@ -1,10 +1,12 @@
 //! What the two browser front ends share (the admin dashboard,
 //! `admin::dashboard`, and members' pages on the public listener, `web`):
 //! the one stylesheet, the one script and the icon, embedded in the
-//! binary, and the markup of the token sections both show (`tokens`).
+//! binary, the page shell (`shell`) and the markup of the token sections
+//! both show (`tokens`).
 //! Below both so that neither imports the other; it knows nothing of
 //! sessions or the store.
 
+pub mod shell;
 pub mod tokens;
 
 /// The script of every page (no inline script: the CSP allows only this).

@@ -14,7 +14,11 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::any;
 
 use super::{SharedState, session};
-use crate::sso::{CALLBACK_PATH, Outcome, SIGNIN_PATH, Sso};
+use crate::sso::{CALLBACK_PATH, Outcome, Sso};
+
+/// Where single sign-on starts, for pages above `sso` that link to it (the
+/// consent page's "Sign in to continue").
+pub use crate::sso::SIGNIN_PATH;
 
 /// Adds the sign-in routes when single sign-on is configured.
 pub fn mount(router: Router<SharedState>, state: &SharedState) -> Router<SharedState> {
@@ -34,9 +38,16 @@ async fn serve(sso: &Sso, state: &SharedState, method: &Method, uri: &Uri, heade
             match session::sign_in_member(state, &member.workspace, &member.member_id, headers).await {
                 Ok(cookie) => {
                     crate::sso::signin::record_signin_audit(state, &member, "oidc").await;
-                    let mut r = Redirect::to("/me").into_response();
+                    // Back to the authorization request that sent the person
+                    // to sign in (docs/oauth.md), as after a sign-in link;
+                    // otherwise on to their own page.
+                    let next = super::signin::return_path(headers);
+                    let mut r = Redirect::to(next.as_deref().unwrap_or("/me")).into_response();
                     r.headers_mut().append(header::SET_COOKIE, clear_cookie);
                     r.headers_mut().append(header::SET_COOKIE, cookie);
+                    if next.is_some() {
+                        r.headers_mut().append(header::SET_COOKIE, super::signin::CLEAR_NEXT);
+                    }
                     r
                 }
                 Err(e) => {

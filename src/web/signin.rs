@@ -111,10 +111,7 @@ pub async fn consume(State(state): State<SharedState>, Path(code): Path<String>,
             let mut r = Redirect::to(next.as_deref().unwrap_or("/me")).into_response();
             r.headers_mut().append(header::SET_COOKIE, cookie);
             if next.is_some() {
-                r.headers_mut().append(
-                    header::SET_COOKIE,
-                    axum::http::HeaderValue::from_static("portcullis_next=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"),
-                );
+                r.headers_mut().append(header::SET_COOKIE, CLEAR_NEXT);
             }
             r
         }
@@ -123,9 +120,14 @@ pub async fn consume(State(state): State<SharedState>, Path(code): Path<String>,
     }
 }
 
+/// Ends the `portcullis_next` cookie once a sign-in has followed it.
+pub(super) const CLEAR_NEXT: axum::http::HeaderValue =
+    axum::http::HeaderValue::from_static("portcullis_next=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax");
+
 /// The path in the `portcullis_next` cookie, decoded, if it is one a
-/// sign-in may return to (`super::is_return_path`).
-fn return_path(headers: &HeaderMap) -> Option<String> {
+/// sign-in may return to (`super::is_return_path`). Both ways of signing
+/// in follow it: the link here and single sign-on (`super::oidc`).
+pub(super) fn return_path(headers: &HeaderMap) -> Option<String> {
     let raw = crate::auth::browser::cookie_value(headers, super::NEXT_COOKIE)?;
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

@@ -12,10 +12,16 @@
 # counterpart; summarize.mjs compares it with the reference server direct. See
 # docs/conformance.md for the results and what each failure means.
 #
-# Usage: tests/conformance/run.sh [--upstream reference|everything|multi|all] [--scenario NAME]
+# A fourth target, "authorization", runs the suite's authorization-server scenarios (the
+# `authorization` command of the 0.2.0-alpha.12 package, pinned as conformance-authorization;
+# 0.1.16 has none) against a gateway with [oauth] enabled, with the consent clicked in Debian's
+# chromium: authorization.py (needs the repo's .venv with Playwright and chromium on PATH).
+#
+# Usage: tests/conformance/run.sh [--upstream reference|everything|multi|authorization|all] [--scenario NAME]
 #                                 [--out DIR] [--keep] [--default-origins] [--rpm N] [--serve]
-#   --upstream   which target(s) to test (default: all three; multi also runs the reference
-#                server directly, as the baseline it is compared with)
+#   --upstream   which target(s) to test (default: all four; multi also runs the reference
+#                server directly, as the baseline it is compared with; "all" skips
+#                authorization, with a message, when .venv or chromium is missing)
 #   --scenario   run one scenario instead of the whole suite (--suite all)
 #   --out DIR    where results go (default: tests/conformance/results/<UTC timestamp>)
 #   --keep       keep the work directory (configs, logs, SQLite file) for inspection
@@ -28,8 +34,9 @@
 #                running the suite: for debugging a scenario by hand
 # Environment: PORTCULLIS_BIN (use this binary instead of `cargo build`), CARGO_TARGET_DIR,
 #              NGINX (default: nginx on PATH, else /usr/sbin/nginx).
-# Exit status: 0 when nothing fails through the gateway that passes directly, 3 when something
-# does, anything else when the harness itself failed.
+# Exit status: 0 when nothing fails through the gateway that passes directly (and every
+# authorization-server check passes), 3 when something does, anything else when the harness
+# itself failed.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -55,10 +62,11 @@ while [ $# -gt 0 ]; do
     *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
+AS_REQUIRED=1
 case "$UPSTREAMS" in
-  all) UPSTREAMS="reference everything multi" ;;
-  reference|everything|multi) ;;
-  *) echo "run.sh: --upstream must be reference, everything, multi or all" >&2; exit 2 ;;
+  all) UPSTREAMS="reference everything multi authorization"; AS_REQUIRED=0 ;;
+  reference|everything|multi|authorization) ;;
+  *) echo "run.sh: --upstream must be reference, everything, multi, authorization or all" >&2; exit 2 ;;
 esac
 
 T0=$(date +%s)
@@ -99,6 +107,32 @@ else
   BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/portcullis"
 fi
 [ -x "$BIN" ] || { echo "run.sh: portcullis binary $BIN missing" >&2; exit 2; }
+OUT=${OUT:-$HERE/results/$(date -u +%Y%m%dT%H%M%SZ)}
+
+# ---------------------------------------------------------------- authorization server
+# Its own gateway (OAuth on, no nginx: an authorization server is reached directly).
+AS_RC=0
+case " $UPSTREAMS " in *" authorization "*)
+  PY="$ROOT/.venv/bin/python"
+  if [ -x "$PY" ] && command -v chromium >/dev/null && "$PY" -c 'import playwright, httpx' 2>/dev/null; then
+    AS_VERSION=$("$NODE" -p "require('./node_modules/conformance-authorization/package.json').version")
+    log "suite $AS_VERSION: authorization-server scenarios (authorization.py)"
+    mkdir -p "$OUT"
+    set +e
+    "$PY" "$HERE/authorization.py" --bin "$BIN" --node "$NODE" \
+      --suite "$HERE/node_modules/conformance-authorization/dist/index.js" --out "$OUT/authorization" \
+      $([ "$KEEP" = 1 ] && echo --keep) 2>"$OUT/authorization.log"
+    AS_RC=$?
+    set -e
+    [ "$AS_RC" = 0 ] || [ "$AS_RC" = 3 ] || { echo "run.sh: authorization.py failed ($AS_RC):" >&2; cat "$OUT/authorization.log" >&2; exit 1; }
+  elif [ "$AS_REQUIRED" = 1 ]; then
+    echo "run.sh: the authorization target needs $PY with playwright and httpx (scripts/test-deps.sh) and chromium" >&2; exit 2
+  else
+    log "authorization: skipped (no .venv with playwright, or no chromium; scripts/test-deps.sh installs both)"
+  fi
+  UPSTREAMS=${UPSTREAMS/authorization/}
+  if [ -z "${UPSTREAMS// /}" ]; then log "total $(( $(date +%s) - T0 ))s"; exit "$AS_RC"; fi
+esac
 
 # ---------------------------------------------------------------- processes and cleanup
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-conformance.XXXXXX")
@@ -274,7 +308,6 @@ EOF
 fi
 
 # ---------------------------------------------------------------- the suite
-OUT=${OUT:-$HERE/results/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 SUITE_ARGS=(--suite all)
 [ -n "$SCENARIO" ] && SUITE_ARGS=(--scenario "$SCENARIO")
@@ -310,6 +343,9 @@ set +e
 "$NODE" "$HERE/summarize.mjs" "${LABELS[@]}" | tee "$OUT/summary.txt"
 RC=${PIPESTATUS[0]}
 "$NODE" "$HERE/summarize.mjs" --markdown "${LABELS[@]}" >"$OUT/summary.md" 2>/dev/null
+if [ -f "$OUT/authorization/summary.txt" ]; then echo; tee -a "$OUT/summary.txt" <"$OUT/authorization/summary.txt"; fi
 set -e
 log "total $(( $(date +%s) - T0 ))s"
+# A failing authorization-server scenario counts like a gateway regression.
+[ "$RC" = 0 ] && [ "$AS_RC" = 3 ] && RC=3
 exit "$RC"

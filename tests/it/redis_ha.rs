@@ -614,6 +614,15 @@ async fn sentinel_primary_failover_fails_closed_and_recovers() {
     assert!(seen.outage.is_some(), "killing the primary was noticed (503s)");
     let new = group.primary_port().await.unwrap();
     assert_ne!(new, old, "Sentinel promoted a replica");
+    // WAIT 1 needs the other replica to follow the new primary first (until
+    // then revokes answer 503, applied but not acknowledged).
+    let n = group.node(new);
+    eventually(30, "the remaining replica follows the new primary", || async {
+        n.query::<String>(redis::cmd("INFO").arg("replication"))
+            .await
+            .is_some_and(|t| t.contains("state=online"))
+    })
+    .await;
     let fresh = g.add_instance().await;
     assert_eq!(g.post(fresh, &late).await, 401, "an acknowledged revocation survived the failover");
     assert_eq!(g.post(fresh, &revoked).await, 401);
@@ -643,6 +652,13 @@ async fn sentinel_frozen_primary_is_demoted_and_never_read_again() {
     assert!(seen.wrong.is_empty(), "{:?}", seen.wrong);
     let new = group.primary_port().await.unwrap();
     assert_ne!(new, old, "Sentinel promoted a replica");
+    let n = group.node(new);
+    eventually(30, "the remaining replica follows the new primary", || async {
+        n.query::<String>(redis::cmd("INFO").arg("replication"))
+            .await
+            .is_some_and(|t| t.contains("state=online"))
+    })
+    .await;
     // Revoked on the new primary, then the old one wakes up.
     assert_eq!(g.revoke(1, &after_id).await, 200);
     group.node(old).signal("-CONT");

@@ -98,7 +98,7 @@ def test_create_and_revoke_with_the_keyboard_only(dash: Dash, browser) -> None:
     assert _focused_testid(page) == "token-name"  # the dialog opens on its first field
     page.keyboard.type("keyboard")
     page.keyboard.press("Enter")  # submits the form
-    page.get_by_test_id("token-secret").filter(has_text="mwt_").wait_for(timeout=5000)
+    page.get_by_test_id("token-secret").filter(has_text="mwt_").wait_for(timeout=20000)
     assert _focused_testid(page) == "token-copy"
     page.keyboard.press("Escape")  # a native dialog closes on Escape, wiping the secret
     page.wait_for_function("() => !document.getElementById('new-token-dialog').open")
@@ -110,7 +110,7 @@ def test_create_and_revoke_with_the_keyboard_only(dash: Dash, browser) -> None:
     page.keyboard.press("Shift+Tab")  # from Cancel (focused first) to Revoke
     assert _focused_testid(page) == "confirm"
     page.keyboard.press("Enter")
-    page.get_by_test_id(f"token-status-{token_id}").filter(has_text="revoked").wait_for(timeout=5000)
+    page.get_by_test_id(f"token-status-{token_id}").filter(has_text="revoked").wait_for(timeout=20000)
     page.close()
 
 
@@ -193,7 +193,7 @@ def test_create_use_and_revoke_a_token_in_the_browser(dash: Dash, browser) -> No
         page.get_by_test_id(f"token-revoke-{token_id}").click()
         assert page.get_by_test_id("confirm").is_visible()
         page.get_by_test_id("confirm").click()
-        page.get_by_test_id(f"token-status-{token_id}").filter(has_text="revoked").wait_for(timeout=5000)
+        page.get_by_test_id(f"token-status-{token_id}").filter(has_text="revoked").wait_for(timeout=20000)
         revoked.set()
         assert sdk.result(timeout=30) == UNAUTHORIZED_CODE
     assert page.evaluate("() => window.__same_document === true"), "the page reloaded"
@@ -204,7 +204,7 @@ def test_create_use_and_revoke_a_token_in_the_browser(dash: Dash, browser) -> No
     # Servers tab: health and tool counts, never a header value.
     page.get_by_test_id("tab-servers").click()
     page.wait_for_url(re.compile(r".*/servers$"))
-    page.get_by_test_id("server-health-demo").filter(has_text="up").wait_for(timeout=5000)
+    page.get_by_test_id("server-health-demo").filter(has_text="up").wait_for(timeout=20000)
     assert DEMO_UPSTREAM_KEY not in page.content()
     assert not [e for e in errors if "Content Security Policy" in e], errors
 
@@ -228,7 +228,7 @@ def test_aggregate_workspace_servers_show_tool_counts(dash: Dash, browser) -> No
 
     assert run_async(list_tools, dash.ws_url("team"), created["token"]) > 0
     page.goto(dash.url + "/workspaces/team/servers")
-    page.get_by_test_id("server-health-tools").filter(has_text="up").wait_for(timeout=5000)
+    page.get_by_test_id("server-health-tools").filter(has_text="up").wait_for(timeout=20000)
     assert page.get_by_test_id("server-tools-tools").inner_text().isdigit()
     assert DEMO_UPSTREAM_KEY not in page.content()
     shot(page, "servers")
@@ -326,12 +326,12 @@ def test_usage_and_audit_tabs_render_the_contract_shapes(dash: Dash, browser) ->
     page.route("**/v1/workspaces/demo/audit?**", _sample_audit)
     page.goto(dash.url + "/workspaces/demo/usage")
     chart = page.get_by_test_id("usage-chart")
-    chart.locator("svg g.bar rect").first.wait_for(timeout=5000)
+    chart.locator("svg g.bar rect").first.wait_for(timeout=20000)
     assert chart.locator("svg title").first.text_content().startswith("Requests over time")
     assert chart.locator('rect[fill="url(#hatch)"]').count() > 0  # errors: a pattern, not a colour only
     assert chart.locator('rect[fill="url(#dots)"]').count() > 0   # 429s likewise
     rows = page.get_by_test_id("usage-row")
-    rows.nth(4).wait_for(timeout=5000)
+    rows.nth(4).wait_for(timeout=20000)
     texts = " ".join(rows.all_inner_texts())
     assert "alice@example.com" in texts and "echo" in texts
     page.locator("#usage-key").select_option("tkn_ci")  # one token's requests over time
@@ -339,7 +339,7 @@ def test_usage_and_audit_tabs_render_the_contract_shapes(dash: Dash, browser) ->
     page.locator("#usage-key").select_option("")
 
     page.goto(dash.url + "/workspaces/demo/audit")
-    page.locator('[data-testid="audit-row"][data-type="tool_call"]').wait_for(timeout=5000)
+    page.locator('[data-testid="audit-row"][data-type="tool_call"]').wait_for(timeout=20000)
     assert page.get_by_test_id("audit-row").count() == 4
     with page.expect_download() as dl:
         page.get_by_role("button", name="Download CSV").click()
@@ -377,7 +377,7 @@ def test_usage_chart_shows_requests(dash: Dash, browser) -> None:
     deadline = time.monotonic() + 30
     while True:
         page.goto(dash.url + "/workspaces/demo/usage")
-        page.get_by_test_id("usage-chart").locator("svg").wait_for(timeout=5000)
+        page.get_by_test_id("usage-chart").locator("svg").wait_for(timeout=20000)
         page.wait_for_load_state("networkidle")
         if "bob" in " ".join(page.locator("#usage-members").get_by_test_id("usage-row").all_inner_texts()):
             break
@@ -398,12 +398,12 @@ def test_audit_rows_show_token_events(dash: Dash, browser) -> None:
     errors = watch_console(page)
     sign_in(page, dash)
     page.goto(dash.url + "/workspaces/demo/audit")
-    page.locator('[data-testid="audit-row"][data-type="token_revoked"]').first.wait_for(timeout=10000)
+    page.locator('[data-testid="audit-row"][data-type="token_revoked"]').first.wait_for(timeout=20000)
     assert page.locator('[data-testid="audit-row"][data-type="token_created"]').count() > 0
     # The writer's counters, drops included, as /v1/audit/stats says.
     stats = dash.api("GET", "/v1/audit/stats").json()
     line = page.get_by_test_id("audit-stats")
-    line.filter(has_text="dropped").wait_for(timeout=5000)
+    line.filter(has_text="dropped").wait_for(timeout=20000)
     assert line.get_attribute("data-dropped") == str(stats["dropped"])
     assert f"{stats['dropped']} dropped" in line.inner_text()
     with page.expect_download() as dl:
@@ -425,7 +425,7 @@ def test_audit_tab_shows_dropped_events_as_a_warning(dash: Dash, browser) -> Non
     page.route("**/v1/audit/stats", lambda route: route.fulfill(status=200, content_type="application/json", body=body))
     page.goto(dash.url + "/workspaces/demo/audit")
     line = page.get_by_test_id("audit-stats")
-    line.filter(has_text="17 dropped").wait_for(timeout=5000)
+    line.filter(has_text="17 dropped").wait_for(timeout=20000)
     assert "gaps" in line.inner_text()
     assert "warning" in (line.get_attribute("class") or "")
     page.close()
@@ -475,7 +475,7 @@ def test_real_traffic_in_usage_and_audit(dash: Dash, browser) -> None:
     page.wait_for_load_state("networkidle")
     page.locator("#usage-group").select_option("member")
     page.wait_for_function("() => document.querySelector('#usage-chart svg title').textContent.includes('members')")
-    page.get_by_test_id("usage-chart").locator("g.bar rect").first.wait_for(timeout=5000)
+    page.get_by_test_id("usage-chart").locator("g.bar rect").first.wait_for(timeout=20000)
     page.wait_for_load_state("networkidle")
     members = " ".join(page.locator("#usage-members").get_by_test_id("usage-row").all_inner_texts())
     assert "alice@example.com" in members and "carol" in members, members
@@ -486,8 +486,8 @@ def test_real_traffic_in_usage_and_audit(dash: Dash, browser) -> None:
     page.set_viewport_size({"width": 1280, "height": 720})
 
     page.goto(dash.url + "/workspaces/demo/audit")
-    page.locator('[data-testid="audit-row"][data-type="tool_call"]').first.wait_for(timeout=10000)
-    page.get_by_test_id("audit-stats").filter(has_text="dropped").wait_for(timeout=5000)
+    page.locator('[data-testid="audit-row"][data-type="tool_call"]').first.wait_for(timeout=20000)
+    page.get_by_test_id("audit-stats").filter(has_text="dropped").wait_for(timeout=20000)
     page.wait_for_load_state("networkidle")
     assert "mwt_" not in page.content()
     shot(page, "audit")

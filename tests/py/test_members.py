@@ -113,7 +113,7 @@ def test_invite_sign_in_create_use_revoke_and_removal(dash: Dash, browser) -> No
     # Revoke it from /me: asks first, then refused on the data plane.
     page.get_by_test_id(f"token-revoke-{token_id}").click()
     page.get_by_test_id("confirm").click()
-    page.get_by_test_id(f"token-status-{token_id}").filter(has_text="revoked").wait_for(timeout=5000)
+    page.get_by_test_id(f"token-status-{token_id}").filter(has_text="revoked").wait_for(timeout=20000)
     r = httpx.post(dash.ws_url("demo"), json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
                    headers={"Authorization": f"Bearer {secret}", "Accept": "application/json, text/event-stream"})
     assert r.status_code == 401 and r.json()["error"]["code"] == UNAUTHORIZED_CODE

@@ -4,9 +4,10 @@
 //! `csrf-token` meta element, and fills the tables from the JSON admin API.
 //! Every `data-testid` is part of the contract (docs/contract.md §9).
 
-use maud::{DOCTYPE, Markup, html};
+use maud::{Markup, html};
 
 use crate::config::Workspace;
+use crate::ui::shell::{self, Shell};
 
 /// The workspace tabs, in order: path segment, label, testid.
 pub const TABS: &[(&str, &str, &str)] = &[
@@ -26,44 +27,26 @@ pub struct Who<'a> {
 }
 
 fn layout(title: &str, who: Option<&Who<'_>>, data: &[(&str, &str)], main: Markup) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                @if let Some(w) = who { meta name="csrf-token" content=(w.csrf); }
-                title { (title) " · Portcullis" }
-                link rel="stylesheet" href="/assets/app.css";
-                link rel="icon" href="/assets/icon.svg" type="image/svg+xml";
-                script src="/assets/app.js" defer {}
+    let top = html! {
+        @if let Some(w) = who {
+            nav aria-label="Main" { a href="/workspaces" { "Workspaces" } }
+            span.who {
+                "Signed in with " code { (w.admin_id) }
+                @if let Some(s) = w.scope { " (workspace " code { (s) } " only)" }
             }
-            body data-page=(data.first().map_or("", |d| d.1)) {
-                a.skip href="#main" { "Skip to content" }
-                header.top {
-                    a.brand href="/" { "Portcullis" }
-                    @if let Some(w) = who {
-                        nav aria-label="Main" { a href="/workspaces" { "Workspaces" } }
-                        span.who {
-                            "Signed in with " code { (w.admin_id) }
-                            @if let Some(s) = w.scope { " (workspace " code { (s) } " only)" }
-                        }
-                        form.signout method="post" action="/signout" {
-                            input type="hidden" name="csrf" value=(w.csrf);
-                            button type="submit" data-testid="signout" { "Sign out" }
-                        }
-                    }
-                }
-                main #main tabindex="-1" {
-                    // The script's inputs, as data attributes (no inline JS).
-                    div #page-data hidden {
-                        @for (k, v) in data { span data-key=(k) data-value=(v) {} }
-                    }
-                    (main)
-                }
+            form.signout method="post" action="/signout" {
+                input type="hidden" name="csrf" value=(w.csrf);
+                button type="submit" data-testid="signout" { "Sign out" }
             }
         }
-    }
+    };
+    let shell = Shell {
+        home: "/",
+        assets: "/assets",
+        csrf: who.map(|w| w.csrf),
+        top,
+    };
+    shell::page(shell, title, data, main)
 }
 
 pub fn sign_in(error: Option<&str>) -> Markup {
