@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine (idempotent),
 # then runs all of it: formatting, lints, Rust unit and integration tests, a
-# short run of every fuzz target, smoke runs of the pre-auth, flood and soak
-# benchmarks, and
+# short run of every fuzz target, smoke runs of the pre-auth, flood, soak and
+# fleet benchmarks, and
 # the Python/Node tests with the official MCP SDKs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +41,9 @@ PROFILE=debug SMOKE=1 benches/soak.sh
 PROFILE=debug SMOKE=1 benches/cluster_limit.sh >/dev/null
 # harness = false: `cargo test` runs the bench's main on the debug build.
 SMOKE=1 cargo test --quiet --bench lease
+
+echo "==> fleet model smoke (benches/fleet.rs: 1 and 3 instances, tiny store; docs/scaling.md)"
+FLEET_SMOKE=1 cargo bench --quiet --profile dev --bench fleet
 
 echo "==> SDK tests (Python mcp client/server, TypeScript SDK, server-everything)"
 cargo build --quiet

@@ -126,10 +126,11 @@ pub async fn revoke_by(
         v.apply_revocation(&r.hash);
         if r.newly_revoked {
             // Every subscribed instance (this one included) acknowledges once
-            // it has applied the push; wait for all of them, so that
-            // "revoked" means refused everywhere when this call returns.
+            // it has applied the push, and the store announces the last
+            // acknowledgement; wait for that, so that "revoked" means
+            // refused everywhere when this call returns.
             let started = tokio::time::Instant::now();
-            let all_acked = r.receivers == 0 || v.wait_for_acks(r.seq, r.receivers, v.propagation_wait()).await;
+            let all_acked = r.receivers == 0 || v.wait_for_acks(r.seq, v.propagation_wait()).await;
             if !r.all_notified || !all_acked {
                 // Some live instance missed the push (or its ack was lost): it
                 // applies the revocation from the log within one poll

@@ -265,8 +265,8 @@ pub struct Verifier {
     /// instance whose poll ran late (a starved loop, a slow Redis) reads
     /// through to the store instead of accepting a token revoked meanwhile.
     caught_up_at_ms: AtomicI64,
-    /// Acknowledgements of recent revocations: seq -> instances that applied it.
-    acks: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
+    /// Recent revocations every instance has applied (announced by the store).
+    acks: std::sync::Mutex<std::collections::BTreeSet<u64>>,
     acked: tokio::sync::Notify,
     /// Budgets of store reads for misses (see `IndexOptions::miss_reads_per_second`
     /// and [`miss_budget`]).
@@ -293,7 +293,7 @@ impl Verifier {
             trusted: AtomicBool::new(!options.shared_store),
             confirmed_at_ms: AtomicI64::new(0),
             caught_up_at_ms: AtomicI64::new(i64::MIN / 2),
-            acks: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            acks: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             acked: tokio::sync::Notify::new(),
             miss_budget: MissBudget::new(options.miss_reads_per_second),
             filter: OnceLock::new(),
@@ -689,12 +689,12 @@ impl Verifier {
         self.index.is_empty()
     }
 
-    /// Counts an instance's acknowledgement of revocation `seq`.
+    /// Records that every instance has applied revocation `seq`.
     pub fn record_ack(&self, seq: u64) {
         {
-            // Held for a map update only; no await inside.
+            // Held for a set update only; no await inside.
             let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-            *acks.entry(seq).or_default() += 1;
+            acks.insert(seq);
             // Bounded: only recent revocations can still have a waiter.
             while acks.len() > 4096 {
                 acks.pop_first();
@@ -703,9 +703,9 @@ impl Verifier {
         self.acked.notify_waiters();
     }
 
-    /// Waits until `needed` instances have acknowledged `seq`, or `timeout`.
+    /// Waits until every instance has applied revocation `seq`, or `timeout`.
     /// Returns whether they all did.
-    pub async fn wait_for_acks(&self, seq: u64, needed: u64, timeout: Duration) -> bool {
+    pub async fn wait_for_acks(&self, seq: u64, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.acked.notified();
@@ -713,7 +713,7 @@ impl Verifier {
             // Registered before checking, so an ack between the check and
             // the wait is not lost.
             notified.as_mut().enable();
-            if self.acks.lock().unwrap_or_else(|p| p.into_inner()).get(&seq).copied().unwrap_or(0) >= needed {
+            if self.acks.lock().unwrap_or_else(|p| p.into_inner()).contains(&seq) {
                 return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {

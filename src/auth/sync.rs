@@ -9,10 +9,12 @@
 //! it has resubscribed and caught up. With SQLite there is no push channel
 //! and the poll alone picks up revocations made by the offline CLI.
 //!
-//! Every instance acknowledges each pushed revocation once applied; the
-//! revoking instance waits for as many acknowledgements as the push had
-//! receivers (bounded by the poll-based guarantee), so that when a revoke call
-//! returns, every instance already refuses the token.
+//! Every instance acknowledges each pushed revocation once applied, by
+//! counting down the revocation's counter in the store; the store announces
+//! the last acknowledgement on the channel, and the revoking instance waits
+//! for that (bounded by the poll-based guarantee), so that when a revoke call
+//! returns, every instance already refuses the token. Each instance gets two
+//! messages per revocation, however many instances there are.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -77,7 +77,8 @@ pub struct Revoked {
     /// Sequence number of this revocation in the log (0 if not new).
     pub seq: u64,
     /// Subscriptions the push reached (shared stores; 0 otherwise). Each
-    /// acknowledges once it has applied the revocation.
+    /// acknowledges once it has applied the revocation, and the store
+    /// announces when the last one has ([`Pushed::Applied`]).
     pub receivers: u64,
 }
 
@@ -86,7 +87,7 @@ pub struct Revoked {
 pub enum Pushed {
     /// A revocation to apply.
     Revoked(Revocation),
-    /// Some instance has applied revocation `seq`.
+    /// Every instance the push of revocation `seq` reached has applied it.
     Applied { seq: u64 },
 }
 
@@ -155,7 +156,8 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn heartbeat(&self) -> Result<(), StoreError> {
         Ok(())
     }
-    /// Tells the revoking instance that this one has applied revocation `seq`.
+    /// Counts this instance among those that have applied revocation `seq`
+    /// (the last one makes the store announce [`Pushed::Applied`]).
     async fn acknowledge(&self, _seq: u64) -> Result<(), StoreError> {
         Ok(())
     }

@@ -69,6 +69,10 @@ impl Layout {
     pub fn revocations_seq(self) -> String {
         format!("{}revocations:seq", self.tokens())
     }
+    /// Acknowledgements still awaited, per revocation (`store::redis`).
+    pub fn revocation_acks(self) -> String {
+        format!("{}revocations:acks", self.tokens())
+    }
 
     pub fn grant(self, id: &str) -> String {
         format!("{}grant:{id}", self.group("g"))
@@ -145,6 +149,7 @@ mod tests {
         assert_eq!(p.list(TokenKind::Admin, None), "portcullis:list:admin:*");
         assert_eq!(p.revocations(), "portcullis:revocations");
         assert_eq!(p.revocations_seq(), "portcullis:revocations:seq");
+        assert_eq!(p.revocation_acks(), "portcullis:revocations:acks");
         assert_eq!(p.grant("g1"), "portcullis:grant:g1");
         assert_eq!(p.grant_tokens("g1"), "portcullis:grant:g1:tokens");
         assert_eq!(p.grants_of_member("m"), "portcullis:grants:member:m");
@@ -173,6 +178,7 @@ mod tests {
             t.list(TokenKind::Admin, None),
             t.revocations(),
             t.revocations_seq(),
+            t.revocation_acks(),
         ]);
         let grants = same(&[
             t.grant("g"),

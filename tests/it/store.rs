@@ -247,3 +247,93 @@ async fn redis_unreachable_is_an_error_not_a_miss() {
     assert!(matches!(b.store.find_by_hash(&h).await, Err(StoreError::Unavailable(_))));
     assert!(b.store.ping().await.is_err());
 }
+
+/// Acknowledgements are counted down in Redis, and only the last one is
+/// announced (`d:{seq}`): two messages per instance per revocation, not one
+/// per instance pair (benches/fleet.rs, docs/scaling.md).
+#[tokio::test]
+async fn redis_announces_a_revocation_once_every_receiver_has_acknowledged_it() {
+    use futures_util::StreamExt;
+    use portcullis::store::Pushed;
+    let b = redis().await;
+    let store = RedisStore::connect(&b.redis.as_ref().unwrap().url(), Duration::from_secs(2))
+        .await
+        .unwrap();
+    let (mut one, mut two) = (store.subscribe().await.unwrap(), store.subscribe().await.unwrap());
+    let mut c = b.redis.as_ref().unwrap().conn().await;
+    // One instance's acknowledgement in the former design: never taken for
+    // "all applied", which would end a revoke call's wait too early.
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(portcullis::store::redis::channel())
+        .arg("a:1:someinstance")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let (r, h) = record("demo", "a");
+    b.store.insert(&r, &h).await.unwrap();
+    let revoked = b.store.revoke(&r.id, 600).await.unwrap().unwrap();
+    assert_eq!((revoked.seq, revoked.receivers), (1, 2));
+    for s in [&mut one, &mut two] {
+        assert_eq!(s.next().await, Some(Pushed::Revoked(Revocation { seq: 1, hash: h })));
+    }
+    let left = |c: &mut redis::aio::MultiplexedConnection| {
+        let mut c = c.clone();
+        async move {
+            let v: Option<i64> = redis::cmd("HGET")
+                .arg("portcullis:revocations:acks")
+                .arg(1)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            v
+        }
+    };
+    assert_eq!(left(&mut c).await, Some(2));
+    store.acknowledge(1).await.unwrap();
+    assert_eq!(left(&mut c).await, Some(1), "one of two acknowledged");
+    store.acknowledge(1).await.unwrap();
+    assert_eq!(left(&mut c).await, None, "the counter is gone with the last acknowledgement");
+    for s in [&mut one, &mut two] {
+        assert_eq!(
+            s.next().await,
+            Some(Pushed::Applied { seq: 1 }),
+            "announced after the last, and only then"
+        );
+    }
+    // A late acknowledgement does not bring the counter back.
+    store.acknowledge(1).await.unwrap();
+    assert_eq!(left(&mut c).await, None);
+
+    // A counter nobody finishes (an instance died before acknowledging) is
+    // dropped by the revocation 1024 later: the hash stays bounded.
+    let (r2, h2) = record("demo", "b");
+    b.store.insert(&r2, &h2).await.unwrap();
+    assert_eq!(b.store.revoke(&r2.id, 700).await.unwrap().unwrap().seq, 2);
+    assert_eq!(
+        redis::cmd("HGET")
+            .arg("portcullis:revocations:acks")
+            .arg(2)
+            .query_async::<Option<i64>>(&mut c)
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    let _: () = redis::cmd("SET")
+        .arg("portcullis:revocations:seq")
+        .arg(1025)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let (r3, h3) = record("demo", "c");
+    b.store.insert(&r3, &h3).await.unwrap();
+    assert_eq!(b.store.revoke(&r3.id, 800).await.unwrap().unwrap().seq, 1026);
+    assert_eq!(
+        redis::cmd("HGET")
+            .arg("portcullis:revocations:acks")
+            .arg(2)
+            .query_async::<Option<i64>>(&mut c)
+            .await
+            .unwrap(),
+        None
+    );
+}
