@@ -32,17 +32,14 @@ import httpx
 import pytest
 
 from conftest import (
-    DEMO_UPSTREAM_KEY,
     TESTS_JS,
     ProcessManager,
     Upstream,
     _die_with_parent,
-    _toml_str,
     free_port,
-    port_open,
-    wait_until,
 )
 from dashboard_helpers import CHROMIUM, CHROMIUM_ARGS
+from oauth_helpers import OAuthGateway, start_oauth_gateway
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/test-deps.sh)")
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -52,77 +49,13 @@ NODE = shutil.which("node")
 STEP_TIMEOUT = 30.0
 
 
-class Gateway:
-    def __init__(self, listen_port: int, admin_port: int, admin_token: str, bin_path: Path, env: dict[str, str]):
-        self.listen_port, self.admin_port, self.admin_token = listen_port, admin_port, admin_token
-        self.bin, self.env = bin_path, env
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.listen_port}"
-
-    @property
-    def admin(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
-
-    def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        return httpx.request(method, self.admin + path, headers={"authorization": f"Bearer {self.admin_token}"}, **kw)
-
-    def invite(self, email: str) -> str:
-        """A one-time sign-in link, made the way an owner makes one: `portcullis member invite`."""
-        res = subprocess.run(
-            [str(self.bin), "member", "invite", "demo", "--email", email, "--json", "--admin-url", self.admin],
-            env={**self.env, "PORTCULLIS_ADMIN_TOKEN": self.admin_token},
-            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-        )
-        assert res.returncode == 0, res.stderr
-        return json.loads(res.stdout)["url"]
-
-
 @pytest.fixture(scope="module")
-def gw(procs: ProcessManager, portcullis_bin: Path, tmp_path_factory, demo_upstream: Upstream) -> Gateway:
-    workdir = tmp_path_factory.mktemp("mcp-remote-gw")
-    listen_port, admin_port = free_port(), free_port()
-    while admin_port == listen_port:
-        admin_port = free_port()
-    cfg = workdir / "portcullis.toml"
+def gw(procs: ProcessManager, portcullis_bin: Path, tmp_path_factory, demo_upstream: Upstream) -> OAuthGateway:
     # mcp-remote refreshes an access token once it is within 60 s of its expiry
     # (TOKEN_EXPIRY_MARGIN_MS): a 65-second token is used as is for 5 s, and then
     # refreshed before the next request.
-    cfg.write_text(
-        f"""
-[server]
-listen = "127.0.0.1:{listen_port}"
-admin_listen = "127.0.0.1:{admin_port}"
-public_url = "http://127.0.0.1:{listen_port}"
-
-[store]
-path = {_toml_str(str(workdir / "portcullis.db"))}
-
-[oauth]
-enabled = true
-access_token_ttl = "65s"
-
-[[workspaces]]
-slug = "demo"
-[[workspaces.servers]]
-name = "demo"
-url = {_toml_str(demo_upstream.url)}
-headers = {{ Authorization = "Bearer ${{PORTCULLIS_IT_DEMO_KEY}}" }}
-""",
-        encoding="utf-8",
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
-    env.update({"PORTCULLIS_IT_DEMO_KEY": DEMO_UPSTREAM_KEY, "NO_COLOR": "1"})
-    res = subprocess.run(
-        [str(portcullis_bin), "admin", "token", "create", "--config", str(cfg), "--json", "--name", "mcp-remote-admin"],
-        env=env, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-    )
-    assert res.returncode == 0, res.stderr
-    admin_token = json.loads(res.stdout)["token"]
-    proc = procs.start("mcp-remote-gateway", [portcullis_bin, "serve", "--config", cfg], env=env, cwd=workdir)
-    wait_until(lambda: port_open(admin_port) and port_open(listen_port), "oauth gateway", procs=[proc])
-    return Gateway(listen_port, admin_port, admin_token, portcullis_bin, env)
+    return start_oauth_gateway(procs, portcullis_bin, tmp_path_factory.mktemp("mcp-remote-gw"), demo_upstream,
+                               name="mcp-remote", access_token_ttl="65s")
 
 
 class McpRemote:
@@ -247,7 +180,7 @@ def _text(answer: dict) -> str:
 
 
 @pytest.mark.skipif(NODE is None or not MCP_REMOTE.is_file(), reason="node or tests/js/node_modules/mcp-remote missing (scripts/test-deps.sh)")
-def test_mcp_remote_with_only_the_url_signs_in_calls_tools_refreshes_and_reauthorizes(gw: Gateway, tmp_path: Path) -> None:
+def test_mcp_remote_with_only_the_url_signs_in_calls_tools_refreshes_and_reauthorizes(gw: OAuthGateway, tmp_path: Path) -> None:
     ws_url = f"{gw.base}/ws/demo"
     browser_script, opened = _fake_browser(tmp_path)
     link = gw.invite("desk@example.com")
@@ -403,7 +336,7 @@ def test_mcp_remote_with_only_the_url_signs_in_calls_tools_refreshes_and_reautho
 
 
 @pytest.mark.skipif(NODE is None or not MCP_REMOTE.is_file(), reason="node or tests/js/node_modules/mcp-remote missing (scripts/test-deps.sh)")
-def test_mcp_remote_with_a_header_token_opens_no_browser(gw: Gateway, tmp_path: Path) -> None:
+def test_mcp_remote_with_a_header_token_opens_no_browser(gw: OAuthGateway, tmp_path: Path) -> None:
     """The README's recipe for clients without OAuth, on a gateway with OAuth on:
     `mcp-remote URL --header Authorization:${PORTCULLIS_AUTH}` with the token in the
     environment. The token works as before and mcp-remote starts no sign-in."""

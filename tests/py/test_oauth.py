@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
-import os
-import secrets
 import subprocess
 import threading
 from pathlib import Path
@@ -31,69 +29,20 @@ from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 
-from conftest import DEMO_UPSTREAM_KEY, ProcessManager, Upstream, _toml_str, free_port, port_open, wait_until
+from conftest import ProcessManager, Upstream, free_port
 from dashboard_helpers import CHROMIUM, CHROMIUM_ARGS
+from oauth_helpers import OAuthGateway, start_oauth_gateway
 from mcp_helpers import text_of
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/test-deps.sh)")
 async_api = pytest.importorskip("playwright.async_api")
 
 
-class OAuthGateway:
-    def __init__(self, listen_port: int, admin_port: int, admin_token: str):
-        self.listen_port, self.admin_port, self.admin_token = listen_port, admin_port, admin_token
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.listen_port}"
-
-    @property
-    def admin(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
-
-
 @pytest.fixture(scope="module")
 def oauth_gateway(procs: ProcessManager, portcullis_bin: Path, tmp_path_factory, demo_upstream: Upstream) -> OAuthGateway:
-    workdir = tmp_path_factory.mktemp("oauth")
-    listen_port, admin_port = free_port(), free_port()
-    while admin_port == listen_port:
-        admin_port = free_port()
-    cfg = workdir / "portcullis.toml"
-    cfg.write_text(
-        f"""
-[server]
-listen = "127.0.0.1:{listen_port}"
-admin_listen = "127.0.0.1:{admin_port}"
-public_url = "http://127.0.0.1:{listen_port}"
-session_keys = ["{secrets.token_hex(32)}"]
-
-[store]
-path = {_toml_str(str(workdir / "portcullis.db"))}
-
-[oauth]
-enabled = true
-access_token_ttl = "3s"
-
-[[workspaces]]
-slug = "demo"
-[[workspaces.servers]]
-name = "demo"
-url = {_toml_str(demo_upstream.url)}
-headers = {{ Authorization = "Bearer ${{PORTCULLIS_IT_DEMO_KEY}}" }}
-""",
-        encoding="utf-8",
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
-    env.update({"PORTCULLIS_IT_DEMO_KEY": DEMO_UPSTREAM_KEY, "NO_COLOR": "1"})
-    res = subprocess.run(
-        [str(portcullis_bin), "admin", "token", "create", "--config", str(cfg), "--json", "--name", "oauth-admin"],
-        env=env, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-    )
-    assert res.returncode == 0, res.stderr
-    admin_token = json.loads(res.stdout)["token"]
-    proc = procs.start("oauth-gateway", [portcullis_bin, "serve", "--config", cfg], env=env, cwd=workdir)
-    wait_until(lambda: port_open(admin_port) and port_open(listen_port), "oauth gateway", procs=[proc])
-    return OAuthGateway(listen_port, admin_port, admin_token)
+    # a 3-second access token: the SDK clients refresh within the test
+    return start_oauth_gateway(procs, portcullis_bin, tmp_path_factory.mktemp("oauth"), demo_upstream,
+                               name="oauth", access_token_ttl="3s")
 
 
 class MemoryStorage:
