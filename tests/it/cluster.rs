@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 use portcullis::app::{self, Running};
-use portcullis::auth::lifecycle::{self, NewTokenRequest};
+
 use portcullis::config::Config;
 use portcullis::token::{TokenKind, now_unix};
 use serde_json::json;
@@ -38,15 +38,7 @@ impl Cluster {
             instances.push(Some(start_instance(&config_text).await));
         }
         let state = &instances[0].as_ref().unwrap().state;
-        let req = NewTokenRequest {
-            name: "admin".into(),
-            kind: Some(TokenKind::Admin),
-            created_by: "bootstrap".into(),
-            ..Default::default()
-        };
-        let (admin_token, _) = lifecycle::create(Some(&state.verifier), &state.store, req, now_unix())
-            .await
-            .unwrap();
+        let admin_token = crate::harness::bootstrap_admin(state, "admin").await;
         let c = Cluster {
             instances,
             admin_token,

@@ -21,6 +21,21 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// An admin token created straight in the store, as `portcullis admin token
+/// create` does on first start: the raw token.
+pub async fn bootstrap_admin(state: &portcullis::state::AppState, name: &str) -> String {
+    let req = NewTokenRequest {
+        name: name.into(),
+        kind: Some(TokenKind::Admin),
+        created_by: "bootstrap".into(),
+        ..Default::default()
+    };
+    lifecycle::create(Some(&state.verifier), &state.store, req, now_unix())
+        .await
+        .expect("admin token created")
+        .0
+}
+
 pub const DEMO_KEY: &str = "upstream-secret-key";
 
 /// A response read whole (tests only; the gateway itself never does this).
@@ -247,15 +262,7 @@ impl Setup {
                 app::start_with_store(config, store).await.expect("gateway starts")
             }
         };
-        let req = NewTokenRequest {
-            name: "test-admin".into(),
-            kind: Some(TokenKind::Admin),
-            created_by: "bootstrap".into(),
-            ..Default::default()
-        };
-        let (admin_token, _) = lifecycle::create(Some(&running.state.verifier), &running.state.store, req, now_unix())
-            .await
-            .unwrap();
+        let admin_token = bootstrap_admin(&running.state, "test-admin").await;
         Gateway {
             data: running.data_addr,
             admin: running.admin_addr,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 use portcullis::app::{self, Running};
-use portcullis::auth::lifecycle::{self, NewTokenRequest};
+
 use portcullis::config::Config;
 use portcullis::token::{TokenKind, now_unix};
 
@@ -360,15 +360,7 @@ impl Gateways {
             instances.push(start_instance(&text).await);
         }
         let state = &instances[0].state;
-        let req = NewTokenRequest {
-            name: "admin".into(),
-            kind: Some(TokenKind::Admin),
-            created_by: "bootstrap".into(),
-            ..Default::default()
-        };
-        let (admin_token, _) = lifecycle::create(Some(&state.verifier), &state.store, req, now_unix())
-            .await
-            .unwrap();
+        let admin_token = crate::harness::bootstrap_admin(state, "admin").await;
         let g = Gateways {
             instances,
             admin_token,

@@ -20,9 +20,9 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use portcullis::app::{self, Running};
-use portcullis::auth::lifecycle::{self, NewTokenRequest};
+
 use portcullis::config::Config;
-use portcullis::token::{TokenKind, now_unix};
+use portcullis::token::now_unix;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -393,15 +393,7 @@ async fn cluster_a_revocation_on_one_instance_ends_streams_on_another() {
     let mut upstream = StreamUpstream::start().await;
     let text = cluster_config(&redis.url(), &upstream.url);
     let (a, b) = (instance(&text).await, instance(&text).await);
-    let admin = NewTokenRequest {
-        name: "admin".into(),
-        kind: Some(TokenKind::Admin),
-        created_by: "bootstrap".into(),
-        ..Default::default()
-    };
-    let (admin, _) = lifecycle::create(Some(&a.state.verifier), &a.state.store, admin, now_unix())
-        .await
-        .unwrap();
+    let admin = crate::harness::bootstrap_admin(&a.state, "admin").await;
     let admin_auth = format!("Bearer {admin}");
     let admin_h = [("authorization", admin_auth.as_str()), ("content-type", "application/json")];
     let created = send(

@@ -359,15 +359,7 @@ async fn two_instances_add_to_the_same_redis_buckets() {
         portcullis::app::start(config).await.unwrap()
     };
     let (one, two) = (start().await, start().await);
-    let req = portcullis::auth::lifecycle::NewTokenRequest {
-        name: "admin".into(),
-        kind: Some(portcullis::token::TokenKind::Admin),
-        created_by: "bootstrap".into(),
-        ..Default::default()
-    };
-    let (admin, _) = portcullis::auth::lifecycle::create(Some(&one.state.verifier), &one.state.store, req, portcullis::token::now_unix())
-        .await
-        .unwrap();
+    let admin = crate::harness::bootstrap_admin(&one.state, "admin").await;
     let auth = format!("Bearer {admin}");
     let r = send(
         Method::POST,
