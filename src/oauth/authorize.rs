@@ -12,7 +12,9 @@
 
 use http::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS};
 use http::{HeaderValue, Response, StatusCode};
-use maud::{DOCTYPE, Markup, html};
+use maud::{Markup, html};
+
+use crate::ui::shell::{self, Shell};
 use serde::{Deserialize, Serialize};
 
 use super::form::Form;
@@ -248,15 +250,18 @@ fn cross_site(h: &http::HeaderMap) -> bool {
 fn page(status: StatusCode, markup: Markup, redirect_uri: &str) -> Response<Body> {
     let mut resp = Response::new(full(markup.into_string()));
     *resp.status_mut() = status;
-    // Strict like the dashboard: no script at all, forms only to us and to
-    // the client's redirect origin (Chrome applies form-action to the
-    // redirect that follows the POST).
+    // Stricter than the dashboard: no script at all (only the shell's
+    // stylesheet and icon), forms only to us and to the client's redirect
+    // origin (Chrome applies form-action to the redirect that follows the
+    // POST).
     let origin = redirect_uri
         .parse::<http::Uri>()
         .ok()
         .and_then(|u| Some(format!("{}://{}", u.scheme_str()?, u.authority()?)))
         .unwrap_or_default();
-    let csp = format!("default-src 'none'; style-src 'self'; form-action 'self' {origin}; frame-ancestors 'none'; base-uri 'none'");
+    let csp = format!(
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self' {origin}; frame-ancestors 'none'; base-uri 'none'"
+    );
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     if let Ok(v) = HeaderValue::from_str(&csp) {
@@ -269,21 +274,25 @@ fn page(status: StatusCode, markup: Markup, redirect_uri: &str) -> Response<Body
     resp
 }
 
+/// The members' page shell (stylesheet and icon of the public listener's
+/// `/me/assets`) without its script: a page that grants access runs none.
+fn consent_shell(title: &str, main: Markup) -> Markup {
+    let shell = Shell {
+        home: "/me",
+        assets: "/me/assets",
+        csrf: None,
+        top: html! {},
+        script: false,
+    };
+    shell::page(shell, title, &[], main)
+}
+
 /// Not signed in (or signed in to another workspace): how to sign in, and
 /// a link back here for when it is done. With single sign-on configured,
 /// its link comes first: the `portcullis_next` cookie set with this page
 /// brings the person back here from the provider too (`web::oidc`).
 fn sign_in_page(client: &Client, ws: &str, here: &str, other_workspace: bool, sso: bool) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Sign in to continue · Portcullis" }
-            }
-            body {
-                main {
+    let main = html! {
                     h1 { "Sign in to continue" }
                     p {
                         strong data-testid="consent-client" { (client.name) }
@@ -307,10 +316,8 @@ fn sign_in_page(client: &Client, ws: &str, here: &str, other_workspace: bool, ss
                         }
                     }
                     p { a href=(here) data-testid="consent-retry" { "I have signed in: continue" } }
-                }
-            }
-        }
-    }
+    };
+    consent_shell("Sign in to continue", main)
 }
 
 fn consent_page(client: &Client, redirect_uri: &str, ws: &str, servers: &[&str], request: &str, sig: &str) -> Markup {
@@ -319,16 +326,7 @@ fn consent_page(client: &Client, redirect_uri: &str, ws: &str, servers: &[&str],
         .ok()
         .and_then(|u| u.host().map(str::to_owned))
         .unwrap_or_default();
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Allow access? · Portcullis" }
-            }
-            body {
-                main {
+    let main = html! {
                     h1 { "Allow access to workspace " span data-testid="consent-workspace" { (ws) } "?" }
                     p {
                         strong data-testid="consent-client" { (client.name) }
@@ -355,8 +353,6 @@ fn consent_page(client: &Client, redirect_uri: &str, ws: &str, servers: &[&str],
                         }
                     }
                     p { small { "You can disconnect it at any time under Connected apps." } }
-                }
-            }
-        }
-    }
+    };
+    consent_shell("Allow access?", main)
 }

@@ -16,6 +16,9 @@ pub struct Shell<'a> {
     pub csrf: Option<&'a str>,
     /// The signed-in part of the top bar (empty when signed out).
     pub top: Markup,
+    /// Whether the page loads `app.js`. The OAuth consent pages do not: a
+    /// page that grants access runs no script at all.
+    pub script: bool,
 }
 
 /// A whole page. `data`: the script's inputs, as data attributes (no inline
@@ -32,7 +35,7 @@ pub fn page(shell: Shell<'_>, title: &str, data: &[(&str, &str)], main: Markup) 
                 title { (title) " · Portcullis" }
                 link rel="stylesheet" href={ (assets) "/app.css" };
                 link rel="icon" href={ (assets) "/icon.svg" } type="image/svg+xml";
-                script src={ (assets) "/app.js" } defer {}
+                @if shell.script { script src={ (assets) "/app.js" } defer {} }
             }
             body data-page=(data.first().map_or("", |d| d.1)) {
                 a.skip href="#main" { "Skip to content" }

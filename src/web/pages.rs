@@ -33,6 +33,7 @@ pub fn layout(title: &str, who: Option<&MemberSession>, data: &[(&str, &str)], m
         assets: "/me/assets",
         csrf: who.map(|w| w.csrf.as_str()),
         top,
+        script: true,
     };
     shell::page(shell, title, data, main)
 }

@@ -84,7 +84,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // `web` for who is signed in (oauth::member), never `admin`.
     (
         "oauth",
-        &["audit", "auth", "config", "error", "limit", "state", "store", "token", "web"],
+        &["audit", "auth", "config", "error", "limit", "state", "store", "token", "ui", "web"],
     ),
     ("server", &["error", "gateway", "state", "upstream"]),
     ("demo", &["error", "server"]),

@@ -29,13 +29,21 @@ from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 
-from conftest import ProcessManager, Upstream, free_port
-from dashboard_helpers import CHROMIUM, CHROMIUM_ARGS
+from conftest import ROOT, ProcessManager, Upstream, free_port
+from dashboard_helpers import CHROMIUM, CHROMIUM_ARGS, SHOTS
 from oauth_helpers import OAuthGateway, start_oauth_gateway
 from mcp_helpers import text_of
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/test-deps.sh)")
 async_api = pytest.importorskip("playwright.async_api")
+
+
+async def oauth_shot(page, name: str) -> None:
+    """With PORTCULLIS_SCREENSHOTS=docs/img, saves the page as docs/img/oauth-<name>.png."""
+    if SHOTS:
+        out = ROOT / SHOTS
+        out.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(out / f"oauth-{name}.png"), full_page=True)
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +137,14 @@ async def _flow(gw: OAuthGateway, cb: Callback, storage: MemoryStorage, seen: di
             resp = await page.goto(authorization_url["url"])
             assert resp.status == 401
             seen["signin_page"] = await page.get_by_test_id("consent-client").inner_text()
+            await oauth_shot(page, "sign-in")
             await page.goto(link)
             await page.get_by_test_id("signin-link-continue").click()
             await page.wait_for_url(gw.base + "/oauth/authorize?**")
             seen["workspace"] = await page.get_by_test_id("consent-workspace").inner_text()
             seen["client"] = await page.get_by_test_id("consent-client").inner_text()
             seen["checked"] = await page.get_by_test_id("consent-server-demo").is_checked()
+            await oauth_shot(page, "consent")
             before = len(cb.queries)
             await page.get_by_test_id("consent-allow").click()
             await page.wait_for_url(cb.url + "**")

@@ -45,6 +45,7 @@ fn layout(title: &str, who: Option<&Who<'_>>, data: &[(&str, &str)], main: Marku
         assets: "/assets",
         csrf: who.map(|w| w.csrf),
         top,
+        script: true,
     };
     shell::page(shell, title, data, main)
 }
