@@ -93,6 +93,16 @@ impl Node {
         cmd.query_async(&mut self.conn().await?).await.ok()
     }
 
+    /// Until this primary has a replica that follows it (`WAIT 1` can succeed).
+    async fn wait_replica_online(&self, secs: u64, what: &str) {
+        eventually(secs, what, || async {
+            self.query::<String>(redis::cmd("INFO").arg("replication"))
+                .await
+                .is_some_and(|t| t.contains("state=online"))
+        })
+        .await;
+    }
+
     async fn wait_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.query::<String>(&mut redis::cmd("PING")).await.is_none() {
@@ -429,6 +439,17 @@ impl Drop for Gateways {
 
 /// Create on one instance, use on the other, list, revoke on one and be
 /// refused by the other as soon as the revoke has returned.
+/// After a failover: an instance that never saw the revocations refuses both
+/// revoked tokens (`late` was revoked with `wait_replicas` acknowledged just
+/// before the failure), accepts the valid one, and everything works again.
+async fn nothing_lost(g: &mut Gateways, late: &str, revoked: &str, valid: &str) {
+    let fresh = g.add_instance().await;
+    assert_eq!(g.post(fresh, late).await, 401, "an acknowledged revocation survived the failover");
+    assert_eq!(g.post(fresh, revoked).await, 401);
+    assert_eq!(g.post(fresh, valid).await, 200);
+    lifecycle_across_instances(g).await;
+}
+
 async fn lifecycle_across_instances(g: &Gateways) {
     let (t, id) = g.create_token(0).await;
     let (t2, id2) = g.create_token(1).await;
@@ -569,19 +590,8 @@ async fn cluster_primary_failover_fails_closed_and_recovers() {
     assert_eq!(g.post(1, &t).await, 401, "but it is applied");
     cluster.nodes[victim].start();
     let n = &cluster.nodes[now_owner];
-    eventually(20, "the old primary rejoins as a replica", || async {
-        n.query::<String>(redis::cmd("INFO").arg("replication"))
-            .await
-            .is_some_and(|t| t.contains("state=online"))
-    })
-    .await;
-    // Nothing was lost: an instance that never saw the revocations refuses
-    // both revoked tokens, and everything works again.
-    let fresh = g.add_instance().await;
-    assert_eq!(g.post(fresh, &late).await, 401, "an acknowledged revocation survived the failover");
-    assert_eq!(g.post(fresh, &revoked).await, 401);
-    assert_eq!(g.post(fresh, &valid).await, 200);
-    lifecycle_across_instances(&g).await;
+    n.wait_replica_online(20, "the old primary rejoins as a replica").await;
+    nothing_lost(&mut g, &late, &revoked, &valid).await;
 }
 
 #[tokio::test]
@@ -609,17 +619,8 @@ async fn sentinel_primary_failover_fails_closed_and_recovers() {
     // WAIT 1 needs the other replica to follow the new primary first (until
     // then revokes answer 503, applied but not acknowledged).
     let n = group.node(new);
-    eventually(30, "the remaining replica follows the new primary", || async {
-        n.query::<String>(redis::cmd("INFO").arg("replication"))
-            .await
-            .is_some_and(|t| t.contains("state=online"))
-    })
-    .await;
-    let fresh = g.add_instance().await;
-    assert_eq!(g.post(fresh, &late).await, 401, "an acknowledged revocation survived the failover");
-    assert_eq!(g.post(fresh, &revoked).await, 401);
-    assert_eq!(g.post(fresh, &valid).await, 200);
-    lifecycle_across_instances(&g).await;
+    n.wait_replica_online(30, "the remaining replica follows the new primary").await;
+    nothing_lost(&mut g, &late, &revoked, &valid).await;
 }
 
 #[tokio::test]
@@ -645,12 +646,7 @@ async fn sentinel_frozen_primary_is_demoted_and_never_read_again() {
     let new = group.primary_port().await.unwrap();
     assert_ne!(new, old, "Sentinel promoted a replica");
     let n = group.node(new);
-    eventually(30, "the remaining replica follows the new primary", || async {
-        n.query::<String>(redis::cmd("INFO").arg("replication"))
-            .await
-            .is_some_and(|t| t.contains("state=online"))
-    })
-    .await;
+    n.wait_replica_online(30, "the remaining replica follows the new primary").await;
     // Revoked on the new primary, then the old one wakes up.
     assert_eq!(g.revoke(1, &after_id).await, 200);
     group.node(old).signal("-CONT");
